@@ -1,0 +1,42 @@
+# Entry points. `make demo` and `make check` are the README's two commands.
+PYTHON ?= python3
+VENV ?= .venv
+JOBS ?=
+PYTEST_ARGS ?=
+BIN = $(VENV)/bin
+
+.PHONY: demo check check-fast lint reference venv bench clean
+
+$(BIN)/iotests-run: pyproject.toml meson.build $(shell find tests/qemu-iotests-runner/iotests_run -name '*.py' -o -name '*.json' 2>/dev/null)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q '.[test]'
+	touch $@
+
+venv: $(BIN)/iotests-run
+
+# The reference QEMU tree (cached outside the repository; first time about 5 minutes).
+reference:
+	tools/build-reference-qemu
+
+# The main job: qcow2, quick group, on the reference tree.
+demo: venv reference
+	$(BIN)/iotests-run -f qcow2 -g quick $(if $(JOBS),-j $(JOBS))
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+# Unit and process tiers: seconds, no QEMU needed.
+check-fast: venv
+	$(BIN)/pytest -m 'not e2e' $(PYTEST_ARGS)
+
+# Every tier, end-to-end tests on the reference tree included.
+check: venv reference lint
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: venv reference
+	$(BIN)/python tools/bench
+
+clean:
+	rm -rf $(VENV) build .mesonpy-* iotests-results .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from iotests_run.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""Find the iotests of a tree and select them exactly as QEMU's check does.
+
+Facts carried over from check: tests are `NNN` files and `tests/NAME` files
+with a `tests/NAME.out` beside them; a test's groups are the words after the
+first line starting with `# group: `; `group.local` adds `TEST group...` lines;
+`disabled` is excluded unless named; individually named tests are added after
+group exclusion; `-x` cannot be combined with a bare list of tests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from iotests_run.errors import SetupError, UsageError
+from iotests_run.model import TestCase
+
+GROUP_PREFIX = "# group: "
+
+
+def _groups_of(path: Path) -> list[str]:
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith(GROUP_PREFIX):
+                return line.split()[2:]
+    return []
+
+
+@dataclass(frozen=True)
+class Catalog:
+    iotests: Path
+    tests: dict[str, TestCase]  # key: path relative to iotests ("040", "tests/foo")
+
+    def all_groups(self) -> set[str]:
+        return {g for t in self.tests.values() for g in t.groups}
+
+    def key_of(self, name: str) -> str:
+        """check's test-name rule: `1` -> `001`; other names live in tests/."""
+        if "/" in name:
+            raise UsageError(f"unknown test: {name} (name tests as check does, e.g. 040 or backing-file-invalidation)")
+        key = f"{int(name):03}" if re.fullmatch(r"\d+", name) else f"tests/{name}"
+        if key not in self.tests:
+            raise UsageError(f"unknown test: {name}")
+        return key
+
+    def select(self, names: list[str], groups: list[str], exclude: list[str]) -> list[TestCase]:
+        known = self.all_groups()
+        for g in (*groups, *exclude):
+            if g not in known:
+                raise UsageError(f"unknown group: {g}")
+        keys = [self.key_of(n) for n in names]
+        chosen: set[str] = set()
+        if groups:
+            chosen = {k for k, t in self.tests.items() if t.groups & set(groups)}
+        elif names:
+            if exclude:
+                raise UsageError(f"cannot exclude groups ({','.join(exclude)}) from individually named tests")
+        else:
+            chosen = set(self.tests)
+        dropped = set(exclude)
+        if "disabled" not in groups and "disabled" not in exclude:
+            dropped.add("disabled")
+        chosen = {k for k in chosen if not (self.tests[k].groups & dropped)}
+        chosen.update(keys)
+        return [self.tests[k] for k in sorted(chosen)]
+
+
+def discover(iotests: Path) -> Catalog:
+    if not iotests.is_dir():
+        raise SetupError(f"no iotests folder: {iotests}")
+    keys = [p.name for p in iotests.glob("[0-9][0-9][0-9]")]
+    named = iotests / "tests"
+    if named.is_dir():
+        keys += [f"tests/{p.name}" for p in named.iterdir()
+                 if not p.name.endswith(".out") and p.is_file() and Path(f"{p}.out").is_file()]
+    groups: dict[str, set[str]] = defaultdict(set)
+    for key in keys:
+        groups[key].update(_groups_of(iotests / key))
+    local = iotests / "group.local"
+    if local.is_file():
+        _read_group_local(local, keys, groups)
+    tests = {k: TestCase(key=k, path=iotests / k, groups=frozenset(groups[k])) for k in keys}
+    return Catalog(iotests=iotests, tests=tests)
+
+
+def _read_group_local(local: Path, keys: list[str], groups: dict[str, set[str]]) -> None:
+    for number, raw in enumerate(local.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, *extra = line.split()
+        key = f"{int(name):03}" if re.fullmatch(r"\d+", name) else f"tests/{name}"
+        if "/" in name or key not in keys:
+            raise SetupError(f"{local}:{number}: unknown test: {name}")
+        groups[key].update(extra)

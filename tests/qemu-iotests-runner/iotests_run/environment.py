@@ -1,0 +1,124 @@
+"""The environment QEMU's check gives a test, for one format and protocol.
+
+These are facts of check's testenv.py (QEMU 7.2 and later): the variable
+names, their defaults and the per-format rules for luks and vmdk. The whole
+environment of a run is the user's environment plus these variables, as with
+check; only these variables are ever recorded or printed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from iotests_run.qemu import QemuTree
+
+# Formats that are not "generic" (IMGFMT_GENERIC=false).
+NON_GENERIC_FORMATS = frozenset({"bochs", "cloop", "dmg"})
+
+# The order check prints them in; also the set of names reports may show.
+IOTESTS_VARIABLES = (
+    "PYTHONPATH", "TEST_DIR", "SOCK_DIR", "SAMPLE_IMG_DIR", "PYTHON", "QEMU_PROG",
+    "QEMU_IMG_PROG", "QEMU_IO_PROG", "QEMU_NBD_PROG", "QSD_PROG", "QEMU_OPTIONS",
+    "QEMU_IMG_OPTIONS", "QEMU_IO_OPTIONS", "QEMU_IO_OPTIONS_NO_FMT", "QEMU_NBD_OPTIONS",
+    "IMGOPTS", "IMGFMT", "IMGPROTO", "AIOMODE", "CACHEMODE", "VALGRIND_QEMU",
+    "CACHEMODE_IS_DEFAULT", "IMGFMT_GENERIC", "IMGOPTSSYNTAX", "IMGKEYSECRET",
+    "QEMU_DEFAULT_MACHINE", "MALLOC_PERTURB_", "GDB_OPTIONS", "PRINT_QEMU",
+)
+
+# qemu-system targets whose default machine cannot run the iotests.
+MACHINE_FOR_TARGET = {
+    "arm": "virt", "aarch64": "virt", "avr": "mega2560", "m68k": "virt", "riscv32": "virt",
+    "riscv64": "virt", "rx": "gdbsim-r5f562n8", "tricore": "tricore_testboard",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a check command line would choose (check's defaults)."""
+
+    aiomode: str = "threads"
+    cachemode: str | None = None  # None: check's default, writeback
+    imgopts: str | None = None
+
+
+def _add_option(opts: str | None, key: str, value: str) -> str:
+    if not opts:
+        return f"{key}={value}"
+    if f"{key}=" in opts:
+        return opts
+    return f"{opts},{key}={value}"
+
+
+def iotests_environment(tree: QemuTree, fmt: str, proto: str, *, python: str,
+                        test_dir: Path, sock_dir: Path, malloc_perturb: str,
+                        user_env: Mapping[str, str], settings: Settings | None = None) -> dict[str, str]:
+    """The iotests variables (only those) check would set for this run."""
+    settings = settings or Settings()
+    b = tree.binaries
+    cachemode = settings.cachemode or "writeback"
+    imgopts = settings.imgopts
+    io_options = f"--cache {cachemode} --aio {settings.aiomode}"
+    env = {
+        "PYTHONPATH": os.pathsep.join(filter(None, (str(tree.iotests), str(tree.python_dir.resolve()),
+                                                     user_env.get("PYTHONPATH")))),
+        "TEST_DIR": str(test_dir),
+        "SOCK_DIR": str(sock_dir),
+        "SAMPLE_IMG_DIR": user_env.get("SAMPLE_IMG_DIR", str(tree.iotests / "sample_images")),
+        "PYTHON": python,
+        "QEMU_PROG": str(b.qemu),
+        "QEMU_IMG_PROG": str(b.qemu_img),
+        "QEMU_IO_PROG": str(b.qemu_io),
+        "QEMU_NBD_PROG": str(b.qemu_nbd),
+        "QSD_PROG": str(b.qsd),
+        "QEMU_OPTIONS": "-nodefaults -display none -accel qtest",
+        "IMGFMT": fmt,
+        "IMGPROTO": proto,
+        "AIOMODE": settings.aiomode,
+        "CACHEMODE": cachemode,
+        "CACHEMODE_IS_DEFAULT": "true" if settings.cachemode is None else "false",
+        "IMGFMT_GENERIC": "false" if fmt in NON_GENERIC_FORMATS else "true",
+        "QEMU_DEFAULT_MACHINE": tree.default_machine,
+        "MALLOC_PERTURB_": malloc_perturb,
+        "QEMU_IO_OPTIONS_NO_FMT": io_options,
+    }
+    for target, machine in MACHINE_FOR_TARGET.items():
+        if b.qemu.name == f"qemu-system-{target}":
+            env["QEMU_OPTIONS"] += f" -machine {machine}"
+    for var in ("QEMU_IMG_OPTIONS", "QEMU_NBD_OPTIONS"):
+        if var in user_env:
+            env[var] = user_env[var]
+    if fmt == "luks":
+        env["IMGOPTSSYNTAX"] = "true"
+        env["IMGKEYSECRET"] = "123456"
+        imgopts = _add_option(imgopts, "iter-time", "10")
+        env["QEMU_IO_OPTIONS"] = io_options
+    else:
+        env["IMGOPTSSYNTAX"] = "false"
+        env["QEMU_IO_OPTIONS"] = f"{io_options} -f {fmt}"
+    if fmt == "vmdk":
+        imgopts = _add_option(imgopts, "zeroed_grain", "on")
+    if imgopts is not None:
+        env["IMGOPTS"] = imgopts
+    return env
+
+
+def malloc_perturb(user_env: Mapping[str, str]) -> str:
+    """check takes MALLOC_PERTURB_ from the environment, else a random byte 1..254 per invocation."""
+    return user_env.get("MALLOC_PERTURB_", str(random.randrange(1, 255)))
+
+
+def child_environment(user_env: Mapping[str, str], iotests_env: Mapping[str, str],
+                      tmp_dir: Path) -> dict[str, str]:
+    """The full environment of the test process: check passes the user's on, plus ours.
+
+    GDB_OPTIONS is dropped as check drops it when not debugging; TMPDIR points
+    at the run's own temporary folder.
+    """
+    env = {k: v for k, v in user_env.items() if k != "GDB_OPTIONS"}
+    env.update(iotests_env)
+    env["TMPDIR"] = str(tmp_dir)
+    return env

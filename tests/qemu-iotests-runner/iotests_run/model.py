@@ -1,0 +1,70 @@
+"""The records that flow through the pipeline: tests, runs, results."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class Outcome(enum.Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    NOT_RUN = "not-run"
+    TIMEOUT = "timeout"
+    HANG = "hang"
+    CRASH = "crash"
+    FLAKY = "flaky"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_failure(self) -> bool:
+        """Whether this outcome makes the job red."""
+        return self in FAILING
+
+
+FAILING = frozenset({Outcome.FAIL, Outcome.TIMEOUT, Outcome.HANG, Outcome.CRASH})
+
+
+@dataclass(frozen=True)
+class TestCase:
+    """One iotest file: `040` or `tests/backing-file-invalidation`."""
+
+    __test__ = False  # not a pytest class
+
+    key: str  # path relative to the iotests folder, as check names it
+    path: Path
+    groups: frozenset[str]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass(frozen=True)
+class Run:
+    """One test under one format and one protocol."""
+
+    test: TestCase
+    format: str
+    protocol: str
+
+    @property
+    def combo(self) -> str:
+        return f"{self.format}-{self.protocol}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.combo} {self.test.name}"
+
+
+@dataclass(frozen=True)
+class Result:
+    run: Run
+    outcome: Outcome
+    reason: str = ""
+    duration_s: float = 0.0
+    diff: str = ""
+    artifacts: str | None = None  # folder relative to the results folder
+    output_tail: str = ""
+    notes: tuple[str, ...] = field(default_factory=tuple)

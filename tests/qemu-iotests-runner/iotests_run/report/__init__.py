@@ -1,0 +1,1 @@
+"""Reporters: functions of the result list. Nothing here starts a process."""

@@ -1,0 +1,54 @@
+"""junit.xml as GitLab reads it: one testcase per run, the diff as the failure text."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from junit_xml import TestCase, TestSuite, to_xml_report_string
+
+from iotests_run.model import Result
+from iotests_run.report.outcomes import PRESENTATION
+
+# XML 1.0 forbids these; junit-xml raises on some of them, so they become U+FFFD.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+# Keep the file well under GitLab's 30 MB limit whatever the tests print.
+MAX_TEXT = 64 * 1024
+
+
+def xml_text(text: str, limit: int = MAX_TEXT) -> str:
+    if len(text) > limit:
+        text = text[:limit] + f"\n[... {len(text) - limit} more characters, see the artifacts folder]"
+    return _NOT_XML.sub("\ufffd", text)
+
+
+def classname(result: Result) -> str:
+    return f"iotests.{result.run.combo}"
+
+
+def _case(result: Result, tree_root: str) -> TestCase:
+    run = result.run
+    case = TestCase(name=run.test.name, classname=classname(result), elapsed_sec=result.duration_s,
+                    file=f"{tree_root}/{run.test.key}")
+    element = PRESENTATION[result.outcome].junit
+    text = result.reason
+    if result.diff:
+        text += "\n" + result.diff
+    if result.artifacts:
+        text += f"\nartifacts: {result.artifacts}"
+    if element == "failure":
+        case.add_failure_info(message=xml_text(result.reason, 1024), output=xml_text(text))
+    elif element == "error":
+        case.add_error_info(message=xml_text(result.reason, 1024), output=xml_text(text))
+    elif element == "skipped":
+        case.add_skipped_info(message=xml_text(result.reason, 1024), output=xml_text(result.reason))
+    if result.output_tail and element in ("failure", "error"):
+        case.stdout = xml_text(result.output_tail)
+    return case
+
+
+def junit_xml(results: Iterable[Result], tree_root: str = "tests/qemu-iotests") -> str:
+    suites: dict[str, list[TestCase]] = {}
+    for result in sorted(results, key=lambda r: (r.run.combo, r.run.test.key)):
+        suites.setdefault(classname(result), []).append(_case(result, tree_root))
+    return str(to_xml_report_string([TestSuite(name, cases) for name, cases in suites.items()]))

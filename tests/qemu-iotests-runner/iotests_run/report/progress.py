@@ -1,0 +1,26 @@
+"""Live progress: one line per finished run (CI logs and terminals alike)."""
+
+from __future__ import annotations
+
+import sys
+from typing import TextIO
+
+from iotests_run.model import Outcome, Result
+from iotests_run.report.outcomes import PRESENTATION
+
+
+class Progress:
+    def __init__(self, total: int, stream: TextIO = sys.stdout) -> None:
+        self.total = total
+        self.done = 0
+        self.stream = stream
+        self.width = len(str(total))
+
+    def finished(self, result: Result) -> None:
+        self.done += 1
+        word = PRESENTATION[result.outcome].word
+        line = (f"[{self.done:>{self.width}}/{self.total}] {word:<11} {result.run.combo:<12} "
+                f"{result.run.test.name:<28} {result.duration_s:6.1f} s")
+        if result.outcome is not Outcome.PASS and result.reason:
+            line += f"  {result.reason.splitlines()[0][:120]}"
+        print(line, file=self.stream, flush=True)

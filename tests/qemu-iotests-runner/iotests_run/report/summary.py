@@ -1,0 +1,52 @@
+"""summary.txt: counts and time per format-protocol, the failures, the slowest runs."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from tabulate import tabulate
+
+from iotests_run.model import Outcome, Result
+from iotests_run.report.outcomes import COLUMNS, PRESENTATION
+
+
+def _table(rows: Sequence[Sequence[object]], headers: list[str]) -> str:
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+SLOWEST = 10
+
+
+def closing_line(results: Sequence[Result]) -> str:
+    """`N passed, N failed, N skipped`: the line CI log readers look for."""
+    count = Counter(r.outcome for r in results)
+    passed = count[Outcome.PASS] + count[Outcome.FLAKY]
+    failed = sum(n for o, n in count.items() if o.is_failure)
+    skipped = count[Outcome.NOT_RUN] + count[Outcome.INTERRUPTED]
+    return f"{passed} passed, {failed} failed, {skipped} skipped"
+
+
+def _counts_table(results: Sequence[Result]) -> str:
+    combos = sorted({r.run.combo for r in results})
+    used = [c for c in COLUMNS if any(PRESENTATION[r.outcome].column == c for r in results)]
+    rows: list[list[object]] = []
+    for combo in [*combos, "total"]:
+        mine = [r for r in results if combo in ("total", r.run.combo)]
+        count = Counter(PRESENTATION[r.outcome].column for r in mine)
+        rows.append([combo, *(count[c] for c in used), len(mine), f"{sum(r.duration_s for r in mine):.1f}"])
+    return _table(rows, ["format-protocol", *used, "runs", "test time s"])
+
+
+def summary_text(results: Sequence[Result], title: str, wall_s: float) -> str:
+    parts = [title, "", _counts_table(results)]
+    bad = [r for r in results if r.outcome.is_failure or r.outcome is Outcome.INTERRUPTED]
+    if bad:
+        rows = [[r.run.combo, r.run.test.name, PRESENTATION[r.outcome].column, r.reason, r.artifacts or ""]
+                for r in sorted(bad, key=lambda r: (r.run.combo, r.run.test.key))]
+        parts += ["", "Failures:", _table(rows, ["format-protocol", "test", "outcome", "reason", "artifacts"])]
+    ran = sorted((r for r in results if r.duration_s > 0), key=lambda r: -r.duration_s)[:SLOWEST]
+    if ran:
+        rows = [[r.run.combo, r.run.test.name, f"{r.duration_s:.1f}"] for r in ran]
+        parts += ["", "Slowest runs:", _table(rows, ["format-protocol", "test", "s"])]
+    parts += ["", f"Wall time {wall_s:.1f} s", closing_line(results)]
+    return "\n".join(parts) + "\n"

@@ -1,0 +1,26 @@
+"""TAP 13 on stdout, one line per finished run, for meson's `protocol: 'tap'`."""
+
+from __future__ import annotations
+
+from iotests_run.model import Result
+from iotests_run.report.outcomes import PRESENTATION
+
+HEADER = "TAP version 13"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def tap_line(number: int, result: Result) -> str:
+    p = PRESENTATION[result.outcome]
+    line = f"{'ok' if p.tap_ok else 'not ok'} {number} {result.run.combo} {result.run.test.name}"
+    if p.tap_directive:
+        line += f" # {p.tap_directive} {_one_line(result.reason)}"
+    elif not p.tap_ok:
+        line += f" # {result.outcome.value}: {_one_line(result.reason)}"
+    return line
+
+
+def tap_plan(count: int) -> str:
+    return f"1..{count}"

@@ -1,0 +1,62 @@
+"""check's verdict rules: which reference output applies and what a run's evidence means.
+
+Facts carried over from QEMU's testrunner.py: the reference is the first of
+`NAME.out.nocache` (cache mode none), `NAME.out.FMT`, `NAME.MACHINE.out`,
+`NAME.out` that exists (none: not run); a non-zero exit status fails; a
+`NAME.notrun` file in TEST_DIR means not run, its text the reason; otherwise a
+unified diff that ignores trailing whitespace (both files read with universal
+newlines) decides.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+from iotests_run.model import Outcome
+
+
+def reference_output(test: Path, fmt: str, default_machine: str, cachemode: str) -> Path:
+    """The reference output check would compare with; it may not exist."""
+    candidates = []
+    if cachemode == "none":
+        candidates.append(Path(f"{test}.out.nocache"))
+    candidates += [Path(f"{test}.out.{fmt}"), Path(f"{test}.{default_machine}.out")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return Path(f"{test}.out")
+
+
+def _lines(path: Path) -> list[str]:
+    # errors="replace": check would crash on invalid UTF-8; we still judge the run.
+    with path.open(encoding="utf-8", errors="replace") as f:
+        return [line.rstrip() for line in f]
+
+
+def output_diff(reference: Path, output: Path, reference_label: str, output_label: str) -> str:
+    """Unified diff ignoring trailing whitespace; empty when the outputs agree."""
+    diff = difflib.unified_diff(_lines(reference), _lines(output), reference_label, output_label)
+    return "\n".join(line.rstrip() for line in diff)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    outcome: Outcome
+    reason: str
+    diff: str = ""
+
+
+def judge(returncode: int, reference: Path, output: Path, notrun_file: Path,
+          reference_label: str, output_label: str) -> Verdict:
+    """check's order: exit status, then .notrun, then the diff."""
+    if returncode != 0:
+        diff = output_diff(reference, output, reference_label, output_label)
+        return Verdict(Outcome.FAIL, f"failed, exit status {returncode}", diff)
+    if notrun_file.is_file():
+        return Verdict(Outcome.NOT_RUN, notrun_file.read_text(encoding="utf-8", errors="replace").strip())
+    diff = output_diff(reference, output, reference_label, output_label)
+    if diff:
+        return Verdict(Outcome.FAIL, "output mismatch", diff)
+    return Verdict(Outcome.PASS, "")
