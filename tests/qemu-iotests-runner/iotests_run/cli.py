@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import signal
 import sys
 import time
@@ -143,6 +144,13 @@ def _public_environment(tree: QemuTree, formats: list[str], protocols: list[str]
     return out
 
 
+def cpu_seconds() -> dict[str, float]:
+    """CPU time of the runner itself and of the test processes it waited for."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"runner": round(own.ru_utime + own.ru_stime, 2), "children": round(kids.ru_utime + kids.ru_stime, 2)}
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
@@ -201,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
     results = reporter.results
     meta["complete"] = not interrupted
     meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta["wall_s"] = round(time.monotonic() - started, 2)
+    meta["cpu_s"] = cpu_seconds()
     reporter.write_files()
     if not interrupted:
         history.save(history_file, durations, results)

@@ -140,18 +140,22 @@ def find_binaries(build: Path, environ: Mapping[str, str]) -> Binaries:
     """check's rules: *_PROG variables first, else the build root."""
     if not build.is_dir():
         raise SetupError(f"QEMU build folder does not exist: {build}")
+    # check, started through the build tree's symlink, names binaries relative to
+    # build/tests/qemu-iotests/../..; iotests see those strings, so use the same.
+    iotests = build / "tests" / "qemu-iotests"
+    root = Path(os.path.join(iotests, "..", "..")) if iotests.is_dir() else build
     arch = platform.machine()
     if "ppc64" in arch:
         arch = "ppc64"
-    qemu = Path(environ.get("QEMU_PROG") or build / f"qemu-system-{arch}")
+    qemu = Path(environ.get("QEMU_PROG") or root / f"qemu-system-{arch}")
     if not qemu.exists():
-        systems = [p for p in sorted(build.glob("qemu-system-*")) if p.is_file() and os.access(p, os.X_OK)]
+        systems = [p for p in sorted(root.glob("qemu-system-*")) if p.is_file() and os.access(p, os.X_OK)]
         if not systems:
             raise SetupError(f"QEMU build lacks a qemu-system-* binary: {build}")
         qemu = systems[0]
 
     def pick(var: str, *default: str) -> Path:
-        return _executable(Path(environ.get(var) or build.joinpath(*default)))
+        return _executable(Path(environ.get(var) or root.joinpath(*default)))
 
     return Binaries(
         qemu=_executable(qemu),

@@ -1,0 +1,29 @@
+"""Fixtures: a fake QEMU tree (for the runner's own machinery) and the real reference tree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from support import FakeTree, ReferenceTree, make_fake_tree
+
+
+@pytest.fixture
+def fake_tree(tmp_path: Path) -> FakeTree:
+    return make_fake_tree(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def reference_tree() -> ReferenceTree:
+    """The reference QEMU tree, built (or reused) by tools/build-reference-qemu."""
+    repo = Path(__file__).resolve().parents[3]
+    script = repo / "tools" / "build-reference-qemu"
+    if os.environ.get("IOTESTS_RUN_SKIP_E2E"):
+        pytest.skip("IOTESTS_RUN_SKIP_E2E is set")
+    proc = subprocess.run([str(script)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        pytest.fail(f"tools/build-reference-qemu failed:\n{proc.stderr[-3000:]}")
+    values = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    return ReferenceTree(Path(values["QEMU_SOURCE"]), Path(values["QEMU_BUILD"]))

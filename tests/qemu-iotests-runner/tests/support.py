@@ -1,0 +1,88 @@
+"""Helpers shared by the tests: fake QEMU trees and running the real command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+MACHINE_HELP = """Supported machines are:
+microvm              microvm (i386)
+pc                   Standard PC (i440FX + PIIX, 1996) (alias of pc-i440fx-7.2)
+pc-i440fx-7.2        Standard PC (i440FX + PIIX, 1996) (default)
+q35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-7.2)
+"""
+
+
+@dataclass
+class FakeTree:
+    """A QEMU-shaped tree whose iotests are tiny scripts written by the test."""
+
+    source: Path
+    build: Path
+
+    @property
+    def iotests(self) -> Path:
+        return self.source / "tests" / "qemu-iotests"
+
+    def add_test(self, name: str, body: str, out: str | None = "", groups: str = "quick",
+                 python: bool = False) -> Path:
+        path = self.iotests / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shebang = "#!/usr/bin/env python3" if python else "#!/usr/bin/env bash"
+        path.write_text(f"{shebang}\n# group: {groups}\n" + textwrap.dedent(body))
+        path.chmod(0o755)
+        if out is not None:
+            Path(f"{path}.out").write_text(out)
+        return path
+
+    def args(self, results: Path) -> list[str]:
+        return ["--qemu-source", str(self.source), "--qemu-build", str(self.build), "--results", str(results)]
+
+
+def _script(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(0o755)
+
+
+@dataclass
+class Completed:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(args: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None,
+            timeout: float = 600) -> Completed:
+    """The real command, in a child process, as a user would run it."""
+    proc = subprocess.run([sys.executable, "-m", "iotests_run", *args], cwd=cwd, env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
+    return Completed(proc.returncode, proc.stdout, proc.stderr)
+
+
+@dataclass
+class ReferenceTree:
+    source: Path
+    build: Path
+
+    def args(self, results: Path) -> list[str]:
+        return ["--qemu-source", str(self.source), "--qemu-build", str(self.build), "--results", str(results)]
+
+
+
+
+def make_fake_tree(top: Path) -> FakeTree:
+    src, build = top / "src", top / "build"
+    iotests = src / "tests" / "qemu-iotests"
+    iotests.mkdir(parents=True)
+    (src / "python").mkdir()
+    (src / "VERSION").write_text("7.2.0\n")
+    (iotests / "common.rc").write_text("# fake\n")
+    for name in ("qemu-img", "qemu-io", "qemu-nbd", "storage-daemon/qemu-storage-daemon"):
+        _script(build / name, "#!/bin/sh\nexit 0\n")
+    _script(build / "qemu-system-x86_64", f"#!/bin/sh\ncat <<'EOF'\n{MACHINE_HELP}EOF\n")
+    return FakeTree(src, build)

@@ -1,0 +1,93 @@
+"""Bad input: one line naming the bad value, exit status 2, no traceback, no test started."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from support import FakeTree, run_cli
+
+pytestmark = pytest.mark.process
+
+
+@pytest.fixture
+def tree(fake_tree: FakeTree, tmp_path: Path) -> FakeTree:
+    # The test leaves a mark if it is ever started: none of these cases may start it.
+    fake_tree.add_test("001", f"touch {tmp_path}/started\n", groups="quick rw")
+    return fake_tree
+
+
+def expect_usage_error(tmp_path: Path, args: list[str], *needles: str, env: dict[str, str] | None = None,
+                       cwd: Path | None = None) -> None:
+    proc = run_cli(args, env=env, cwd=cwd or tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("iotests-run: ")
+    for needle in needles:
+        assert needle in lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not (tmp_path / "started").exists()
+
+
+Case = Callable[[FakeTree, Path], tuple[list[str], tuple[str, ...]]]
+
+CASES: dict[str, Case] = {
+    "unknown format": lambda t, r: (["-f", "qcow2,qcow3", *t.args(r)], ("unknown format: qcow3",)),
+    "unknown protocol": lambda t, r: (["-p", "ftp", *t.args(r)], ("unknown protocol: ftp",)),
+    "unknown group": lambda t, r: (["-g", "quick,slowest", *t.args(r)], ("unknown group: slowest",)),
+    "unknown excluded group": lambda t, r: (["-g", "quick", "-x", "nogroup", *t.args(r)],
+                                            ("unknown group: nogroup",)),
+    "unknown test": lambda t, r: (["001", "777", *t.args(r)], ("unknown test: 777",)),
+    "jobs zero": lambda t, r: (["-j", "0", *t.args(r)], ("-j", "0")),
+    "jobs not a number": lambda t, r: (["-j", "many", *t.args(r)], ("many",)),
+    "unknown option": lambda t, r: (["--frobnicate", *t.args(r)], ("--frobnicate",)),
+    "missing source": lambda t, r: (["--qemu-source", str(r / "nowhere"), "--qemu-build", str(t.build)],
+                                    (str(r / "nowhere"),)),
+    "not a QEMU source": lambda t, r: (["--qemu-source", str(t.build), "--qemu-build", str(t.build)],
+                                       ("not a QEMU source tree", str(t.build))),
+    "missing build": lambda t, r: (["--qemu-source", str(t.source), "--qemu-build", str(r / "nobuild")],
+                                   (str(r / "nobuild"),)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input(tree: FakeTree, tmp_path: Path, name: str) -> None:
+    args, needles = CASES[name](tree, tmp_path / "results")
+    expect_usage_error(tmp_path, args, *needles)
+
+
+def test_build_without_a_binary(tree: FakeTree, tmp_path: Path) -> None:
+    (tree.build / "qemu-io").unlink()
+    expect_usage_error(tmp_path, tree.args(tmp_path / "r"), str(tree.build / "qemu-io"))
+
+
+def test_build_with_a_binary_not_executable(tree: FakeTree, tmp_path: Path) -> None:
+    (tree.build / "qemu-nbd").chmod(0o644)
+    expect_usage_error(tmp_path, tree.args(tmp_path / "r"), "not executable", str(tree.build / "qemu-nbd"))
+
+
+def test_build_without_qemu_system(tree: FakeTree, tmp_path: Path) -> None:
+    (tree.build / "qemu-system-x86_64").unlink()
+    expect_usage_error(tmp_path, tree.args(tmp_path / "r"), "qemu-system")
+
+
+def test_unwritable_results_folder(tree: FakeTree, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    expect_usage_error(tmp_path, tree.args(blocker / "results"), "results folder", str(blocker / "results"))
+
+
+def test_no_tree_anywhere_says_how_to_get_one(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("QEMU_SOURCE", "QEMU_BUILD")}
+    env["IOTESTS_RUN_CACHE"] = str(tmp_path / "empty-cache")
+    expect_usage_error(tmp_path, [], "tools/build-reference-qemu", env=env)
+
+
+def test_tree_from_environment(tree: FakeTree, tmp_path: Path) -> None:
+    env = dict(os.environ, QEMU_SOURCE=str(tree.source), QEMU_BUILD=str(tree.build))
+    proc = run_cli(["--results", str(tmp_path / "r")], env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "started").exists()

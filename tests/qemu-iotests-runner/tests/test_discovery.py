@@ -1,0 +1,92 @@
+from __future__ import annotations
+
+import pytest
+from support import FakeTree
+
+from iotests_run.discovery import discover
+from iotests_run.errors import SetupError, UsageError
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def tree(fake_tree: FakeTree) -> FakeTree:
+    fake_tree.add_test("001", "", groups="rw auto quick")
+    fake_tree.add_test("002", "", groups="rw quick")
+    fake_tree.add_test("003", "", groups="rw disabled")
+    fake_tree.add_test("010", "", groups="img")
+    fake_tree.add_test("tests/named-one", "", groups="quick nbd")
+    fake_tree.add_test("tests/no-output", "", out=None, groups="quick")
+    return fake_tree
+
+
+def keys(tests: list) -> list[str]:  # type: ignore[type-arg]
+    return [t.key for t in tests]
+
+
+def test_finds_numbered_and_named_tests_with_output(tree: FakeTree) -> None:
+    catalog = discover(tree.iotests)
+    assert sorted(catalog.tests) == ["001", "002", "003", "010", "tests/named-one"]
+    assert catalog.tests["tests/named-one"].groups == {"quick", "nbd"}
+
+
+def test_group_selection_excludes_disabled_and_sorts(tree: FakeTree) -> None:
+    assert keys(discover(tree.iotests).select([], ["rw"], [])) == ["001", "002"]
+
+
+def test_disabled_is_selected_when_named_as_group(tree: FakeTree) -> None:
+    assert keys(discover(tree.iotests).select([], ["disabled"], [])) == ["003"]
+
+
+def test_no_selection_means_all_but_disabled(tree: FakeTree) -> None:
+    assert keys(discover(tree.iotests).select([], [], [])) == ["001", "002", "010", "tests/named-one"]
+
+
+def test_exclude_groups(tree: FakeTree) -> None:
+    assert keys(discover(tree.iotests).select([], ["quick"], ["auto"])) == ["002", "tests/named-one"]
+
+
+def test_named_tests_are_added_after_exclusion(tree: FakeTree) -> None:
+    assert keys(discover(tree.iotests).select(["1", "3"], ["quick"], ["auto"])) == [
+        "001", "002", "003", "tests/named-one"]
+
+
+def test_short_numbers_and_names(tree: FakeTree) -> None:
+    assert keys(discover(tree.iotests).select(["10", "named-one"], [], [])) == ["010", "tests/named-one"]
+
+
+def test_exclude_with_bare_test_list_is_refused(tree: FakeTree) -> None:
+    with pytest.raises(UsageError, match="cannot exclude"):
+        discover(tree.iotests).select(["001"], [], ["rw"])
+
+
+@pytest.mark.parametrize(("names", "groups", "exclude", "message"), [
+    (["999"], [], [], "unknown test: 999"),
+    (["no-output"], [], [], "unknown test: no-output"),
+    (["tests/named-one"], [], [], "unknown test: tests/named-one"),
+    ([], ["nosuch"], [], "unknown group: nosuch"),
+    ([], ["quick"], ["nosuch"], "unknown group: nosuch"),
+])
+def test_unknown_names(tree: FakeTree, names: list[str], groups: list[str], exclude: list[str],
+                       message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        discover(tree.iotests).select(names, groups, exclude)
+
+
+def test_group_local_adds_groups(tree: FakeTree) -> None:
+    (tree.iotests / "group.local").write_text("# comment\n\n010 quick mine\nnamed-one mine\n")
+    catalog = discover(tree.iotests)
+    assert keys(catalog.select([], ["mine"], [])) == ["010", "tests/named-one"]
+    assert "quick" in catalog.tests["010"].groups
+
+
+def test_group_local_with_unknown_test_is_a_setup_error(tree: FakeTree) -> None:
+    (tree.iotests / "group.local").write_text("123 quick\n")
+    with pytest.raises(SetupError, match=r"group\.local:1: unknown test: 123"):
+        discover(tree.iotests)
+
+
+def test_group_line_must_start_the_line(fake_tree: FakeTree) -> None:
+    path = fake_tree.add_test("004", "", groups="quick")
+    path.write_text("#!/bin/bash\n#  group: quick\n# group: rw\n# group: img\n")
+    assert discover(fake_tree.iotests).tests["004"].groups == {"rw"}

@@ -1,0 +1,114 @@
+"""Real iotests on the reference QEMU tree, judged against QEMU's own check."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import json
+import os
+import subprocess
+import sys
+import types
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from support import ReferenceTree, run_cli
+
+from iotests_run.environment import iotests_environment
+from iotests_run.qemu import open_tree
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[3]
+# Quick iotests with all three verdicts on qcow2 and raw: bash and Python, numbered and named.
+SAMPLE = ["001", "012", "045", "047", "075", "111", "205", "268", "block-status-cache"]
+
+
+def bench_module() -> types.ModuleType:
+    loader = importlib.machinery.SourceFileLoader("iotests_bench", str(REPO / "tools" / "bench"))
+    module = types.ModuleType(loader.name)
+    loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("fmt", ["qcow2", "raw"])
+def test_same_verdicts_as_check(reference_tree: ReferenceTree, tmp_path: Path, fmt: str) -> None:
+    bench = bench_module()
+    _, check = bench.run_check(str(reference_tree.build), fmt, SAMPLE, 2)
+    results = tmp_path / "results"
+    proc = run_cli(["-f", fmt, *SAMPLE, *reference_tree.args(results)])
+    assert proc.returncode in (0, 1), proc.stderr
+    data = json.loads((results / "results.json").read_text())
+    ours = {f"{r['format']}-{r['protocol']} {r['test']}": bench.VERDICT_OF_OUTCOME[r["outcome"]] for r in data["runs"]}
+    assert len(check) == len(SAMPLE)
+    assert bench.differences(check, ours) == []
+    assert set(check.values()) >= {"pass", "not run"}
+
+
+def test_junit_and_results_json_of_real_runs(reference_tree: ReferenceTree, tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    proc = run_cli(["-f", "qcow2,raw", "001", "045", *reference_tree.args(results)],
+                   env=dict(os.environ, SECRET_TOKEN="hunter2-do-not-leak"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((results / "results.json").read_text())
+    assert data["complete"] is True
+    assert data["qemu"]["version"] == "7.2.0"
+    runs = {(r["format"], r["test"]): r for r in data["runs"]}
+    assert set(runs) == {("qcow2", "001"), ("qcow2", "045"), ("raw", "001"), ("raw", "045")}
+    assert runs[("qcow2", "001")]["outcome"] == "pass" and runs[("qcow2", "001")]["duration_s"] > 0
+    assert runs[("qcow2", "045")]["outcome"] == "not-run"
+    assert "not suitable" in runs[("qcow2", "045")]["reason"]
+    assert runs[("qcow2", "045")]["artifacts"] == "runs/qcow2-file/045"
+    assert (results / "runs" / "qcow2-file" / "045" / "045.out.bad").is_file()
+    # Only iotests variables are recorded, never the rest of the user's environment.
+    env = data["environment"]["qcow2-file"]
+    assert env["IMGFMT"] == "qcow2" and "HOME" not in env and "PATH" not in env
+    for name in ("results.json", "junit.xml", "summary.txt"):
+        assert "hunter2-do-not-leak" not in (results / name).read_text()
+    root = ET.parse(results / "junit.xml").getroot()
+    cases = {(c.get("classname"), c.get("name")): c for c in root.iter("testcase")}
+    assert set(cases) == {("iotests.qcow2-file", "001"), ("iotests.qcow2-file", "045"),
+                          ("iotests.raw-file", "001"), ("iotests.raw-file", "045")}
+    assert cases[("iotests.qcow2-file", "001")].get("file") == "tests/qemu-iotests/001"
+    assert cases[("iotests.qcow2-file", "045")].find("skipped") is not None
+    assert proc.stdout.rstrip().endswith("2 passed, 0 failed, 2 skipped")
+
+
+@pytest.mark.parametrize("fmt", ["qcow2", "raw", "luks", "vmdk"])
+def test_environment_equals_checks(reference_tree: ReferenceTree, tmp_path: Path, fmt: str) -> None:
+    """`check -FMT -- env -0` shows check's environment exactly; ours must carry the same iotests variables."""
+    user_env = dict(os.environ, TEST_DIR=str(tmp_path / "t"), SOCK_DIR=str(tmp_path / "s"), MALLOC_PERTURB_="17")
+    dump = tmp_path / "env"
+    subprocess.run([sys.executable, "check", f"-{fmt}", "--", "sh", "-c", f"env -0 > {dump}"],
+                   cwd=reference_tree.build / "tests" / "qemu-iotests", env=user_env,
+                   capture_output=True, check=True)
+    out = dump.read_text()
+    theirs = dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+    tree = open_tree(str(reference_tree.source), str(reference_tree.build), {}, Path("/"))
+    ours = iotests_environment(tree, fmt, "file", python=sys.executable, test_dir=tmp_path / "t",
+                               sock_dir=tmp_path / "s", malloc_perturb="17", user_env=user_env)
+    added = {k: v for k, v in theirs.items() if os.environ.get(k) != v or k in ours}
+    assert {k: theirs.get(k) for k in ours} == ours
+    assert set(added) - set(ours) <= {"PWD", "OLDPWD", "TEST_DIR", "SOCK_DIR", "MALLOC_PERTURB_", "SHLVL", "_"}
+
+
+def test_tree_found_from_inside_the_build(reference_tree: ReferenceTree, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("QEMU_SOURCE", "QEMU_BUILD")}
+    env["IOTESTS_RUN_CACHE"] = str(tmp_path / "no-cache")
+    proc = run_cli(["001", "--results", str(tmp_path / "r")], env=env,
+                   cwd=reference_tree.build / "tests" / "qemu-iotests")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert data["qemu"]["build"] == str(reference_tree.build.resolve())
+    assert data["qemu"]["source"] == str(reference_tree.source.resolve())
+
+
+def test_broken_build_is_a_one_line_error(reference_tree: ReferenceTree, tmp_path: Path) -> None:
+    broken = tmp_path / "build"
+    broken.mkdir()
+    for name in ("qemu-img", "qemu-io", "qemu-system-x86_64", "storage-daemon"):
+        (broken / name).symlink_to(reference_tree.build / name)
+    proc = run_cli(["001", "--qemu-source", str(reference_tree.source), "--qemu-build", str(broken),
+                    "--results", str(tmp_path / "r")])
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"iotests-run: QEMU build lacks {broken / 'qemu-nbd'}"

@@ -1,0 +1,156 @@
+"""Fake iotests run through the real runner: its own machinery, process by process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import psutil
+import pytest
+from support import FakeTree, run_cli
+
+pytestmark = pytest.mark.process
+
+
+def runs_by_test(results: Path) -> dict[tuple[str, str], dict[str, object]]:
+    data = json.loads((results / "results.json").read_text())
+    return {(r["format"], r["test"]): r for r in data["runs"]}
+
+
+def test_verdicts_artifacts_and_reports(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", 'echo "hello $IMGFMT"\n', out="hello qcow2\n")
+    fake_tree.add_test("002", "echo changed\n", out="original\n")
+    fake_tree.add_test("003", "echo partial; exit 3\n", out="partial\n")
+    fake_tree.add_test("004", 'echo "not for $IMGFMT" > "$TEST_DIR/004.notrun"\n', out="")
+    fake_tree.add_test("005", "echo python\n", out=None)  # no reference output: not run, never started
+    fake_tree.add_test("tests/named", 'echo "$(basename "$PWD")"\n', out="tests\n")
+    results = tmp_path / "results"
+    proc = run_cli(["-g", "quick", "--junit", str(tmp_path / "copy.xml"), *fake_tree.args(results)])
+    assert proc.returncode == 1, proc.stderr
+    runs = runs_by_test(results)
+    assert {k[1]: r["outcome"] for k, r in runs.items()} == {
+        "001": "pass", "002": "fail", "003": "fail", "004": "not-run", "005": "not-run", "named": "pass"}
+    assert runs[("qcow2", "003")]["reason"] == "failed, exit status 3"
+    assert runs[("qcow2", "004")]["reason"] == "not for qcow2"
+    assert str(runs[("qcow2", "005")]["reason"]).startswith("No qualified output")
+    # artifacts: kept for anything but a pass, with output, diff and the TEST_DIR
+    assert runs[("qcow2", "001")]["artifacts"] is None
+    assert not (results / "runs" / "qcow2-file" / "001").exists()
+    kept = results / str(runs[("qcow2", "002")]["artifacts"])
+    assert (kept / "002.out.bad").read_text() == "changed\n"
+    assert "+changed" in (kept / "diff.txt").read_text()
+    assert (kept / "scratch").is_dir() and (kept / "reproduce.sh").is_file()
+    # JUnit, also copied where --junit asked
+    root = ET.parse(results / "junit.xml").getroot()
+    assert len(list(root.iter("testcase"))) == 6
+    assert (tmp_path / "copy.xml").read_text() == (results / "junit.xml").read_text()
+    summary = (results / "summary.txt").read_text()
+    assert summary.rstrip().endswith("2 passed, 2 failed, 2 skipped")
+    assert summary in proc.stdout
+
+
+def test_reproducer_reruns_with_the_same_environment(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", 'echo "$IMGFMT $IMGOPTS"; exit 1\n', out="")
+    results = tmp_path / "results"
+    run_cli(["001", "-f", "vmdk", *fake_tree.args(results)])
+    proc = subprocess.run(["sh", str(results / "runs/vmdk-file/001/reproduce.sh")], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stdout == "vmdk zeroed_grain=on\n"
+
+
+def test_environment_is_checks_and_folders_are_private(fake_tree: FakeTree, tmp_path: Path) -> None:
+    body = f"""\
+    set -e
+    echo "$IMGFMT $IMGPROTO $QEMU_DEFAULT_MACHINE $CACHEMODE_IS_DEFAULT"
+    for d in "$TEST_DIR" "$SOCK_DIR" "$TMPDIR"; do test -d "$d" && test -z "$(ls -A "$d")"; done
+    test "${{#SOCK_DIR}}" -lt 60
+    touch "$TEST_DIR/mine"
+    read -r line || echo "stdin is empty"
+    echo "$TEST_DIR" >> {tmp_path}/dirs
+    """
+    for name in ("001", "002", "003"):
+        fake_tree.add_test(name, body, out="{fmt} file pc true\nstdin is empty\n")
+    for name in ("001", "002", "003"):
+        Path(f"{fake_tree.iotests / name}.out.raw").write_text("raw file pc true\nstdin is empty\n")
+        Path(f"{fake_tree.iotests / name}.out.qcow2").write_text("qcow2 file pc true\nstdin is empty\n")
+    results = tmp_path / "results"
+    proc = run_cli(["-f", "qcow2,raw", "-j", "3", *fake_tree.args(results)])
+    assert proc.returncode == 0, proc.stdout
+    dirs = (tmp_path / "dirs").read_text().split()
+    assert len(dirs) == 6 and len(set(dirs)) == 6
+    assert not any(Path(d).exists() for d in dirs)  # sandboxes of passed runs are gone
+
+
+def test_python_tests_start_with_the_interpreter(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", "import os, sys\nprint(sys.executable == os.environ['PYTHON'])\n",
+                       out="True\n", python=True)
+    (fake_tree.iotests / "001").chmod(0o644)  # check starts python tests with PYTHON, not by exec
+    proc = run_cli(["001", *fake_tree.args(tmp_path / "r")])
+    assert proc.returncode == 0, proc.stdout
+
+
+def test_leftover_processes_of_a_run_are_killed(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", f"sleep 300 &\necho $! > {tmp_path}/pid\n", out="")
+    proc = run_cli(["001", *fake_tree.args(tmp_path / "r")])
+    assert proc.returncode == 0, proc.stdout
+    pid = int((tmp_path / "pid").read_text())
+    deadline = time.monotonic() + 5
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "background child of the test survived the run"
+        time.sleep(0.05)
+
+
+def test_tap_output(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", "", out="")
+    fake_tree.add_test("002", "echo x\n", out="")
+    proc = run_cli(["--tap", *fake_tree.args(tmp_path / "r")])
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "TAP version 13"
+    assert lines[-1] == "1..2"
+    assert sorted(lines[1:-1]) == ["not ok 2 qcow2-file 002 # fail: output mismatch", "ok 1 qcow2-file 001"] or \
+        sorted(lines[1:-1]) == ["not ok 1 qcow2-file 002 # fail: output mismatch", "ok 2 qcow2-file 001"]
+    assert "passed" in proc.stderr
+
+
+def test_results_are_written_as_runs_finish_and_interrupt_is_clean(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", "", out="")
+    fake_tree.add_test("002", f"sleep 300 &\necho $! > {tmp_path}/pid\nsleep 300\n", out="")
+    results = tmp_path / "results"
+    runner = subprocess.Popen([sys.executable, "-m", "iotests_run", "-j", "2", *fake_tree.args(results)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while not (results / "results.json").exists() or ("001", "pass") not in {
+            (r["test"], r["outcome"]) for r in json.loads((results / "results.json").read_text())["runs"]}:
+        assert time.monotonic() < deadline, "the finished run never reached results.json"
+        time.sleep(0.1)
+    while not (tmp_path / "pid").exists():
+        time.sleep(0.05)
+    runner.send_signal(signal.SIGINT)
+    out, _ = runner.communicate(timeout=20)
+    assert runner.returncode == 130
+    data = json.loads((results / "results.json").read_text())
+    assert data["complete"] is False
+    assert {r["test"]: r["outcome"] for r in data["runs"]} == {"001": "pass", "002": "interrupted"}
+    ET.parse(results / "junit.xml")
+    pid = int((tmp_path / "pid").read_text())
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert "0 failed" in out
+
+
+def test_sigterm_interrupts_too(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", f"touch {tmp_path}/go; sleep 300\n", out="")
+    runner = subprocess.Popen([sys.executable, "-m", "iotests_run", *fake_tree.args(tmp_path / "r")],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (tmp_path / "go").exists():
+        time.sleep(0.05)
+    start = time.monotonic()
+    runner.terminate()
+    assert runner.wait(timeout=20) == 130
+    assert time.monotonic() - start < 5
+    assert os.path.exists(tmp_path / "r" / "summary.txt")

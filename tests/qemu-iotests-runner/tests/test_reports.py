@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.plan import longest_first, matrix
+from iotests_run.report.junit import junit_xml
+from iotests_run.report.results_json import results_json
+from iotests_run.report.summary import closing_line, summary_text
+from iotests_run.report.tap import tap_line
+
+pytestmark = pytest.mark.unit
+
+
+def case(key: str) -> TestCase:
+    return TestCase(key=key, path=Path("/src/tests/qemu-iotests") / key, groups=frozenset({"quick"}))
+
+
+def result(key: str, outcome: Outcome, fmt: str = "qcow2", **kw: object) -> Result:
+    return Result(Run(case(key), fmt, "file"), outcome, **kw)  # type: ignore[arg-type]
+
+
+RESULTS = [
+    result("001", Outcome.PASS, duration_s=1.5),
+    result("002", Outcome.FAIL, reason="output mismatch", diff="--- a\n+++ b\n-x\n+y\x01",
+           artifacts="runs/qcow2-file/002", duration_s=2.0, output_tail="out\x00put"),
+    result("tests/named", Outcome.NOT_RUN, reason="not suitable for this image format: qcow2"),
+    result("001", Outcome.PASS, fmt="raw", duration_s=0.5),
+    result("003", Outcome.INTERRUPTED, reason="interrupted by the user"),
+]
+
+
+def test_junit_cases_as_gitlab_reads_them() -> None:
+    root = ET.fromstring(junit_xml(RESULTS))
+    cases = {(c.get("classname"), c.get("name")): c for c in root.iter("testcase")}
+    assert len(cases) == 5
+    failed = cases[("iotests.qcow2-file", "002")]
+    assert failed.get("file") == "tests/qemu-iotests/002"
+    assert failed.get("time") == "2.000000"
+    failure = failed.find("failure")
+    assert failure is not None and failure.text is not None
+    assert failure.text.startswith("output mismatch\n--- a")
+    assert "+y\ufffd" in failure.text and "artifacts: runs/qcow2-file/002" in failure.text
+    skipped = cases[("iotests.qcow2-file", "named")].find("skipped")
+    assert skipped is not None and skipped.get("message") == "not suitable for this image format: qcow2"
+    assert cases[("iotests.raw-file", "001")].find("failure") is None
+    assert cases[("iotests.qcow2-file", "003")].find("error") is not None
+
+
+def test_junit_text_is_bounded() -> None:
+    huge = result("004", Outcome.FAIL, reason="output mismatch", diff="x" * 10_000_000)
+    assert len(junit_xml([huge])) < 200_000
+
+
+def test_results_json_contract() -> None:
+    data = json.loads(results_json(RESULTS, {"complete": True}))
+    assert data["complete"] is True
+    run = next(r for r in data["runs"] if r["test"] == "002")
+    assert run == {"test": "002", "format": "qcow2", "protocol": "file", "outcome": "fail",
+                   "reason": "output mismatch", "duration_s": 2.0, "artifacts": "runs/qcow2-file/002"}
+    assert {r["outcome"] for r in data["runs"]} == {"pass", "fail", "not-run", "interrupted"}
+
+
+def test_tap_lines() -> None:
+    assert tap_line(1, RESULTS[0]) == "ok 1 qcow2-file 001"
+    assert tap_line(2, RESULTS[1]) == "not ok 2 qcow2-file 002 # fail: output mismatch"
+    assert tap_line(3, RESULTS[2]) == "ok 3 qcow2-file named # SKIP not suitable for this image format: qcow2"
+
+
+def test_summary() -> None:
+    text = summary_text(RESULTS, "title", 3.25)
+    assert closing_line(RESULTS) == "2 passed, 1 failed, 2 skipped"
+    assert text.rstrip().endswith("2 passed, 1 failed, 2 skipped")
+    assert "runs/qcow2-file/002" in text and "Wall time 3.2 s" in text
+    table = text.split("Failures:")[0]
+    qcow2_row = next(line for line in table.splitlines() if line.startswith("qcow2-file"))
+    assert qcow2_row.split() == ["qcow2-file", "1", "1", "1", "1", "4", "3.5"]
+
+
+def test_matrix_and_longest_first() -> None:
+    runs = matrix([case("001"), case("002")], ["qcow2", "raw"], ["file"])
+    assert [r.label for r in runs] == ["qcow2-file 001", "qcow2-file 002", "raw-file 001", "raw-file 002"]
+    ordered = longest_first(runs, {"raw-file/002": 9.0, "qcow2-file/001": 0.1})
+    assert [r.label for r in ordered] == ["raw-file 002", "qcow2-file 002", "raw-file 001", "qcow2-file 001"]
