@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from iotests_run import __version__, history, plan
 from iotests_run.discovery import discover
 from iotests_run.environment import IOTESTS_VARIABLES, iotests_environment, malloc_perturb
 from iotests_run.errors import SetupError, UsageError
 from iotests_run.execute import Context, execute_all
+from iotests_run.isolation import probe
 from iotests_run.model import Result, Run
 from iotests_run.qemu import QemuTree, open_tree, reference_cache
 from iotests_run.report.files import write_atomically
@@ -28,9 +31,16 @@ from iotests_run.report.progress import Progress
 from iotests_run.report.results_json import results_json
 from iotests_run.report.summary import summary_text
 from iotests_run.report.tap import HEADER, tap_line, tap_plan
-from iotests_run.sandbox import Registry, ShortRoot, remove_tree
+from iotests_run.sandbox import LiveRun, Registry, ShortRoot, default_scratch, remove_tree
+from iotests_run.supervise import Limits
+from iotests_run.tracking import CgroupRoot
+from iotests_run.watchdog import start as start_watchdog
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# No healthy quick iotest comes near these (the slowest take about 16 s on 2 busy cores).
+DEFAULT_TIMEOUT_S = 600.0
+DEFAULT_HANG_TIMEOUT_S = 120.0
+QUIET_NOTICE_S = 30.0
 # Our own files in a results folder; only these are replaced by a new run.
 RESULT_FILES = ("junit.xml", "results.json", "summary.txt")
 
@@ -55,6 +65,16 @@ def _jobs(value: str) -> int:
     return n
 
 
+def _seconds(value: str) -> float:
+    try:
+        n = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value}") from None
+    if not n > 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0: {value}")
+    return n
+
+
 def _csv(value: str) -> list[str]:
     return [v for v in value.split(",") if v]
 
@@ -75,6 +95,23 @@ def make_parser() -> argparse.ArgumentParser:
                    help="results folder (default: ./iotests-results)")
     p.add_argument("--junit", metavar="FILE", help="also write the JUnit report here")
     p.add_argument("--tap", action="store_true", help="print TAP 13 on stdout (progress goes to stderr)")
+    p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help="hard limit per run (default: %(default)g; per-test overrides in timeouts.json)")
+    p.add_argument("--timeout-multiplier", type=_seconds, default=1.0, metavar="X",
+                   help="multiply every hard limit, for slow machines and sanitizer builds")
+    p.add_argument("--hang-timeout", type=_seconds, default=DEFAULT_HANG_TIMEOUT_S, metavar="SECONDS",
+                   help="a run whose processes used no CPU and wrote no output this long is a hang "
+                        "(default: %(default)g)")
+    p.add_argument("--grace", type=_seconds, default=3.0, metavar="SECONDS",
+                   help="between TERM and KILL when a run is stopped (default: %(default)g)")
+    p.add_argument("--still-running-every", type=_seconds, default=QUIET_NOTICE_S, metavar="SECONDS",
+                   help="name the runs still going after this long without a progress line (default: %(default)g)")
+    p.add_argument("--no-isolation", action="store_true",
+                   help="no network/mount namespaces or cgroups; processes are still tracked and killed")
+    p.add_argument("--scratch", metavar="DIR", type=Path, default=None,
+                   help="where run sandboxes live (default: /dev/shm when it is a tmpfs with 8 GiB free, else /tmp)")
+    p.add_argument("--no-static-skip", action="store_true",
+                   help="start every run, even those whose test declares it cannot apply (check's behaviour)")
     p.add_argument("--version", action="version", version=f"iotests-run {__version__}")
     return p
 
@@ -107,6 +144,13 @@ def prepare_results(folder: Path) -> Path:
     return folder
 
 
+def _relative_to_cwd(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd())) or "."
+    except ValueError:
+        return str(path)
+
+
 @dataclass
 class Reporter:
     """Streams every finished run to the terminal and rewrites the result files."""
@@ -117,20 +161,31 @@ class Reporter:
     progress: Progress
     tap: bool
     results: list[Result]
+    quiet_notice_s: float = QUIET_NOTICE_S
 
     def write_files(self) -> None:
         write_atomically(self.results_dir / "results.json", results_json(self.results, self.meta))
-        xml = junit_xml(self.results)
+        xml = junit_xml(self.results, attachment_base=_relative_to_cwd(self.results_dir))
         write_atomically(self.results_dir / "junit.xml", xml)
         if self.junit_copy is not None:
             write_atomically(self.junit_copy, xml)
 
-    def finished(self, result: Result) -> None:
+    def record(self, result: Result) -> None:
         self.results.append(result)
         self.progress.finished(result)
         if self.tap:
             print(tap_line(len(self.results), result), flush=True)
+
+    def finished(self, result: Result) -> None:
+        self.record(result)
         self.write_files()
+
+    def tick(self, live: list[LiveRun]) -> None:
+        """After QUIET_NOTICE_S without a line, name what is still running (CI logs show what is stuck)."""
+        now = time.monotonic()
+        if live and now - self.progress.last_line >= self.quiet_notice_s:
+            names = ", ".join(f"{r.label} ({now - r.started:.0f} s)" for r in sorted(live, key=lambda r: r.started))
+            self.progress.note(f"still running: {names}")
 
 
 def _public_environment(tree: QemuTree, formats: list[str], protocols: list[str], perturb: str) -> dict[str, Any]:
@@ -155,6 +210,45 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
+def limits_for(args: argparse.Namespace) -> Callable[[Run], Limits]:
+    """Each run's limits: --timeout or the shipped per-test override, times the multiplier."""
+    table = json.loads(resources.files("iotests_run").joinpath("timeouts.json").read_text())["tests"]
+
+    def limits(run: Run) -> Limits:
+        timeout = float(table.get(run.test.key, args.timeout)) * args.timeout_multiplier
+        return Limits(timeout_s=timeout, hang_timeout_s=args.hang_timeout, grace_s=args.grace)
+
+    return limits
+
+
+def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], results_dir: Path, scratch: Path,
+                   perturb: str, reporter: Reporter, out: TextIO) -> bool:
+    """Run everything in sandboxes with a watchdog behind them; True when interrupted."""
+    isolation = probe(wanted=not args.no_isolation)
+    cgroups = None if args.no_isolation else CgroupRoot.create()
+    print(f"iotests-run: isolation: {isolation.describe()}; "
+          f"{'a cgroup per run' if cgroups else 'processes tracked by environment marker'}", file=out, flush=True)
+    short_root = ShortRoot(scratch)
+    marker = short_root.path.name
+    watchdog = start_watchdog(marker, short_root.path, cgroups.path if cgroups else None)
+    registry = Registry()
+    ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
+                  user_env=dict(os.environ), malloc_perturb=perturb, limits=limits_for(args),
+                  isolation=isolation, cgroups=cgroups, marker=marker)
+    try:
+        execute_all(runs, ctx, args.jobs, reporter.finished, on_tick=lambda: reporter.tick(registry.live()))
+        return False
+    except KeyboardInterrupt:
+        return True
+    finally:
+        short_root.close()
+        if cgroups is not None:
+            cgroups.close()
+        if watchdog.stdin is not None:
+            watchdog.stdin.close()
+        watchdog.wait()
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     # find tests
@@ -164,6 +258,10 @@ def run(args: argparse.Namespace) -> int:
     tests = discover(tree.iotests).select(args.tests, args.groups, args.exclude_groups)
     if not tests:
         raise UsageError("no tests selected")
+    scratch = (args.scratch or default_scratch()).absolute()
+    problem = ShortRoot.check_base(scratch)
+    if problem:
+        raise UsageError(f"--scratch {scratch} {problem}")
     results_dir = prepare_results(Path(args.results))
     junit_copy = None
     if args.junit:
@@ -173,7 +271,10 @@ def run(args: argparse.Namespace) -> int:
     # plan runs
     history_file = reference_cache() / "durations.json"
     durations = history.load(history_file)
-    runs: list[Run] = plan.longest_first(plan.matrix(tests, formats, protocols), durations)
+    planned = plan.matrix(tests, formats, protocols)
+    skipped, to_run = plan.static_verdicts(planned, tree.default_machine, "writeback",
+                                           read_declarations=not args.no_static_skip)
+    runs: list[Run] = plan.longest_first(to_run, durations)
 
     # execute in sandboxes, judging each run as it ends, reporting as runs finish
     perturb = malloc_perturb(os.environ)
@@ -183,27 +284,23 @@ def run(args: argparse.Namespace) -> int:
         "command": ["iotests-run", *sys.argv[1:]],
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "jobs": args.jobs,
-        "planned": len(runs),
+        "planned": len(planned),
+        "skipped_without_starting": len(skipped),
         "environment": _public_environment(tree, formats, protocols, perturb),
         "complete": False,
     }
     out = sys.stderr if args.tap else sys.stdout
-    reporter = Reporter(results_dir, junit_copy, meta, Progress(len(runs), out), args.tap, [])
+    reporter = Reporter(results_dir, junit_copy, meta, Progress(len(planned), out), args.tap, [],
+                        args.still_running_every)
     if args.tap:
         print(HEADER, flush=True)
-    print(f"iotests-run: {len(runs)} runs of QEMU {tree.version} iotests ({tree.source}), "
-          f"{args.jobs} in parallel, results in {results_dir}", file=out, flush=True)
+    print(f"iotests-run: {len(planned)} runs of QEMU {tree.version} iotests ({tree.source}), "
+          f"{len(skipped)} known not to apply, {args.jobs} in parallel, results in {results_dir}",
+          file=out, flush=True)
+    for result in skipped:
+        reporter.record(result)
     reporter.write_files()
-    short_root = ShortRoot()
-    ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=Registry(),
-                  user_env=dict(os.environ), malloc_perturb=perturb)
-    interrupted = False
-    try:
-        execute_all(runs, ctx, args.jobs, reporter.finished)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        short_root.close()
+    interrupted = _execute_stage(args, tree, runs, results_dir, scratch, perturb, reporter, out)
 
     # report
     results = reporter.results

@@ -18,14 +18,18 @@ from iotests_run.errors import SetupError, UsageError
 from iotests_run.model import TestCase
 
 GROUP_PREFIX = "# group: "
+PYTHON_SHEBANG = "#!/usr/bin/env python3"
 
 
-def _groups_of(path: Path) -> list[str]:
+def _read_header(path: Path) -> tuple[bool, list[str]]:
+    """Whether check starts the test with the interpreter, and its groups."""
     with path.open(encoding="utf-8", errors="replace") as f:
+        python = f.readline().rstrip() == PYTHON_SHEBANG
+        f.seek(0)
         for line in f:
             if line.startswith(GROUP_PREFIX):
-                return line.split()[2:]
-    return []
+                return python, line.split()[2:]
+    return python, []
 
 
 @dataclass(frozen=True)
@@ -76,12 +80,14 @@ def discover(iotests: Path) -> Catalog:
         keys += [f"tests/{p.name}" for p in named.iterdir()
                  if not p.name.endswith(".out") and p.is_file() and Path(f"{p}.out").is_file()]
     groups: dict[str, set[str]] = defaultdict(set)
+    python: dict[str, bool] = {}
     for key in keys:
-        groups[key].update(_groups_of(iotests / key))
+        python[key], declared = _read_header(iotests / key)
+        groups[key].update(declared)
     local = iotests / "group.local"
     if local.is_file():
         _read_group_local(local, keys, groups)
-    tests = {k: TestCase(key=k, path=iotests / k, groups=frozenset(groups[k])) for k in keys}
+    tests = {k: TestCase(key=k, path=iotests / k, groups=frozenset(groups[k]), python=python[k]) for k in keys}
     return Catalog(iotests=iotests, tests=tests)
 
 

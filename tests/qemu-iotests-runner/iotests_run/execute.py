@@ -12,13 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from iotests_run.environment import Settings, child_environment, iotests_environment
-from iotests_run.model import Outcome, Result, Run
+from iotests_run.isolation import Isolation
+from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.qemu import QemuTree
-from iotests_run.sandbox import Registry, ShortRoot, run_in_session
-from iotests_run.verdict import judge, reference_output
+from iotests_run.sandbox import Registry, ShortRoot
+from iotests_run.supervise import Limits, supervise
+from iotests_run.tracking import MARKER, CgroupRoot, MarkerTracker, Tracker
+from iotests_run.verdict import crash_reason, judge, reference_output
 
-PYTHON_SHEBANG = "#!/usr/bin/env python3"
 OUTPUT_TAIL_BYTES = 4096
+TICK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -29,8 +32,20 @@ class Context:
     registry: Registry
     user_env: Mapping[str, str]
     malloc_perturb: str
+    limits: Callable[[Run], Limits]
+    isolation: Isolation = field(default_factory=Isolation)
+    cgroups: CgroupRoot | None = None
+    marker: str = "iotests-run"  # prefix of each run's IOTESTS_RUN_SANDBOX value
     python: str = sys.executable
     settings: Settings = field(default_factory=Settings)
+
+    def tracker(self, index: int) -> Tracker:
+        if self.cgroups is not None:
+            return self.cgroups.run_cgroup(f"run-{index}")
+        return MarkerTracker(f"{self.marker}/{index}")
+
+
+STOPPED = {"timeout": Outcome.TIMEOUT, "hang": Outcome.HANG, "interrupted": Outcome.INTERRUPTED}
 
 
 def run_folder(run: Run) -> str:
@@ -38,13 +53,10 @@ def run_folder(run: Run) -> str:
     return f"runs/{run.combo}/{run.test.name}"
 
 
-def command_of(test: Path, python: str) -> list[str]:
+def command_of(test: TestCase, python: str) -> list[str]:
     """check starts a test with the interpreter when its first line is exactly the python3 shebang."""
-    with test.open("rb") as f:
-        first = f.readline()
-    if first.rstrip().decode("utf-8", errors="replace") == PYTHON_SHEBANG:
-        return [python, str(test.resolve())]
-    return [str(test.resolve())]
+    path = str(test.path.resolve())
+    return [python, path] if test.python else [path]
 
 
 def _tail(path: Path) -> str:
@@ -82,8 +94,6 @@ def _execute(run: Run, index: int, ctx: Context, rel: str) -> Result:
     tree = ctx.tree
     cachemode = ctx.settings.cachemode or "writeback"
     reference = reference_output(run.test.path, run.format, tree.default_machine, cachemode)
-    if not reference.is_file():
-        return Result(run, Outcome.NOT_RUN, f"No qualified output (expected {reference})")
     if ctx.registry.stopping.is_set():
         return Result(run, Outcome.INTERRUPTED, "not started: the runner was interrupted")
 
@@ -94,33 +104,49 @@ def _execute(run: Run, index: int, ctx: Context, rel: str) -> Result:
                                       malloc_perturb=ctx.malloc_perturb, user_env=ctx.user_env,
                                       settings=ctx.settings)
     env = child_environment(ctx.user_env, iotests_env, box.tmp_dir)
-    argv = command_of(run.test.path, ctx.python)
+    argv = command_of(run.test, ctx.python)
     output = box.run_dir / f"{run.test.name}.out.bad"
     notrun = box.test_dir / f"{run.test.name}.notrun"
 
+    env[MARKER] = f"{ctx.marker}/{index}"
+    qemu_gdb = tree.source / "scripts" / "qemu-gdb.py"
     start = time.monotonic()
-    returncode = run_in_session(argv, run.test.path.parent, env, output, ctx.registry)
+    ending = supervise(argv, run.test.path.parent, env, output, limits=ctx.limits(run), tracker=ctx.tracker(index),
+                       isolation=ctx.isolation, registry=ctx.registry, key=index, label=run.label,
+                       diagnostics_dir=box.run_dir / "diagnostics",
+                       qemu_gdb=qemu_gdb if qemu_gdb.is_file() else None)
     duration = round(time.monotonic() - start, 3)
 
-    if ctx.registry.stopping.is_set():
-        verdict_outcome, reason, diff = Outcome.INTERRUPTED, "interrupted by the user", ""
+    if ending.stopped:
+        outcome, reason, diff = STOPPED[ending.stopped], ending.detail, ""
     else:
-        v = judge(returncode, reference, output, notrun, str(reference), f"{rel}/{output.name}")
-        verdict_outcome, reason, diff = v.outcome, v.reason, v.diff
-    if verdict_outcome is Outcome.PASS:
+        v = judge(ending.returncode, reference, output, notrun, str(reference), f"{rel}/{output.name}")
+        outcome, reason, diff = v.outcome, v.reason, v.diff
+        crash = crash_reason(ending.returncode, diff) if outcome is Outcome.FAIL else None
+        if crash:
+            outcome, reason = Outcome.CRASH, crash
+    leaked = ending.leaked
+    if leaked:
+        (box.run_dir / "leaked.txt").write_text("\n".join(leaked) + "\n", encoding="utf-8")
+    if outcome is Outcome.PASS and not leaked:
         box.discard()
         return Result(run, Outcome.PASS, "", duration)
     box.keep()
     if diff:
         (box.run_dir / "diff.txt").write_text(diff + "\n", encoding="utf-8")
     _write_reproducer(box.run_dir / "reproduce.sh", run.test.path.parent, iotests_env, argv)
-    return Result(run, verdict_outcome, reason, duration, diff=diff, artifacts=rel,
-                  output_tail=_tail(output))
+    attachments = [f"{rel}/{output.name}"] + [f"{rel}/diff.txt"] * bool(diff) + [f"{rel}/leaked.txt"] * bool(leaked)
+    if ending.evidence is not None:
+        attachments += [f"{rel}/diagnostics/{f}" for f in ending.evidence.files]
+    return Result(run, outcome, reason, duration, diff=diff, artifacts=rel, output_tail=_tail(output),
+                  diagnostics=ending.evidence.summary if ending.evidence else "",
+                  attachments=tuple(attachments), leaked=leaked)
 
 
 def execute_all(runs: list[Run], ctx: Context, jobs: int,
                 on_result: Callable[[Result], None],
-                on_start: Callable[[Run], None] | None = None) -> list[Result]:
+                on_start: Callable[[Run], None] | None = None,
+                on_tick: Callable[[], None] | None = None) -> list[Result]:
     """Run everything in one pool; report each result as it finishes.
 
     On KeyboardInterrupt every live process group is killed, the pool drains
@@ -140,7 +166,9 @@ def execute_all(runs: list[Run], ctx: Context, jobs: int,
     try:
         while pending:
             try:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                done, _ = wait(pending, timeout=TICK_S, return_when=FIRST_COMPLETED)
+                if on_tick is not None:
+                    on_tick()
                 for fut in done:
                     run = pending[fut]
                     result = fut.result() if not fut.cancelled() else Result(
@@ -150,7 +178,7 @@ def execute_all(runs: list[Run], ctx: Context, jobs: int,
                     on_result(result)
             except KeyboardInterrupt:
                 interrupted = True
-                ctx.registry.kill_all()
+                ctx.registry.stop()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     if interrupted:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -35,6 +35,7 @@ class TestCase:
     key: str  # path relative to the iotests folder, as check names it
     path: Path
     groups: frozenset[str]
+    python: bool = False  # started with the interpreter (first line is the python3 shebang)
 
     @property
     def name(self) -> str:
@@ -67,4 +68,6 @@ class Result:
     diff: str = ""
     artifacts: str | None = None  # folder relative to the results folder
     output_tail: str = ""
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    diagnostics: str = ""  # summary of what was collected before a hung or timed-out run was killed
+    attachments: tuple[str, ...] = ()  # files relative to the results folder (diagnostics, diff, output)
+    leaked: tuple[str, ...] = ()  # processes the run left behind ("PID command"), killed by the runner

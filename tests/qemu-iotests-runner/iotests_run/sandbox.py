@@ -1,7 +1,8 @@
 """Process control: every test process starts here, and every one is ended here.
 
 Each run gets its own folders (TEST_DIR, SOCK_DIR and TMPDIR under a short
-/tmp root; TEST_DIR moves into the results folder when the run did not pass)
+scratch root, /dev/shm or /tmp; TEST_DIR moves into the results folder when
+the run did not pass)
 and its own session, so the whole process group can be killed. A registry of live
 process groups lets an interrupted runner end everything it started.
 """
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Mapping
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,30 @@ def move_tree(src: Path, dst: Path) -> None:
         remove_tree(src)
 
 
+PLAIN_PATH = re.compile(r"^[-_a-zA-Z0-9/]+$")
+TMPFS_MIN_FREE = 8 << 30
+
+
+def _is_tmpfs(path: str) -> bool:
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            return any(fields[1] == path and fields[2] == "tmpfs" for fields in (line.split() for line in f))
+    except OSError:
+        return False
+
+
+def default_scratch() -> Path:
+    """Where sandboxes live: /dev/shm when it is a roomy tmpfs (less kernel time per test), else /tmp."""
+    shm = "/dev/shm"
+    try:
+        st = os.statvfs(shm)
+        if _is_tmpfs(shm) and st.f_bavail * st.f_frsize >= TMPFS_MIN_FREE and os.access(shm, os.W_OK):
+            return Path(shm)
+    except OSError:
+        pass
+    return Path("/tmp")
+
+
 class ShortRoot:
     """A short, plain per-invocation folder for each run's TEST_DIR, SOCK_DIR and TMPDIR.
 
@@ -75,11 +100,21 @@ class ShortRoot:
     because some iotests (197, 215) refuse to run in a TEST_DIR with other characters.
     """
 
-    def __init__(self) -> None:
-        base = "/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir()
+    def __init__(self, base: Path) -> None:
         self.path = Path(tempfile.mkdtemp(prefix="iotr-", dir=base))
-        if len(str(self.path)) + SOCKET_NAME_ROOM > SOCKET_PATH_LIMIT:
-            raise OSError(f"temporary folder path too long for unix sockets: {self.path}")
+
+    @staticmethod
+    def check_base(base: Path) -> str | None:
+        """Why this folder cannot hold sandboxes, or None."""
+        if not base.is_dir():
+            return "does not exist"
+        if not PLAIN_PATH.match(str(base)):
+            return "has characters other than letters, digits and -_/ (iotests 197 and 215 refuse such a TEST_DIR)"
+        if len(str(base)) + SOCKET_NAME_ROOM + 20 > SOCKET_PATH_LIMIT:
+            return "is too long for unix socket paths under it"
+        if not os.access(base, os.W_OK | os.X_OK):
+            return "is not writable"
+        return None
 
     def sandbox(self, index: int, run_dir: Path) -> Sandbox:
         short = self.path / str(index)
@@ -89,51 +124,36 @@ class ShortRoot:
         remove_tree(self.path)
 
 
+@dataclass
+class LiveRun:
+    label: str
+    started: float
+    last_activity: float
+
+
 class Registry:
-    """The process groups of live runs, so that an interrupt ends them all."""
+    """The live runs, so that progress can name the quiet ones and an interrupt stops them all."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._groups: set[int] = set()
+        self._live: dict[int, LiveRun] = {}
         self.stopping = threading.Event()
 
-    def add(self, pgid: int) -> None:
+    def add(self, key: int, label: str) -> LiveRun:
+        now = time.monotonic()
+        live = LiveRun(label, now, now)
         with self._lock:
-            self._groups.add(pgid)
+            self._live[key] = live
+        return live
 
-    def discard(self, pgid: int) -> None:
+    def discard(self, key: int) -> None:
         with self._lock:
-            self._groups.discard(pgid)
+            self._live.pop(key, None)
 
-    def kill_all(self) -> None:
+    def live(self) -> list[LiveRun]:
+        with self._lock:
+            return list(self._live.values())
+
+    def stop(self) -> None:
+        """Ask every live run to end now; each worker kills its own run's processes."""
         self.stopping.set()
-        with self._lock:
-            groups = list(self._groups)
-        for pgid in groups:
-            kill_group(pgid, signal.SIGKILL)
-
-
-def kill_group(pgid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def run_in_session(argv: list[str], cwd: Path, env: Mapping[str, str], output: Path,
-                   registry: Registry) -> int:
-    """Run argv in its own session with stdin /dev/null and stdout+stderr to output.
-
-    Whatever is left of its process group when it exits is killed.
-    """
-    with output.open("wb") as out:
-        proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    registry.add(proc.pid)
-    try:
-        if registry.stopping.is_set():
-            kill_group(proc.pid, signal.SIGKILL)
-        return proc.wait()
-    finally:
-        kill_group(proc.pid, signal.SIGKILL)
-        registry.discard(proc.pid)

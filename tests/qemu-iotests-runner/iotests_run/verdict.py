@@ -11,6 +11,8 @@ newlines) decides.
 from __future__ import annotations
 
 import difflib
+import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,3 +62,26 @@ def judge(returncode: int, reference: Path, output: Path, notrun_file: Path,
     if diff:
         return Verdict(Outcome.FAIL, "output mismatch", diff)
     return Verdict(Outcome.PASS, "")
+
+
+# How a process killed by a signal shows up in a test's output: bash's job
+# messages, QEMUMachine's warning, or our own wording.
+SIGNAL_DEATH = re.compile(r"\b(Segmentation fault|Aborted|Bus error|Illegal instruction|Floating point exception|"
+                          r"Trace/breakpoint trap)( \(core dumped\))?|received signal -?\d+|killed by signal")
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def crash_reason(returncode: int, diff: str) -> str | None:
+    """Why a failed run is a crash: the test died of a signal, or its output says a process did."""
+    if returncode < 0:
+        return f"the test died of {signal_name(-returncode)}"
+    for line in diff.splitlines():
+        if line.startswith("+") and not line.startswith("+++") and SIGNAL_DEATH.search(line):
+            return f"a process died of a signal: {line[1:].strip()[:200]}"
+    return None

@@ -58,8 +58,10 @@ def test_junit_and_results_json_of_real_runs(reference_tree: ReferenceTree, tmp_
     assert runs[("qcow2", "001")]["outcome"] == "pass" and runs[("qcow2", "001")]["duration_s"] > 0
     assert runs[("qcow2", "045")]["outcome"] == "not-run"
     assert "not suitable" in runs[("qcow2", "045")]["reason"]
-    assert runs[("qcow2", "045")]["artifacts"] == "runs/qcow2-file/045"
-    assert (results / "runs" / "qcow2-file" / "045" / "045.out.bad").is_file()
+    # 045 declares supported_fmts=['raw']: known without starting it, so no artifacts
+    assert runs[("qcow2", "045")]["artifacts"] is None and runs[("qcow2", "045")]["duration_s"] == 0
+    assert not (results / "runs" / "qcow2-file" / "045").exists()
+    assert data["skipped_without_starting"] == 1
     # Only iotests variables are recorded, never the rest of the user's environment.
     env = data["environment"]["qcow2-file"]
     assert env["IMGFMT"] == "qcow2" and "HOME" not in env and "PATH" not in env
@@ -112,3 +114,44 @@ def test_broken_build_is_a_one_line_error(reference_tree: ReferenceTree, tmp_pat
                     "--results", str(tmp_path / "r")])
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"iotests-run: QEMU build lacks {broken / 'qemu-nbd'}"
+
+
+@pytest.mark.parametrize("fmt", ["qcow2", "raw"])
+def test_static_skips_match_what_running_decides(reference_tree: ReferenceTree, tmp_path: Path, fmt: str) -> None:
+    """Runs skipped from declarations get the verdict and reason that starting them gives."""
+    def outcomes(extra: list[str]) -> dict[str, tuple[str, str]]:
+        results = tmp_path / ("all" if extra else "static")
+        run_cli(["-f", fmt, *SAMPLE, *extra, *reference_tree.args(results)])
+        data = json.loads((results / "results.json").read_text())
+        return {r["test"]: (r["outcome"], r["reason"]) for r in data["runs"]}
+
+    static, started = outcomes([]), outcomes(["--no-static-skip"])
+    assert static == started
+    assert any(outcome == "not-run" for outcome, _ in static.values())
+
+
+def test_real_qemu_hang_and_daemon_leak(reference_tree: ReferenceTree, tmp_path: Path) -> None:
+    """Fake iotests driving the real binaries: a qemu-system -S that sits there, a qemu-nbd --fork left behind."""
+    from support import make_fake_tree
+
+    tree = make_fake_tree(tmp_path / "tree")
+    (tree.source / "scripts").symlink_to(reference_tree.source / "scripts")  # qemu-gdb.py
+    tree.add_test("001", '"$QEMU_PROG" $QEMU_OPTIONS -S &\nwait\n', out="")
+    tree.add_test("002", '"$QEMU_IMG_PROG" create -f qcow2 "$TEST_DIR/t.qcow2" 1M >/dev/null\n'
+                         '"$QEMU_NBD_PROG" --fork -k "$SOCK_DIR/nbd.sock" -f qcow2 "$TEST_DIR/t.qcow2"\n'
+                         "echo started\n", out="started\n")
+    results = tmp_path / "results"
+    proc = run_cli(["--qemu-source", str(tree.source), "--qemu-build", str(reference_tree.build),
+                    "--results", str(results), "--hang-timeout", "3"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    runs = {r["test"]: r for r in json.loads((results / "results.json").read_text())["runs"]}
+    assert runs["001"]["outcome"] == "hang"
+    gdb = next((results / "runs/qcow2-file/001/diagnostics").glob("gdb-*-qemu-system-x86_64.txt")).read_text()
+    assert "main_loop_wait" in gdb and "qemu_main_loop" in gdb
+    assert "=== qemu bt (coroutine-aware) ===" in gdb
+    assert "qemu_main_loop" in gdb.split("=== qemu bt (coroutine-aware) ===")[1]
+    error = next(c for c in ET.parse(results / "junit.xml").getroot().iter("testcase") if c.get("name") == "001")
+    assert "main_loop_wait" in (error.findtext("error") or "")
+    assert runs["002"]["outcome"] == "pass"
+    assert any("qemu-nbd" in p for p in runs["002"]["leaked"])
+    assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).stdout == b""

@@ -154,3 +154,17 @@ def test_sigterm_interrupts_too(fake_tree: FakeTree, tmp_path: Path) -> None:
     assert runner.wait(timeout=20) == 130
     assert time.monotonic() - start < 5
     assert os.path.exists(tmp_path / "r" / "summary.txt")
+
+
+def test_runs_declared_not_to_apply_are_not_started(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", f"_supported_fmt raw\ntouch {tmp_path}/started-$IMGFMT\n", out="")
+    results = tmp_path / "results"
+    proc = run_cli(["-f", "qcow2,raw", *fake_tree.args(results)])
+    runs = runs_by_test(results)
+    assert runs[("qcow2", "001")]["outcome"] == "not-run"
+    assert runs[("qcow2", "001")]["reason"] == "not suitable for this image format: qcow2"
+    assert not (tmp_path / "started-qcow2").exists()
+    assert (tmp_path / "started-raw").exists()  # (the fake has no common.rc: the raw run fails)
+    assert "1 known not to apply" in proc.stdout
+    run_cli(["-f", "qcow2", "--no-static-skip", *fake_tree.args(results)])
+    assert (tmp_path / "started-qcow2").exists()

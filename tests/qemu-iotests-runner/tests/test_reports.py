@@ -61,7 +61,8 @@ def test_results_json_contract() -> None:
     assert data["complete"] is True
     run = next(r for r in data["runs"] if r["test"] == "002")
     assert run == {"test": "002", "format": "qcow2", "protocol": "file", "outcome": "fail",
-                   "reason": "output mismatch", "duration_s": 2.0, "artifacts": "runs/qcow2-file/002"}
+                   "reason": "output mismatch", "duration_s": 2.0, "artifacts": "runs/qcow2-file/002",
+                   "leaked": []}
     assert {r["outcome"] for r in data["runs"]} == {"pass", "fail", "not-run", "interrupted"}
 
 

@@ -26,12 +26,14 @@ def classname(result: Result) -> str:
     return f"iotests.{result.run.combo}"
 
 
-def _case(result: Result, tree_root: str) -> TestCase:
+def _case(result: Result, tree_root: str, attachment_base: str) -> TestCase:
     run = result.run
     case = TestCase(name=run.test.name, classname=classname(result), elapsed_sec=result.duration_s,
                     file=f"{tree_root}/{run.test.key}")
     element = PRESENTATION[result.outcome].junit
     text = result.reason
+    if result.diagnostics:
+        text += "\n\nDiagnostics collected before the run was killed:\n" + result.diagnostics
     if result.diff:
         text += "\n" + result.diff
     if result.artifacts:
@@ -42,13 +44,21 @@ def _case(result: Result, tree_root: str) -> TestCase:
         case.add_error_info(message=xml_text(result.reason, 1024), output=xml_text(text))
     elif element == "skipped":
         case.add_skipped_info(message=xml_text(result.reason, 1024), output=xml_text(result.reason))
+    out = []
     if result.output_tail and element in ("failure", "error"):
-        case.stdout = xml_text(result.output_tail)
+        out.append(result.output_tail)
+    # GitLab links [[ATTACHMENT|path]] lines of a testcase's system-out to artifact files.
+    out += [f"[[ATTACHMENT|{attachment_base}/{path}]]" for path in result.attachments]
+    if out:
+        case.stdout = xml_text("\n".join(out))
+    if result.leaked:
+        case.stderr = xml_text("leaked processes (killed by iotests-run):\n" + "\n".join(result.leaked))
     return case
 
 
-def junit_xml(results: Iterable[Result], tree_root: str = "tests/qemu-iotests") -> str:
+def junit_xml(results: Iterable[Result], tree_root: str = "tests/qemu-iotests", attachment_base: str = ".") -> str:
+    """attachment_base: the results folder as GitLab should resolve it (relative to the job's folder)."""
     suites: dict[str, list[TestCase]] = {}
     for result in sorted(results, key=lambda r: (r.run.combo, r.run.test.key)):
-        suites.setdefault(classname(result), []).append(_case(result, tree_root))
+        suites.setdefault(classname(result), []).append(_case(result, tree_root, attachment_base))
     return str(to_xml_report_string([TestSuite(name, cases) for name, cases in suites.items()]))

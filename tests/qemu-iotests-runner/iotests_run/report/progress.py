@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import TextIO
 
 from iotests_run.model import Outcome, Result
@@ -15,6 +16,11 @@ class Progress:
         self.done = 0
         self.stream = stream
         self.width = len(str(total))
+        self.last_line = time.monotonic()
+
+    def note(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+        self.last_line = time.monotonic()
 
     def finished(self, result: Result) -> None:
         self.done += 1
@@ -23,4 +29,4 @@ class Progress:
                 f"{result.run.test.name:<28} {result.duration_s:6.1f} s")
         if result.outcome is not Outcome.PASS and result.reason:
             line += f"  {result.reason.splitlines()[0][:120]}"
-        print(line, file=self.stream, flush=True)
+        self.note(line)

@@ -18,6 +18,7 @@ def run_record(result: Result) -> dict[str, Any]:
         "reason": result.reason,
         "duration_s": result.duration_s,
         "artifacts": result.artifacts,
+        "leaked": list(result.leaked),
     }
 
 

@@ -44,6 +44,10 @@ def summary_text(results: Sequence[Result], title: str, wall_s: float) -> str:
         rows = [[r.run.combo, r.run.test.name, PRESENTATION[r.outcome].column, r.reason, r.artifacts or ""]
                 for r in sorted(bad, key=lambda r: (r.run.combo, r.run.test.key))]
         parts += ["", "Failures:", _table(rows, ["format-protocol", "test", "outcome", "reason", "artifacts"])]
+    leaks = [r for r in results if r.leaked]
+    if leaks:
+        rows = [[r.run.combo, r.run.test.name, proc] for r in leaks for proc in r.leaked]
+        parts += ["", "Leaked processes (killed):", _table(rows, ["format-protocol", "test", "process"])]
     ran = sorted((r for r in results if r.duration_s > 0), key=lambda r: -r.duration_s)[:SLOWEST]
     if ran:
         rows = [[r.run.combo, r.run.test.name, f"{r.duration_s:.1f}"] for r in ran]

@@ -1,0 +1,137 @@
+"""Evidence from a hung or timed-out run, collected before it is killed, bounded in time.
+
+- processes.txt: the run's processes (pid, parent, state, kernel wait channel, CPU, command);
+- gdb-PID-NAME.txt for every QEMU process: all threads' backtraces, and QEMU's
+  coroutine-aware `qemu bt` when the tree has scripts/qemu-gdb.py;
+- py-spy-PID.txt for every Python process: every thread's Python stack
+  (py-spy dump; without py-spy, SIGABRT makes iotests.py's faulthandler print
+  the stacks into the test's output).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+QEMU_PROGRAMS = re.compile(r"^(qemu-system-.*|qemu-img|qemu-io|qemu-nbd|qemu-storage-daemon)$")
+PER_TOOL_TIMEOUT_S = 20.0
+
+
+@dataclass(frozen=True)
+class Evidence:
+    files: tuple[str, ...]  # names inside the diagnostics folder
+    summary: str  # a few lines for the JUnit element text and the summary
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def _describe(pid: int) -> tuple[str, list[str]]:
+    p = psutil.Process(pid)
+    with p.oneshot():
+        cmd = p.cmdline() or [p.name()]
+        cpu = p.cpu_times()
+        line = (f"{pid:>7} {p.ppid():>7} {p.status():<10} {_read(f'/proc/{pid}/wchan'):<24} "
+                f"{cpu.user + cpu.system:8.2f}  {' '.join(cmd)}")
+    return line, cmd
+
+
+def _is_python(cmd: list[str]) -> bool:
+    return bool(cmd) and os.path.basename(cmd[0]).startswith("python")
+
+
+def tool(name: str) -> str | None:
+    """A tool installed beside our interpreter (py-spy in our venv) or on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
+
+
+def _run_tool(argv: list[str], out: Path, timeout: float) -> str:
+    try:
+        proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              errors="replace", timeout=timeout)
+        text = proc.stdout + (f"\n[stderr]\n{proc.stderr}" if proc.stderr.strip() else "")
+    except subprocess.TimeoutExpired:
+        text = f"{argv[0]} did not finish within {timeout:.0f} s"
+    except OSError as exc:
+        text = f"{argv[0]} could not run: {exc}"
+    out.write_text(text, encoding="utf-8")
+    return text
+
+
+def _gdb(gdb: str, pid: int, name: str, folder: Path, qemu_gdb: Path | None, timeout: float) -> tuple[str, str]:
+    argv = [gdb, "-p", str(pid), "-batch", "-nx", "-ex", "set pagination off", "-ex", "thread apply all bt"]
+    if qemu_gdb is not None:
+        argv += ["-ex", f"source {qemu_gdb}", "-ex", "echo \\n=== qemu bt (coroutine-aware) ===\\n",
+                 "-ex", "qemu bt"]
+    file = f"gdb-{pid}-{name}.txt"
+    text = _run_tool(argv, folder / file, timeout)
+    # The main thread ("Thread 1", listed last) says most about a stuck QEMU.
+    main = text[text.rfind("\nThread 1 "):] if "\nThread 1 " in text else text
+    frames = [line for line in main.splitlines() if line.startswith("#")]
+    return file, f"{name} ({pid}) main thread: " + " <- ".join(_frame_function(f) for f in frames[:7])
+
+
+def _frame_function(frame: str) -> str:
+    m = re.search(r"\bin (\S+) \(|^#\d+\s+(\S+) \(", frame)
+    return (m.group(1) or m.group(2)) if m else frame[:40]
+
+
+def _pyspy(pyspy: str, pid: int, folder: Path, timeout: float) -> tuple[str, str]:
+    file = f"py-spy-{pid}.txt"
+    text = _run_tool([pyspy, "dump", "--pid", str(pid)], folder / file, timeout)
+    frames = [line.strip() for line in text.splitlines() if line.startswith("    ")]
+    return file, f"python ({pid}): " + " <- ".join(f.split(" (")[0] for f in frames[:6])
+
+
+def collect(pids: list[int], folder: Path, qemu_gdb: Path | None, budget_s: float) -> Evidence:
+    """Write what can be learnt about these processes into folder, within budget_s seconds."""
+    folder.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + budget_s
+    rows = [f"{'PID':>7} {'PPID':>7} {'STATE':<10} {'WCHAN':<24} {'CPU s':>8}  COMMAND"]
+    commands: dict[int, list[str]] = {}
+    for pid in sorted(pids):
+        try:
+            line, cmd = _describe(pid)
+        except psutil.Error:
+            continue
+        rows.append(line)
+        commands[pid] = cmd
+    (folder / "processes.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    files, summary = ["processes.txt"], [f"{len(commands)} processes (processes.txt)"]
+    gdb, pyspy = tool("gdb"), tool("py-spy")
+    for pid, cmd in commands.items():
+        left = deadline - time.monotonic()
+        if left < 1:
+            summary.append("diagnostics budget used up; later processes not examined")
+            break
+        name = os.path.basename(cmd[0]) if cmd else "?"
+        if QEMU_PROGRAMS.match(name) and gdb:
+            file, line = _gdb(gdb, pid, name, folder, qemu_gdb, min(PER_TOOL_TIMEOUT_S, left))
+        elif _is_python(cmd) and pyspy:
+            file, line = _pyspy(pyspy, pid, folder, min(PER_TOOL_TIMEOUT_S, left))
+        elif _is_python(cmd):
+            os.kill(pid, signal.SIGABRT)  # iotests.py enables faulthandler: stacks go to the test output
+            file, line = "", f"python ({pid}): SIGABRT sent, faulthandler stacks in the test output"
+        else:
+            continue
+        if file:
+            files.append(file)
+        summary.append(line)
+    return Evidence(tuple(files), "\n".join(summary))

@@ -1,0 +1,135 @@
+"""Run one test process to its end, whatever it does: the only place a test is started and stopped.
+
+The test runs in its own session (and namespaces, and cgroup where allowed)
+with stdin /dev/null and its output in a file. While it runs, it is checked
+once a second: past the hard timeout it is a timeout; when its whole process
+tree used (almost) no CPU and wrote no output for the hang timeout it is a
+hang. Either way diagnostics come first, then TERM to every process of the
+run, a grace period, and KILL. When the test exits, anything it left running
+is a leak: described, then killed.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from iotests_run.diagnostics import Evidence, collect
+from iotests_run.isolation import Isolation, child_setup
+from iotests_run.sandbox import LiveRun, Registry
+from iotests_run.tracking import Tracker, kill_all
+
+TICK_S = 1.0
+# Below this average CPU use (fraction of one core) a process tree counts as idle.
+IDLE_CPU_RATE = 0.005
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_s: float
+    hang_timeout_s: float
+    grace_s: float = 3.0
+    diagnostics_budget_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Ending:
+    returncode: int
+    stopped: str | None = None  # "timeout", "hang" or "interrupted"; None when the test ended by itself
+    detail: str = ""
+    evidence: Evidence | None = None
+    leaked: tuple[str, ...] = ()
+
+
+def _describe_all(pids: list[int]) -> tuple[str, ...]:
+    out = []
+    for pid in pids:
+        try:
+            p = psutil.Process(pid)
+            out.append(f"{pid} {' '.join(p.cmdline()) or p.name()}")
+        except psutil.Error:
+            continue
+    return tuple(out)
+
+
+def _wait_exit(pidfd: int, timeout: float) -> bool:
+    ready, _, _ = select.select([pidfd], [], [], timeout)
+    return bool(ready)
+
+
+def _terminate(proc: subprocess.Popen[bytes], tracker: Tracker, grace_s: float) -> None:
+    """TERM to every process of the run, up to grace_s for them to go, then KILL."""
+    kill_all(tracker, signal.SIGTERM)
+    try:
+        proc.send_signal(signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None and not tracker.members():
+            break
+        time.sleep(0.05)
+    proc.kill()
+    kill_all(tracker, signal.SIGKILL)
+
+
+def _watch(proc: subprocess.Popen[bytes], pidfd: int, output: Path, tracker: Tracker, limits: Limits,
+           registry: Registry, live: LiveRun) -> tuple[str | None, str]:
+    """Wait for the test; return why it must be stopped (or None when it exited)."""
+    size, mark_cpu, mark_t = -1, tracker.cpu_seconds(), live.started
+    while not _wait_exit(pidfd, TICK_S):
+        now = time.monotonic()
+        if registry.stopping.is_set():
+            return "interrupted", "the runner was interrupted"
+        if now - live.started >= limits.timeout_s:
+            return "timeout", f"still running after {limits.timeout_s:g} s (--timeout)"
+        try:
+            new_size = output.stat().st_size
+        except OSError:
+            new_size = size
+        cpu = tracker.cpu_seconds()
+        if new_size != size:
+            size, live.last_activity = new_size, now
+            mark_cpu, mark_t = cpu, now
+        elif cpu - mark_cpu > IDLE_CPU_RATE * (now - mark_t) + 0.02:
+            mark_cpu, mark_t = cpu, now
+        elif now - max(mark_t, live.last_activity) >= limits.hang_timeout_s:
+            return "hang", (f"no CPU and no output for {limits.hang_timeout_s:g} s (--hang-timeout); "
+                            f"{cpu:.2f} s CPU in all")
+    return None, ""
+
+
+def supervise(argv: list[str], cwd: Path, env: Mapping[str, str], output: Path, *, limits: Limits,
+              tracker: Tracker, isolation: Isolation, registry: Registry, key: int, label: str,
+              diagnostics_dir: Path, qemu_gdb: Path | None) -> Ending:
+    live = registry.add(key, label)
+    try:
+        with output.open("wb") as out:
+            proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT,
+                                    preexec_fn=child_setup(isolation, tracker.cgroup_procs))
+        pidfd = os.pidfd_open(proc.pid)
+        try:
+            stopped, detail = _watch(proc, pidfd, output, tracker, limits, registry, live)
+        finally:
+            os.close(pidfd)
+        evidence = None
+        if stopped in ("timeout", "hang"):
+            evidence = collect(tracker.members(), diagnostics_dir, qemu_gdb, limits.diagnostics_budget_s)
+        if stopped:
+            _terminate(proc, tracker, limits.grace_s if stopped != "interrupted" else 1.0)
+        returncode = proc.wait()
+        leftovers = [p for p in tracker.members() if p != proc.pid]
+        leaked = _describe_all(leftovers) if leftovers and not stopped else ()
+        return Ending(returncode, stopped, detail, evidence, leaked)
+    finally:
+        tracker.close()
+        registry.discard(key)

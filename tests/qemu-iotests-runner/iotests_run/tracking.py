@@ -1,0 +1,190 @@
+"""Which processes belong to a run, how much CPU they used, and ending all of them.
+
+Daemons started by tests (`qemu-nbd --fork`, `--daemonize`) call setsid(), so a
+process-group kill misses them. Two trackers find them anyway:
+- a cgroup v2 per run (when the machine has a writable one): exact membership,
+  CPU of the whole tree including processes already gone, atomic kill;
+- otherwise a marker variable in the run's environment (IOTESTS_RUN_SANDBOX),
+  inherited by every descendant and found by reading /proc/PID/environ.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Protocol
+
+import psutil
+
+MARKER = "IOTESTS_RUN_SANDBOX"
+
+
+class Tracker(Protocol):
+    cgroup_procs: Path | None
+
+    def members(self) -> list[int]: ...
+
+    def cpu_seconds(self) -> float: ...
+
+    def close(self) -> None: ...
+
+
+def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def kill_all(tracker: Tracker, sig: signal.Signals = signal.SIGKILL, settle_s: float = 5.0) -> None:
+    """Signal every member; with SIGKILL, repeat until none is left (new ones may have forked)."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        pids = [p for p in tracker.members() if p != os.getpid()]
+        if not pids:
+            return
+        _signal_all(pids, sig)
+        if sig != signal.SIGKILL or time.monotonic() > deadline:
+            return
+        time.sleep(0.02)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True
+
+
+class CgroupRoot:
+    """This invocation's cgroup v2 folder; one child cgroup per run."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @staticmethod
+    def create() -> CgroupRoot | None:
+        mount = _cgroup2_mount()
+        if mount is None:
+            return None
+        try:
+            own = Path("/proc/self/cgroup").read_text().splitlines()
+            rel = next(line[3:] for line in own if line.startswith("0::"))
+            path = mount / rel.lstrip("/") / f"iotests-run-{os.getpid()}"
+            path.mkdir()
+        except (OSError, StopIteration):
+            return None
+        root = CgroupRoot(path)
+        from iotests_run.isolation import cgroup_works
+
+        probe = root.run_cgroup("probe")
+        works = probe.cgroup_procs is not None and cgroup_works(probe.cgroup_procs)
+        probe.close()
+        if not works:
+            root.close()
+            return None
+        return root
+
+    def run_cgroup(self, name: str) -> CgroupTracker:
+        path = self.path / name
+        path.mkdir(exist_ok=True)
+        return CgroupTracker(path)
+
+    def close(self) -> None:
+        for child in self.path.iterdir() if self.path.is_dir() else ():
+            if child.is_dir():
+                CgroupTracker(child).close()
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass
+
+
+def _cgroup2_mount() -> Path | None:
+    try:
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            left, _, right = line.partition(" - ")
+            if right.split(" ", 1)[0] == "cgroup2":
+                return Path(left.split()[4])
+    except OSError:
+        pass
+    return None
+
+
+class CgroupTracker:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.cgroup_procs: Path | None = path / "cgroup.procs"
+
+    def members(self) -> list[int]:
+        try:
+            pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+        except (OSError, ValueError):
+            return []
+        return [p for p in pids if not _is_zombie(p)]
+
+    def cpu_seconds(self) -> float:
+        try:
+            for line in (self.path / "cpu.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "usage_usec":
+                    return int(value) / 1e6
+        except (OSError, ValueError):
+            pass
+        return 0.0
+
+    def close(self) -> None:
+        kill = self.path / "cgroup.kill"
+        if kill.exists():
+            try:
+                kill.write_text("1")
+            except OSError:
+                pass
+        kill_all(self)
+        for _ in range(100):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.02)
+
+
+class MarkerTracker:
+    """Fallback: the processes whose environment carries this run's marker."""
+
+    cgroup_procs: Path | None = None
+
+    def __init__(self, marker: str, leader: int | None = None) -> None:
+        self.marker = f"{MARKER}={marker}".encode()
+        self.leader = leader
+
+    def members(self) -> list[int]:
+        found = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/environ", "rb") as f:
+                    if self.marker in f.read().split(b"\0"):
+                        found.append(int(entry.name))
+            except OSError:
+                continue
+        return [p for p in found if not _is_zombie(p)]
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for pid in self.members():
+            try:
+                t = psutil.Process(pid).cpu_times()
+                total += t.user + t.system + t.children_user + t.children_system
+            except psutil.Error:
+                continue
+        return total
+
+    def close(self) -> None:
+        kill_all(self)
