@@ -9,7 +9,7 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
@@ -23,6 +23,7 @@ from iotests_run.environment import IOTESTS_VARIABLES, iotests_environment, mall
 from iotests_run.errors import SetupError, UsageError
 from iotests_run.execute import Context, execute_all
 from iotests_run.isolation import probe
+from iotests_run.merge import merge_folders
 from iotests_run.model import Result, Run
 from iotests_run.qemu import QemuTree, open_tree, reference_cache
 from iotests_run.report.files import write_atomically
@@ -110,6 +111,12 @@ def make_parser() -> argparse.ArgumentParser:
                    help="no network/mount namespaces or cgroups; processes are still tracked and killed")
     p.add_argument("--scratch", metavar="DIR", type=Path, default=None,
                    help="where run sandboxes live (default: /dev/shm when it is a tmpfs with 8 GiB free, else /tmp)")
+    p.add_argument("--list", action="store_true",
+                   help="print the plan (test, format, protocol, run or skip: reason; tab-separated) and exit")
+    p.add_argument("--shard", metavar="I/N", type=plan.Shard.parse,
+                   help="run the I-th of N duration-balanced shards (default: CI_NODE_INDEX/CI_NODE_TOTAL if set)")
+    p.add_argument("--history", metavar="FILE", type=Path,
+                   help="duration history to read and update (default: ~/.cache/iotests-run/durations.json)")
     p.add_argument("--no-static-skip", action="store_true",
                    help="start every run, even those whose test declares it cannot apply (check's behaviour)")
     p.add_argument("--version", action="version", version=f"iotests-run {__version__}")
@@ -249,6 +256,34 @@ def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], re
         watchdog.wait()
 
 
+def _shard_from_ci(environ: Mapping[str, str]) -> plan.Shard | None:
+    """GitLab's `parallel:` sets CI_NODE_INDEX and CI_NODE_TOTAL."""
+    index, total = environ.get("CI_NODE_INDEX"), environ.get("CI_NODE_TOTAL")
+    if index and total:
+        return plan.Shard.parse(f"{index}/{total}")
+    return None
+
+
+def _take_shard(shard: plan.Shard, skipped: list[Result], to_run: list[Run], durations: Mapping[str, float],
+                out: TextIO) -> tuple[list[Result], list[Run]]:
+    medians = plan.estimator(durations)
+    cost = {r: plan.estimate(r, durations, medians) for r in to_run}
+    cost.update({r.run: 0.0 for r in skipped})
+    shards = plan.split(list(cost), cost, shard.total)
+    mine = set(shards[shard.index - 1])
+    loads = [sum(cost[r] for r in s) for s in shards]
+    mean = sum(loads) / len(loads)
+    print(f"iotests-run: shard {shard.index}/{shard.total}: {len(mine)} of {len(cost)} runs, predicted "
+          f"{loads[shard.index - 1]:.1f} s (mean {mean:.1f} s, largest {max(loads):.1f} s)", file=out, flush=True)
+    return [r for r in skipped if r.run in mine], [r for r in to_run if r in mine]
+
+
+def _print_plan(skipped: list[Result], runs: list[Run]) -> None:
+    rows = [(r.run, f"skip: {r.reason}") for r in skipped] + [(r, "run") for r in runs]
+    for run, what in sorted(rows, key=lambda row: (row[0].combo, row[0].test.key)):
+        print(f"{run.test.name}\t{run.format}\t{run.protocol}\t{what}")
+
+
 def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     # find tests
@@ -262,19 +297,26 @@ def run(args: argparse.Namespace) -> int:
     problem = ShortRoot.check_base(scratch)
     if problem:
         raise UsageError(f"--scratch {scratch} {problem}")
+    # plan runs
+    history_file = args.history or reference_cache() / "durations.json"
+    durations = history.load(history_file)
+    skipped, to_run = plan.static_verdicts(plan.matrix(tests, formats, protocols), tree.default_machine,
+                                           "writeback", read_declarations=not args.no_static_skip)
+    shard = args.shard or _shard_from_ci(os.environ)
+    if shard is not None:
+        notes = sys.stderr if args.list or args.tap else sys.stdout
+        skipped, to_run = _take_shard(shard, skipped, to_run, durations, notes)
+    runs: list[Run] = plan.longest_first(to_run, durations)
+    planned = [r.run for r in skipped] + runs
+    if args.list:
+        _print_plan(skipped, runs)
+        return EXIT_OK
+
     results_dir = prepare_results(Path(args.results))
     junit_copy = None
     if args.junit:
         junit_copy = Path(args.junit).resolve()
         _writable_folder(junit_copy.parent, "folder of --junit")
-
-    # plan runs
-    history_file = reference_cache() / "durations.json"
-    durations = history.load(history_file)
-    planned = plan.matrix(tests, formats, protocols)
-    skipped, to_run = plan.static_verdicts(planned, tree.default_machine, "writeback",
-                                           read_declarations=not args.no_static_skip)
-    runs: list[Run] = plan.longest_first(to_run, durations)
 
     # execute in sandboxes, judging each run as it ends, reporting as runs finish
     perturb = malloc_perturb(os.environ)
@@ -322,9 +364,31 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_FAILED if any(r.outcome.is_failure for r in results) else EXIT_OK
 
 
+def merge_main(argv: Sequence[str]) -> int:
+    """`iotests-run merge OUT DIR...`: one junit.xml, results.json and summary from CI shards."""
+    p = _Parser(prog="iotests-run merge", description="Join the results folders of shards into one.")
+    p.add_argument("out", type=Path, help="merged results folder")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="DIR", help="results folders of the shards")
+    args = p.parse_args(argv)
+    results, meta = merge_folders(args.out, args.inputs)
+    write_atomically(args.out / "results.json", results_json(results, meta))
+    xml = junit_xml(results, attachment_base=_relative_to_cwd(args.out.resolve()))
+    write_atomically(args.out / "junit.xml", xml)
+    text = summary_text(results, f"iotests-run {__version__}: merged {len(args.inputs)} results folders",
+                        meta["wall_s"])
+    write_atomically(args.out / "summary.txt", text)
+    print(text, end="")
+    if not meta["complete"]:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if any(r.outcome.is_failure for r in results) else EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:1] == ["merge"]:
+            return merge_main(argv[1:])
         args = make_parser().parse_args(argv)
         return run(args)
     except (UsageError, SetupError) as exc:

@@ -1,11 +1,15 @@
-"""Plan the runs: the format x protocol matrix over the selected tests, longest first."""
+"""Plan the runs: the format x protocol matrix, static verdicts, CI shards, longest first."""
 
 from __future__ import annotations
 
+import re
+import statistics
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from iotests_run.applicability import Declarations, declarations, not_applicable
 from iotests_run.environment import NON_GENERIC_FORMATS
+from iotests_run.errors import UsageError
 from iotests_run.history import history_key
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.verdict import reference_output
@@ -18,9 +22,53 @@ def matrix(tests: Sequence[TestCase], formats: Sequence[str], protocols: Sequenc
     return [Run(t, f, p) for f in formats for p in protocols for t in tests]
 
 
+def estimator(durations: Mapping[str, float]) -> dict[str, float]:
+    """Per format-protocol, the median of known durations: the estimate for runs never seen."""
+    by_combo: dict[str, list[float]] = {}
+    for key, seconds in durations.items():
+        by_combo.setdefault(key.split("/", 1)[0], []).append(seconds)
+    return {combo: statistics.median(values) for combo, values in by_combo.items()}
+
+
+def estimate(run: Run, durations: Mapping[str, float], medians: Mapping[str, float]) -> float:
+    known = durations.get(history_key(run))
+    if known is not None:
+        return known
+    return medians.get(run.combo, statistics.median(medians.values()) if medians else UNKNOWN_ESTIMATE_S)
+
+
 def longest_first(runs: Sequence[Run], durations: Mapping[str, float]) -> list[Run]:
     """Start the longest runs first so no core idles at the tail; ties keep plan order."""
-    return sorted(runs, key=lambda r: -durations.get(history_key(r), UNKNOWN_ESTIMATE_S))
+    medians = estimator(durations)
+    return sorted(runs, key=lambda r: -estimate(r, durations, medians))
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int  # 1-based, as GitLab's CI_NODE_INDEX
+    total: int
+
+    @staticmethod
+    def parse(text: str) -> Shard:
+        m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+        if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
+            raise UsageError(f"bad shard: {text} (expected I/N with 1 <= I <= N)")
+        return Shard(int(m.group(1)), int(m.group(2)))
+
+
+def split(runs: Sequence[Run], cost: Mapping[Run, float], total: int) -> list[list[Run]]:
+    """Duration-balanced, deterministic split: longest first onto the least loaded shard.
+
+    Every machine computes the same split from the same plan and history, so the
+    shards are disjoint and together complete.
+    """
+    shards: list[list[Run]] = [[] for _ in range(total)]
+    load = [0.0] * total
+    for run in sorted(runs, key=lambda r: (-cost[r], r.combo, r.test.key)):
+        target = min(range(total), key=lambda i: (load[i], len(shards[i]), i))
+        shards[target].append(run)
+        load[target] += cost[run]
+    return shards
 
 
 def static_verdicts(runs: Sequence[Run], default_machine: str, cachemode: str,

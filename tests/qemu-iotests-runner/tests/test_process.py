@@ -168,3 +168,45 @@ def test_runs_declared_not_to_apply_are_not_started(fake_tree: FakeTree, tmp_pat
     assert "1 known not to apply" in proc.stdout
     run_cli(["-f", "qcow2", "--no-static-skip", *fake_tree.args(results)])
     assert (tmp_path / "started-qcow2").exists()
+
+
+def test_list_prints_the_plan_and_starts_nothing(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", f"touch {tmp_path}/started\n", out="")
+    fake_tree.add_test("002", f"_supported_fmt qcow2\ntouch {tmp_path}/started\n", out="")
+    proc = run_cli(["--list", "-f", "qcow2,raw", *fake_tree.args(tmp_path / "results")])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "001\tqcow2\tfile\trun", "002\tqcow2\tfile\trun",
+        "001\traw\tfile\trun", "002\traw\tfile\tskip: not suitable for this image format: raw"]
+    assert not (tmp_path / "started").exists() and not (tmp_path / "results").exists()
+
+
+def test_shards_cover_the_plan_once_and_merge_joins_them(fake_tree: FakeTree, tmp_path: Path) -> None:
+    for i in range(1, 8):
+        fake_tree.add_test(f"{i:03}", "echo ok\n" if i != 3 else "echo bad\n", out="ok\n")
+    history = tmp_path / "durations.json"
+    lists = [run_cli(["--list", "--shard", f"{i}/3", "--history", str(history), *fake_tree.args(tmp_path / "r")])
+             .stdout.splitlines() for i in (1, 2, 3)]
+    flat = [line for lines in lists for line in lines]
+    assert sorted(flat) == sorted(set(flat)) and len(flat) == 7
+    env = dict(os.environ, CI_NODE_TOTAL="3")
+    for i in (1, 2, 3):
+        env["CI_NODE_INDEX"] = str(i)
+        # each CI machine starts from the same history (the pipeline cache) and updates its own copy
+        mine = tmp_path / f"durations-{i}.json"
+        proc = run_cli(["--history", str(mine), *fake_tree.args(tmp_path / f"shard{i}")], env=env)
+        assert f"shard {i}/3" in proc.stdout
+        expected = sorted(("qcow2", line.split()[0]) for line in lists[i - 1])
+        assert sorted(runs_by_test(tmp_path / f"shard{i}")) == expected
+    merged = tmp_path / "merged"
+    proc = run_cli(["merge", str(merged), *(str(tmp_path / f"shard{i}") for i in (1, 2, 3))])
+    assert proc.returncode == 1
+    runs = runs_by_test(merged)
+    assert len(runs) == 7 and runs[("qcow2", "003")]["outcome"] == "fail"
+    assert (merged / str(runs[("qcow2", "003")]["artifacts"]) / "diff.txt").is_file()
+    root = ET.parse(merged / "junit.xml").getroot()
+    failure = next(c for c in root.iter("testcase") if c.get("name") == "003").find("failure")
+    assert failure is not None and "+bad" in (failure.text or "")
+    assert proc.stdout.rstrip().endswith("6 passed, 1 failed, 0 skipped")
+    bad = run_cli(["merge", str(tmp_path / "m2"), str(tmp_path / "nowhere")])
+    assert bad.returncode == 2 and "not a results folder" in bad.stderr

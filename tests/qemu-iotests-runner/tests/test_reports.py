@@ -62,7 +62,7 @@ def test_results_json_contract() -> None:
     run = next(r for r in data["runs"] if r["test"] == "002")
     assert run == {"test": "002", "format": "qcow2", "protocol": "file", "outcome": "fail",
                    "reason": "output mismatch", "duration_s": 2.0, "artifacts": "runs/qcow2-file/002",
-                   "leaked": []}
+                   "leaked": [], "key": "002", "diagnostics": "", "attachments": []}
     assert {r["outcome"] for r in data["runs"]} == {"pass", "fail", "not-run", "interrupted"}
 
 
@@ -85,5 +85,36 @@ def test_summary() -> None:
 def test_matrix_and_longest_first() -> None:
     runs = matrix([case("001"), case("002")], ["qcow2", "raw"], ["file"])
     assert [r.label for r in runs] == ["qcow2-file 001", "qcow2-file 002", "raw-file 001", "raw-file 002"]
-    ordered = longest_first(runs, {"raw-file/002": 9.0, "qcow2-file/001": 0.1})
-    assert [r.label for r in ordered] == ["raw-file 002", "qcow2-file 002", "raw-file 001", "qcow2-file 001"]
+    ordered = longest_first(runs, {"raw-file/002": 9.0, "raw-file/009": 1.0, "qcow2-file/001": 0.1,
+                                   "qcow2-file/009": 5.0})
+    # unknown runs (raw 001, qcow2 002) are estimated at their format's median (5.0 and 2.55)
+    assert [r.label for r in ordered] == ["raw-file 002", "raw-file 001", "qcow2-file 002", "qcow2-file 001"]
+
+
+def test_shards_are_disjoint_complete_and_balanced() -> None:
+    from iotests_run.plan import Shard, split
+
+    runs = matrix([case(f"{i:03}") for i in range(1, 61)], ["qcow2", "raw"], ["file"])
+    cost = {r: float((int(r.test.key) * 7) % 13 + 0.5) for r in runs}
+    for total in (1, 2, 3, 5):
+        shards = split(runs, cost, total)
+        flat = [r for s in shards for r in s]
+        assert sorted(r.label for r in flat) == sorted(r.label for r in runs)
+        assert len(set(flat)) == len(flat)
+        loads = [sum(cost[r] for r in s) for s in shards]
+        assert max(loads) <= 1.2 * (sum(loads) / total)
+        assert split(list(reversed(runs)), cost, total) == shards  # same on every machine
+    assert Shard.parse("2/4") == Shard(2, 4)
+    for bad in ("0/4", "5/4", "x", "1/0"):
+        with pytest.raises(Exception, match="bad shard"):
+            Shard.parse(bad)
+
+
+def test_unknown_runs_get_the_median_of_their_format() -> None:
+    from iotests_run.plan import estimate, estimator
+
+    durations = {"qcow2-file/001": 1.0, "qcow2-file/002": 3.0, "qcow2-file/003": 8.0, "raw-file/001": 0.5}
+    medians = estimator(durations)
+    assert estimate(Run(case("009"), "qcow2", "file"), durations, medians) == 3.0
+    assert estimate(Run(case("002"), "qcow2", "file"), durations, medians) == 3.0
+    assert estimate(Run(case("009"), "qed", "file"), durations, medians) == 1.75

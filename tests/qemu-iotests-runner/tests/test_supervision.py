@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support import FakeTree
+from support import FakeTree, run_cli
 
 pytestmark = pytest.mark.process
 
@@ -171,3 +171,15 @@ def test_runner_killed_with_sigkill_takes_its_runs_along(fake_tree: FakeTree, tm
         time.sleep(0.1)
     cases = [c.get("name") for c in ET.parse(results / "junit.xml").getroot().iter("testcase")]
     assert cases == ["001"]
+
+
+@pytest.mark.parametrize("verdict", ["pass", "fail"])
+def test_cleanup_never_follows_a_symlink_out_of_the_sandbox(fake_tree: FakeTree, tmp_path: Path, verdict: str) -> None:
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    fake_tree.add_test("001", f'ln -s {outside} "$TEST_DIR/link"\nln -s {outside} "$SOCK_DIR/link"\n'
+                              f'echo {verdict}\n', out="pass\n")
+    proc = run_cli(["001", *fake_tree.args(tmp_path / "results")])
+    assert proc.returncode == (0 if verdict == "pass" else 1), proc.stdout
+    assert (outside / "keep.txt").read_text() == "mine"

@@ -19,6 +19,9 @@ def run_record(result: Result) -> dict[str, Any]:
         "duration_s": result.duration_s,
         "artifacts": result.artifacts,
         "leaked": list(result.leaked),
+        "key": result.run.test.key,
+        "diagnostics": result.diagnostics,
+        "attachments": list(result.attachments),
     }
 
 
