@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import queue
 import shlex
 import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -145,42 +146,38 @@ def _execute(run: Run, index: int, ctx: Context, rel: str) -> Result:
 
 def execute_all(runs: list[Run], ctx: Context, jobs: int,
                 on_result: Callable[[Result], None],
-                on_start: Callable[[Run], None] | None = None,
                 on_tick: Callable[[], None] | None = None) -> list[Result]:
-    """Run everything in one pool; report each result as it finishes.
+    """Run everything in one pool; report each result (in this thread) as it finishes.
 
-    On KeyboardInterrupt every live process group is killed, the pool drains
-    (each in-flight run reports itself interrupted) and the interrupt is re-raised
-    after every run has a result.
+    On KeyboardInterrupt every live run is asked to stop, the pool drains (each
+    in-flight run reports itself interrupted, runs not started yet say so) and
+    the interrupt is re-raised once every run has a result.
     """
+    finished: queue.Queue[Result] = queue.Queue()
     results: list[Result] = []
     interrupted = False
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="run")
 
-    def started(run: Run, index: int) -> Result:
-        if on_start is not None and not ctx.registry.stopping.is_set():
-            on_start(run)
-        return execute_run(run, index, ctx)
+    def work(run: Run, index: int) -> None:
+        # execute_run never raises: whatever happens becomes the run's result
+        finished.put(execute_run(run, index, ctx))
 
-    pending: dict[Future[Result], Run] = {pool.submit(started, run, i): run for i, run in enumerate(runs)}
-    try:
-        while pending:
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="run") as pool:
+        for i, run in enumerate(runs):
+            pool.submit(work, run, i)
+        while len(results) < len(runs):
             try:
-                done, _ = wait(pending, timeout=TICK_S, return_when=FIRST_COMPLETED)
+                try:
+                    result = finished.get(timeout=TICK_S)
+                except queue.Empty:
+                    result = None
                 if on_tick is not None:
                     on_tick()
-                for fut in done:
-                    run = pending[fut]
-                    result = fut.result() if not fut.cancelled() else Result(
-                        run, Outcome.INTERRUPTED, "not started: the runner was interrupted")
+                if result is not None:
                     results.append(result)
-                    del pending[fut]
                     on_result(result)
             except KeyboardInterrupt:
                 interrupted = True
                 ctx.registry.stop()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
     if interrupted:
         raise KeyboardInterrupt
     return results

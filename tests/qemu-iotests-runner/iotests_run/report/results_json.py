@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -25,6 +26,14 @@ def run_record(result: Result) -> dict[str, Any]:
     }
 
 
+@functools.cache
+def _record_text(result: Result) -> str:
+    return json.dumps(run_record(result))
+
+
 def results_json(results: Iterable[Result], meta: Mapping[str, Any]) -> str:
-    runs = [run_record(r) for r in sorted(results, key=lambda r: (r.run.combo, r.run.test.key))]
-    return json.dumps({**meta, "runs": runs}, indent=2) + "\n"
+    """The document, one run per line; each run is serialised once (the file is rewritten after every run)."""
+    inner = json.dumps({k: v for k, v in meta.items() if k != "runs"}, indent=2)[1:-1].rstrip()
+    runs = ",\n    ".join(_record_text(r) for r in sorted(results, key=lambda r: (r.run.combo, r.run.test.key)))
+    return "{" + inner + ("," if inner else "") + f'\n  "runs": [\n    {runs}\n  ]\n}}\n'
+
