@@ -24,7 +24,7 @@ from iotests_run.errors import SetupError, UsageError
 from iotests_run.execute import Context, execute_all
 from iotests_run.isolation import probe
 from iotests_run.merge import merge_folders
-from iotests_run.model import Result, Run
+from iotests_run.model import Outcome, Result, Run
 from iotests_run.qemu import QemuTree, open_tree, reference_cache
 from iotests_run.report.files import write_atomically
 from iotests_run.report.junit import junit_xml
@@ -63,6 +63,16 @@ def _jobs(value: str) -> int:
         raise argparse.ArgumentTypeError(f"not a number: {value}") from None
     if n < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return n
+
+
+def _count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {value}")
     return n
 
 
@@ -105,6 +115,10 @@ def make_parser() -> argparse.ArgumentParser:
                         "(default: %(default)g)")
     p.add_argument("--grace", type=_seconds, default=3.0, metavar="SECONDS",
                    help="between TERM and KILL when a run is stopped (default: %(default)g)")
+    p.add_argument("--retry", type=_count, default=0, metavar="N",
+                   help="try a failed, hung, timed-out or crashed run again, up to N times, in a fresh sandbox; "
+                        "one that then passes is flaky")
+    p.add_argument("--strict-flaky", action="store_true", help="flaky runs fail the job too")
     p.add_argument("--still-running-every", type=_seconds, default=QUIET_NOTICE_S, metavar="SECONDS",
                    help="name the runs still going after this long without a progress line (default: %(default)g)")
     p.add_argument("--no-isolation", action="store_true",
@@ -241,7 +255,7 @@ def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], re
     registry = Registry()
     ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
                   user_env=dict(os.environ), malloc_perturb=perturb, limits=limits_for(args),
-                  isolation=isolation, cgroups=cgroups, marker=marker)
+                  isolation=isolation, cgroups=cgroups, marker=marker, retries=args.retry)
     try:
         execute_all(runs, ctx, args.jobs, reporter.finished, on_tick=lambda: reporter.tick(registry.live()))
         return False
@@ -361,7 +375,8 @@ def run(args: argparse.Namespace) -> int:
     print("\n" + text, end="", file=out, flush=True)
     if interrupted:
         return EXIT_INTERRUPTED
-    return EXIT_FAILED if any(r.outcome.is_failure for r in results) else EXIT_OK
+    failing = [r for r in results if r.outcome.is_failure or (args.strict_flaky and r.outcome is Outcome.FLAKY)]
+    return EXIT_FAILED if failing else EXIT_OK
 
 
 def merge_main(argv: Sequence[str]) -> int:

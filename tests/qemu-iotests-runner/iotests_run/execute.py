@@ -9,7 +9,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from iotests_run.environment import Settings, child_environment, iotests_environment
@@ -40,13 +40,17 @@ class Context:
     python: str = sys.executable
     settings: Settings = field(default_factory=Settings)
 
-    def tracker(self, index: int) -> Tracker:
+    retries: int = 0
+
+    def tracker(self, slot: str) -> Tracker:
         if self.cgroups is not None:
-            return self.cgroups.run_cgroup(f"run-{index}")
-        return MarkerTracker(f"{self.marker}/{index}")
+            return self.cgroups.run_cgroup(f"run-{slot}")
+        return MarkerTracker(f"{self.marker}/{slot}")
 
 
 STOPPED = {"timeout": Outcome.TIMEOUT, "hang": Outcome.HANG, "interrupted": Outcome.INTERRUPTED}
+# Outcomes worth another attempt with --retry.
+RETRYABLE = frozenset({Outcome.FAIL, Outcome.TIMEOUT, Outcome.HANG, Outcome.CRASH})
 
 
 def run_folder(run: Run) -> str:
@@ -82,23 +86,58 @@ def _write_reproducer(path: Path, cwd: Path, iotests_env: Mapping[str, str], arg
 
 
 def execute_run(run: Run, index: int, ctx: Context) -> Result:
-    """Run one test in a fresh sandbox; any runner error becomes the run's result."""
+    """Run one test, again in a fresh sandbox after a failure while --retry allows; never raises."""
+    earlier: list[Result] = []
+    for attempt in range(1, ctx.retries + 2):
+        result = _attempt(run, str(index) if attempt == 1 else f"{index}-{attempt}", ctx)
+        last = attempt == ctx.retries + 1 or ctx.registry.stopping.is_set()
+        if result.outcome not in RETRYABLE or last:
+            return _with_earlier_attempts(result, earlier)
+        earlier.append(_set_aside(result, attempt, ctx.results))
+    raise AssertionError("unreachable")
+
+
+def _attempt(run: Run, slot: str, ctx: Context) -> Result:
     rel = run_folder(run)
     try:
-        return _execute(run, index, ctx, rel)
+        return _execute(run, slot, ctx, rel)
     except Exception as exc:  # noqa: BLE001 - no run may go missing
         detail = "".join(traceback.format_exception(exc))
         return Result(run, Outcome.FAIL, f"runner error: {exc!r}", artifacts=rel, output_tail=detail)
 
 
-def _execute(run: Run, index: int, ctx: Context, rel: str) -> Result:
+def _set_aside(result: Result, attempt: int, results: Path) -> Result:
+    """Keep a failed attempt's artifacts under their own name: runs/FMT-PROTO/TEST-attempt-N."""
+    if not result.artifacts or not (results / result.artifacts).exists():
+        return result
+    aside = f"{result.artifacts}-attempt-{attempt}"
+    (results / result.artifacts).rename(results / aside)
+    moved = tuple(aside + a[len(result.artifacts):] if a.startswith(result.artifacts + "/") else a
+                  for a in result.attachments)
+    return replace(result, artifacts=aside, attachments=moved)
+
+
+def _with_earlier_attempts(final: Result, earlier: list[Result]) -> Result:
+    if not earlier:
+        return final
+    history = "; ".join(f"attempt {i}: {r.outcome.value}: {r.reason}" for i, r in enumerate(earlier, 1))
+    attachments = tuple(a for r in earlier for a in r.attachments) + final.attachments
+    duration = round(sum(r.duration_s for r in earlier) + final.duration_s, 3)
+    if final.outcome is Outcome.PASS:
+        return replace(final, outcome=Outcome.FLAKY, reason=f"passed on attempt {len(earlier) + 1}; {history}",
+                       artifacts=earlier[0].artifacts, attachments=attachments, duration_s=duration)
+    return replace(final, reason=f"{final.reason} (attempt {len(earlier) + 1}; {history})",
+                   attachments=attachments, duration_s=duration)
+
+
+def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     tree = ctx.tree
     cachemode = ctx.settings.cachemode or "writeback"
     reference = reference_output(run.test.path, run.format, tree.default_machine, cachemode)
     if ctx.registry.stopping.is_set():
         return Result(run, Outcome.INTERRUPTED, "not started: the runner was interrupted")
 
-    box = ctx.short_root.sandbox(index, ctx.results / rel)
+    box = ctx.short_root.sandbox(slot, ctx.results / rel)
     box.create()
     iotests_env = iotests_environment(tree, run.format, run.protocol, python=ctx.python,
                                       test_dir=box.test_dir, sock_dir=box.sock_dir,
@@ -109,11 +148,11 @@ def _execute(run: Run, index: int, ctx: Context, rel: str) -> Result:
     output = box.run_dir / f"{run.test.name}.out.bad"
     notrun = box.test_dir / f"{run.test.name}.notrun"
 
-    env[MARKER] = f"{ctx.marker}/{index}"
+    env[MARKER] = f"{ctx.marker}/{slot}"
     qemu_gdb = tree.source / "scripts" / "qemu-gdb.py"
     start = time.monotonic()
-    ending = supervise(argv, run.test.path.parent, env, output, limits=ctx.limits(run), tracker=ctx.tracker(index),
-                       isolation=ctx.isolation, registry=ctx.registry, key=index, label=run.label,
+    ending = supervise(argv, run.test.path.parent, env, output, limits=ctx.limits(run), tracker=ctx.tracker(slot),
+                       isolation=ctx.isolation, registry=ctx.registry, key=slot, label=run.label,
                        diagnostics_dir=box.run_dir / "diagnostics",
                        qemu_gdb=qemu_gdb if qemu_gdb.is_file() else None)
     duration = round(time.monotonic() - start, 3)

@@ -116,8 +116,8 @@ class ShortRoot:
             return "is not writable"
         return None
 
-    def sandbox(self, index: int, run_dir: Path) -> Sandbox:
-        short = self.path / str(index)
+    def sandbox(self, slot: str, run_dir: Path) -> Sandbox:
+        short = self.path / slot
         return Sandbox(run_dir=run_dir, test_dir=short / "scratch", sock_dir=short / "s", tmp_dir=short / "t")
 
     def close(self) -> None:
@@ -136,17 +136,17 @@ class Registry:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._live: dict[int, LiveRun] = {}
+        self._live: dict[str, LiveRun] = {}
         self.stopping = threading.Event()
 
-    def add(self, key: int, label: str) -> LiveRun:
+    def add(self, key: str, label: str) -> LiveRun:
         now = time.monotonic()
         live = LiveRun(label, now, now)
         with self._lock:
             self._live[key] = live
         return live
 
-    def discard(self, key: int) -> None:
+    def discard(self, key: str) -> None:
         with self._lock:
             self._live.pop(key, None)
 

@@ -108,7 +108,7 @@ def _watch(proc: subprocess.Popen[bytes], pidfd: int, output: Path, tracker: Tra
 
 
 def supervise(argv: list[str], cwd: Path, env: Mapping[str, str], output: Path, *, limits: Limits,
-              tracker: Tracker, isolation: Isolation, registry: Registry, key: int, label: str,
+              tracker: Tracker, isolation: Isolation, registry: Registry, key: str, label: str,
               diagnostics_dir: Path, qemu_gdb: Path | None) -> Ending:
     live = registry.add(key, label)
     try:

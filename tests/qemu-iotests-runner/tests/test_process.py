@@ -210,3 +210,32 @@ def test_shards_cover_the_plan_once_and_merge_joins_them(fake_tree: FakeTree, tm
     assert proc.stdout.rstrip().endswith("6 passed, 1 failed, 0 skipped")
     bad = run_cli(["merge", str(tmp_path / "m2"), str(tmp_path / "nowhere")])
     assert bad.returncode == 2 and "not a results folder" in bad.stderr
+
+
+def test_retry_makes_a_fail_then_pass_flaky_and_keeps_every_attempt(fake_tree: FakeTree, tmp_path: Path) -> None:
+    seen = tmp_path / "seen"
+    body = f'if [ -e {seen} ]; then echo ok; else touch {seen}; echo "Failed to get write lock"; fi\n'
+    fake_tree.add_test("001", body, out="ok\n")
+    fake_tree.add_test("002", "echo never\n", out="ok\n")
+    results = tmp_path / "results"
+    proc = run_cli(["--retry", "2", *fake_tree.args(results)])
+    assert proc.returncode == 1  # 002 fails every attempt
+    runs = runs_by_test(results)
+    flaky, failed = runs[("qcow2", "001")], runs[("qcow2", "002")]
+    assert flaky["outcome"] == "flaky"
+    assert str(flaky["reason"]).startswith("passed on attempt 2; attempt 1: fail: output mismatch")
+    assert flaky["artifacts"] == "runs/qcow2-file/001-attempt-1"
+    assert "write lock" in (results / "runs/qcow2-file/001-attempt-1/diff.txt").read_text()
+    assert failed["outcome"] == "fail" and "attempt 3" in str(failed["reason"])
+    for kept in ("002-attempt-1", "002-attempt-2", "002"):
+        assert (results / "runs/qcow2-file" / kept / "002.out.bad").read_text() == "never\n"
+    assert "Flaky" in proc.stdout
+    root = ET.parse(results / "junit.xml").getroot()
+    names = [(c.get("classname"), c.get("name")) for c in root.iter("testcase")]
+    assert sorted(names) == [("iotests.qcow2-file", "001"), ("iotests.qcow2-file", "002")]  # unique, even with retries
+
+    (tmp_path / "seen").unlink()
+    fake_tree.add_test("002", "echo ok\n", out="ok\n")
+    assert run_cli(["--retry", "1", *fake_tree.args(results)]).returncode == 0
+    (tmp_path / "seen").unlink()
+    assert run_cli(["--retry", "1", "--strict-flaky", *fake_tree.args(results)]).returncode == 1

@@ -49,6 +49,8 @@ def _case(result: Result, tree_root: str, attachment_base: str) -> TestCase:
     elif element == "skipped":
         case.add_skipped_info(message=xml_text(result.reason, 1024), output=xml_text(result.reason))
     out = []
+    if element is None and result.reason:  # flaky: passed, but say how
+        out.append(f"{result.outcome.value}: {result.reason}")
     if result.output_tail and element in ("failure", "error"):
         out.append(result.output_tail)
     # GitLab links [[ATTACHMENT|path]] lines of a testcase's system-out to artifact files.

@@ -44,6 +44,11 @@ def summary_text(results: Sequence[Result], title: str, wall_s: float) -> str:
         rows = [[r.run.combo, r.run.test.name, PRESENTATION[r.outcome].column, r.reason, r.artifacts or ""]
                 for r in sorted(bad, key=lambda r: (r.run.combo, r.run.test.key))]
         parts += ["", "Failures:", _table(rows, ["format-protocol", "test", "outcome", "reason", "artifacts"])]
+    flaky = [r for r in results if r.outcome is Outcome.FLAKY]
+    if flaky:
+        rows = [[r.run.combo, r.run.test.name, r.reason, r.artifacts or ""] for r in flaky]
+        parts += ["", "Flaky (failed, then passed on a retry):",
+                  _table(rows, ["format-protocol", "test", "attempts", "artifacts"])]
     leaks = [r for r in results if r.leaked]
     if leaks:
         rows = [[r.run.combo, r.run.test.name, proc] for r in leaks for proc in r.leaked]

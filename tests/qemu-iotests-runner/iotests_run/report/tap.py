@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from iotests_run.model import Result
+from iotests_run.model import Outcome, Result
 from iotests_run.report.outcomes import PRESENTATION
 
 HEADER = "TAP version 13"
@@ -17,7 +17,7 @@ def tap_line(number: int, result: Result) -> str:
     line = f"{'ok' if p.tap_ok else 'not ok'} {number} {result.run.combo} {result.run.test.name}"
     if p.tap_directive:
         line += f" # {p.tap_directive} {_one_line(result.reason)}"
-    elif not p.tap_ok:
+    elif not p.tap_ok or result.outcome is Outcome.FLAKY:
         line += f" # {result.outcome.value}: {_one_line(result.reason)}"
     return line
 
