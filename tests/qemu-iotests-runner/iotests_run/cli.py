@@ -56,34 +56,24 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _jobs(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return n
+def _number(convert: Callable[[str], float], minimum: float, strict: bool, wording: str) -> Callable[[str], Any]:
+    """An argparse type: a number of the given kind above (strict) or at least minimum."""
+
+    def parse(value: str) -> Any:
+        try:
+            n = convert(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {value}") from None
+        if not n >= minimum or (strict and n == minimum):  # "not >=" also refuses nan
+            raise argparse.ArgumentTypeError(f"must be {wording}: {value}")
+        return n
+
+    return parse
 
 
-def _count(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {value}")
-    return n
-
-
-def _seconds(value: str) -> float:
-    try:
-        n = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value}") from None
-    if not n > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0: {value}")
-    return n
+_jobs = _number(int, 1, False, "at least 1")
+_count = _number(int, 0, False, "0 or more")
+_seconds = _number(float, 0, True, "more than 0")
 
 
 def _csv(value: str) -> list[str]:
