@@ -5,7 +5,7 @@ JOBS ?=
 PYTEST_ARGS ?=
 BIN = $(VENV)/bin
 
-.PHONY: demo check check-fast lint reference venv bench clean
+.PHONY: demo check check-fast check-block lint reference venv bench clean
 
 $(BIN)/iotests-run: pyproject.toml meson.build $(shell find tests/qemu-iotests-runner/iotests_run -name '*.py' -o -name '*.json' 2>/dev/null)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,17 @@ check-fast: venv
 # Every tier, end-to-end tests on the reference tree included.
 check: venv reference lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# QEMU's iotests through meson, as upstream's `make check-block`: suite block (qcow2 auto);
+# SUITE=block-slow or block-thorough for more. QEMU_SOURCE/QEMU_BUILD default to the reference tree.
+SUITE ?= block
+MESON_BUILD ?= build/meson
+check-block: venv reference
+	@eval "$$(tools/build-reference-qemu 2>/dev/null | sed 's/^/export REF_/')"; \
+	export QEMU_SOURCE="$${QEMU_SOURCE:-$$REF_QEMU_SOURCE}" QEMU_BUILD="$${QEMU_BUILD:-$$REF_QEMU_BUILD}"; \
+	export PATH="$(abspath $(BIN)):$$PATH"; \
+	test -f $(MESON_BUILD)/build.ninja || $(BIN)/meson setup $(MESON_BUILD) >/dev/null; \
+	$(BIN)/meson test -C $(MESON_BUILD) --suite $(SUITE) --print-errorlogs
 
 bench: venv reference
 	$(BIN)/python tools/bench
