@@ -81,7 +81,7 @@ def _terminate(proc: subprocess.Popen[bytes], tracker: Tracker, grace_s: float) 
     kill_all(tracker, signal.SIGKILL)
 
 
-def _watch(proc: subprocess.Popen[bytes], pidfd: int, output: Path, tracker: Tracker, limits: Limits,
+def _watch(pidfd: int, output: Path, tracker: Tracker, limits: Limits,
            registry: Registry, live: LiveRun) -> tuple[str | None, str]:
     """Wait for the test; return why it must be stopped (or None when it exited)."""
     size, mark_cpu, mark_t = -1, tracker.cpu_seconds(), live.started
@@ -118,7 +118,7 @@ def supervise(argv: list[str], cwd: Path, env: Mapping[str, str], output: Path, 
                                     preexec_fn=child_setup(isolation, tracker.cgroup_procs))
         pidfd = os.pidfd_open(proc.pid)
         try:
-            stopped, detail = _watch(proc, pidfd, output, tracker, limits, registry, live)
+            stopped, detail = _watch(pidfd, output, tracker, limits, registry, live)
         finally:
             os.close(pidfd)
         evidence = None

@@ -18,6 +18,8 @@ from typing import Protocol
 
 import psutil
 
+from iotests_run.isolation import cgroup_works
+
 MARKER = "IOTESTS_RUN_SANDBOX"
 
 
@@ -78,8 +80,6 @@ class CgroupRoot:
         except (OSError, StopIteration):
             return None
         root = CgroupRoot(path)
-        from iotests_run.isolation import cgroup_works
-
         probe = root.run_cgroup("probe")
         works = probe.cgroup_procs is not None and cgroup_works(probe.cgroup_procs)
         probe.close()
@@ -154,27 +154,32 @@ class CgroupTracker:
                 time.sleep(0.02)
 
 
+def marked_processes(value: bytes, prefix: bool = False) -> list[int]:
+    """Processes whose environment holds exactly this IOTESTS_RUN_SANDBOX=... entry (or one starting with it)."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                variables = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(v.startswith(value) for v in variables) if prefix else value in variables:
+            found.append(int(entry.name))
+    return found
+
+
 class MarkerTracker:
     """Fallback: the processes whose environment carries this run's marker."""
 
     cgroup_procs: Path | None = None
 
-    def __init__(self, marker: str, leader: int | None = None) -> None:
+    def __init__(self, marker: str) -> None:
         self.marker = f"{MARKER}={marker}".encode()
-        self.leader = leader
 
     def members(self) -> list[int]:
-        found = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/environ", "rb") as f:
-                    if self.marker in f.read().split(b"\0"):
-                        found.append(int(entry.name))
-            except OSError:
-                continue
-        return [p for p in found if not _is_zombie(p)]
+        return [p for p in marked_processes(self.marker) if not _is_zombie(p)]
 
     def cpu_seconds(self) -> float:
         total = 0.0

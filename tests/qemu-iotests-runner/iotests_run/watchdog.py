@@ -17,28 +17,15 @@ import sys
 from pathlib import Path
 
 from iotests_run.sandbox import remove_tree
-from iotests_run.tracking import MARKER, CgroupRoot, _signal_all
-
-
-def _marked(prefix: bytes) -> list[int]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                with open(f"/proc/{entry.name}/environ", "rb") as f:
-                    if any(v.startswith(prefix) for v in f.read().split(b"\0")):
-                        found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
+from iotests_run.tracking import MARKER, CgroupRoot, _signal_all, marked_processes
 
 
 def cleanup(marker_prefix: str, scratch: Path, cgroup: Path | None) -> None:
     if cgroup is not None and cgroup.is_dir():
         CgroupRoot(cgroup).close()
-    prefix = f"{MARKER}={marker_prefix}".encode()
+    prefix = f"{MARKER}={marker_prefix}/".encode()
     for _ in range(50):
-        pids = _marked(prefix)
+        pids = marked_processes(prefix, prefix=True)
         if not pids:
             break
         _signal_all(pids, signal.SIGKILL)
