@@ -17,7 +17,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TextIO
 
-from iotests_run import __version__, history, plan
+from iotests_run import __version__, history, plan, reruns
 from iotests_run.discovery import discover
 from iotests_run.environment import IOTESTS_VARIABLES, iotests_environment, malloc_perturb
 from iotests_run.errors import SetupError, UsageError
@@ -32,6 +32,7 @@ from iotests_run.report.progress import Progress
 from iotests_run.report.results_json import results_json
 from iotests_run.report.summary import summary_text
 from iotests_run.report.tap import HEADER, tap_line, tap_plan
+from iotests_run.reruns import Quarantine
 from iotests_run.sandbox import LiveRun, Registry, ShortRoot, default_scratch, remove_tree
 from iotests_run.supervise import Limits
 from iotests_run.tracking import CgroupRoot
@@ -109,6 +110,11 @@ def make_parser() -> argparse.ArgumentParser:
                    help="try a failed, hung, timed-out or crashed run again, up to N times, in a fresh sandbox; "
                         "one that then passes is flaky")
     p.add_argument("--strict-flaky", action="store_true", help="flaky runs fail the job too")
+    p.add_argument("--last-failed", action="store_true",
+                   help="run again what failed, hung, timed out, crashed, was flaky or interrupted in the previous "
+                        "run recorded in the results folder")
+    p.add_argument("--quarantine", metavar="FILE", type=Path,
+                   help="known-flaky runs (lines: TEST [FORMAT-PROTOCOL]) are reported but do not fail the job")
     p.add_argument("--still-running-every", type=_seconds, default=QUIET_NOTICE_S, metavar="SECONDS",
                    help="name the runs still going after this long without a progress line (default: %(default)g)")
     p.add_argument("--no-isolation", action="store_true",
@@ -292,9 +298,20 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     # find tests
     tree = open_tree(args.qemu_source, args.qemu_build, os.environ, Path.cwd())
-    formats = _check_choices("format", args.format, tree.formats, tree.version)
-    protocols = _check_choices("protocol", args.protocol, tree.protocols, tree.version)
-    tests = discover(tree.iotests).select(args.tests, args.groups, args.exclude_groups)
+    quarantine = Quarantine.read(args.quarantine) if args.quarantine else Quarantine(frozenset())
+    again = reruns.last_failed(Path(args.results)) if args.last_failed else None
+    if again is not None and not again:
+        print(f"iotests-run: nothing failed in the previous run in {args.results}")
+        return EXIT_OK
+    formats = _check_choices("format", sorted({f for _, f, _ in again}) if again else args.format,
+                             tree.formats, tree.version)
+    protocols = _check_choices("protocol", sorted({p for _, _, p in again}) if again else args.protocol,
+                               tree.protocols, tree.version)
+    catalog = discover(tree.iotests)
+    if again:
+        tests = [catalog.tests[k] for k in sorted({k for k, _, _ in again}) if k in catalog.tests]
+    else:
+        tests = catalog.select(args.tests, args.groups, args.exclude_groups)
     if not tests:
         raise UsageError("no tests selected")
     scratch = (args.scratch or default_scratch()).absolute()
@@ -304,8 +321,10 @@ def run(args: argparse.Namespace) -> int:
     # plan runs
     history_file = args.history or reference_cache() / "durations.json"
     durations = history.load(history_file)
-    skipped, to_run = plan.static_verdicts(plan.matrix(tests, formats, protocols), tree.default_machine,
-                                           "writeback", read_declarations=not args.no_static_skip)
+    wanted = [r for r in plan.matrix(tests, formats, protocols)
+              if again is None or (r.test.key, r.format, r.protocol) in again]
+    skipped, to_run = plan.static_verdicts(wanted, tree.default_machine, "writeback",
+                                           read_declarations=not args.no_static_skip)
     shard = args.shard or _shard_from_ci(os.environ)
     if shard is not None:
         notes = sys.stderr if args.list or args.tap else sys.stdout
@@ -358,14 +377,16 @@ def run(args: argparse.Namespace) -> int:
     if not interrupted:
         history.save(history_file, durations, results)
     title = f"iotests-run {__version__}: QEMU {tree.version} ({tree.source})"
-    text = summary_text(results, title, time.monotonic() - started)
+    excused = quarantine.excused(results)
+    text = summary_text(results, title, time.monotonic() - started, quarantined=excused)
     write_atomically(results_dir / "summary.txt", text)
     if args.tap:
         print(tap_plan(len(results)), flush=True)
     print("\n" + text, end="", file=out, flush=True)
     if interrupted:
         return EXIT_INTERRUPTED
-    failing = [r for r in results if r.outcome.is_failure or (args.strict_flaky and r.outcome is Outcome.FLAKY)]
+    failing = [r for r in results if (r.outcome.is_failure and r not in excused)
+               or (args.strict_flaky and r.outcome is Outcome.FLAKY)]
     return EXIT_FAILED if failing else EXIT_OK
 
 

@@ -239,3 +239,27 @@ def test_retry_makes_a_fail_then_pass_flaky_and_keeps_every_attempt(fake_tree: F
     assert run_cli(["--retry", "1", *fake_tree.args(results)]).returncode == 0
     (tmp_path / "seen").unlink()
     assert run_cli(["--retry", "1", "--strict-flaky", *fake_tree.args(results)]).returncode == 1
+
+
+def test_last_failed_and_quarantine(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", "echo ok\n", out="ok\n")
+    fake_tree.add_test("002", f"echo run >> {tmp_path}/002-runs; echo bad\n", out="ok\n")
+    (fake_tree.iotests / "002.out.raw").write_text("bad\n")  # passes on raw
+    results = tmp_path / "results"
+    assert run_cli(["-f", "qcow2,raw", *fake_tree.args(results)]).returncode == 1
+    proc = run_cli(["--last-failed", *fake_tree.args(results)])
+    assert proc.returncode == 1
+    assert set(runs_by_test(results)) == {("qcow2", "002")}  # only what failed, on its format
+    assert (tmp_path / "002-runs").read_text().count("run") == 3
+    quarantine = tmp_path / "quarantine"
+    quarantine.write_text("# known flaky\n002 qcow2-file\n")
+    proc = run_cli(["--quarantine", str(quarantine), *fake_tree.args(results)])
+    assert proc.returncode == 0
+    assert "Quarantined (reported, not failing the job): qcow2-file 002" in proc.stdout
+    assert proc.stdout.rstrip().endswith("1 passed, 1 failed, 0 skipped")
+    quarantine.write_text("002 qcow2-file extra words\n")
+    bad = run_cli(["--quarantine", str(quarantine), *fake_tree.args(results)])
+    assert bad.returncode == 2 and "quarantine:1" in bad.stderr
+    empty = tmp_path / "empty-results"
+    bad = run_cli(["--last-failed", *fake_tree.args(empty)])
+    assert bad.returncode == 2 and "no previous results.json" in bad.stderr

@@ -36,6 +36,13 @@ def wait_for_the_job_that_never_ends():
 wait_for_the_job_that_never_ends()
 """
 
+# A setsid child left running; the test waits until it really is `sleep 3600` before it exits.
+LEAKER = """\
+setsid sleep 3600 &
+until [ "$(tr '\\0' ' ' < /proc/$!/cmdline 2>/dev/null)" = "sleep 3600 " ]; do sleep 0.05; done
+echo ok
+"""
+
 # name: (body, reference output, python?)
 FAKES: dict[str, tuple[str, str, bool]] = {
     "001": ("echo ok\n", "ok\n", False),                                   # pass
@@ -43,7 +50,7 @@ FAKES: dict[str, tuple[str, str, bool]] = {
     "003": ("echo ok; exit 4\n", "ok\n", False),                           # non-zero exit
     "004": ('echo "not here" > "$TEST_DIR/004.notrun"\n', "", False),      # not run
     "005": ("sleep 3600\n", "", False),                                    # hang
-    "006": ("setsid sleep 3600 &\necho ok\n", "ok\n", False),              # passes but leaks a setsid child
+    "006": (LEAKER, "ok\n", False),                                       # passes but leaks a setsid child
     "007": ("while :; do :; done\n", "", False),                           # busy loop: timeout, not hang
     "008": ("trap '' TERM\nsleep 3600 & wait; wait; wait\n", "", False),   # ignores SIGTERM
     "009": ("echo before\nkill -SEGV $$\n", "before\n", False),            # crash
