@@ -263,3 +263,22 @@ def test_last_failed_and_quarantine(fake_tree: FakeTree, tmp_path: Path) -> None
     empty = tmp_path / "empty-results"
     bad = run_cli(["--last-failed", *fake_tree.args(empty)])
     assert bad.returncode == 2 and "no previous results.json" in bad.stderr
+
+
+def test_patchew_script_puts_the_summary_first(fake_tree: FakeTree, tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[3] / "tools" / "patchew" / "run"
+    fake_tree.add_test("001", "echo ok\n", out="ok\n")
+    fake_tree.add_test("002", "echo changed\n", out="original\n")
+    env = dict(os.environ, IOTESTS_RESULTS=str(tmp_path / "results"), PYTHON=sys.executable)
+    proc = subprocess.run([str(script), str(fake_tree.source), str(fake_tree.build), "qcow2"], env=env,
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("iotests-run ")
+    summary, _, diffs = proc.stdout.partition("=== qcow2-file/002/diff.txt ===")
+    assert summary.rstrip().endswith("1 passed, 1 failed, 0 skipped")
+    assert "+changed" in diffs
+    broken = subprocess.run([str(script), str(fake_tree.source), str(tmp_path / "nobuild")], env=env,
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert broken.returncode == 2
+    expected = f"iotests-run: QEMU build folder does not exist: {tmp_path / 'nobuild'}"
+    assert broken.stdout.strip().splitlines() == [expected]
