@@ -213,7 +213,8 @@ def _public_environment(tree: QemuTree, formats: list[str], protocols: list[str]
         for proto in protocols:
             env = iotests_environment(tree, fmt, proto, python=sys.executable, test_dir=Path("<TEST_DIR>"),
                                       sock_dir=Path("<SOCK_DIR>"), malloc_perturb=perturb, user_env=os.environ)
-            out[f"{fmt}-{proto}"] = {k: env[k] for k in IOTESTS_VARIABLES if k in env}
+            names = (*IOTESTS_VARIABLES, *(k for k, _ in tree.check_sets))
+            out[f"{fmt}-{proto}"] = {k: env[k] for k in names if k in env}
     return out
 
 

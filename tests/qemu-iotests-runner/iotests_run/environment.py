@@ -103,6 +103,7 @@ def iotests_environment(tree: QemuTree, fmt: str, proto: str, *, python: str,
         imgopts = _add_option(imgopts, "zeroed_grain", "on")
     if imgopts is not None:
         env["IMGOPTS"] = imgopts
+    env.update(tree.check_sets)
     return env
 
 

@@ -47,6 +47,8 @@ class QemuTree:
     formats: tuple[str, ...]
     protocols: tuple[str, ...]
     default_machine: str
+    # Variables this version's check sets in its own environment (QEMU 10.x: PYTHONWARNINGS=default).
+    check_sets: tuple[tuple[str, str], ...] = ()
 
     @property
     def iotests(self) -> Path:
@@ -136,14 +138,24 @@ def _executable(path: Path) -> Path:
     return path
 
 
-def find_binaries(build: Path, environ: Mapping[str, str]) -> Binaries:
+def _dotdot_build_root(source_iotests: Path) -> bool:
+    """Whether this version's check names binaries relative to build/tests/qemu-iotests/../..
+
+    QEMU 7.2's testenv.py joins '..', '..' onto the build's iotests folder; later
+    versions take its parent.parent. Iotests see those strings, so use the same.
+    """
+    try:
+        return "'..', '..'" in (source_iotests / "testenv.py").read_text(encoding="utf-8")
+    except OSError:
+        return False
+
+
+def find_binaries(build: Path, environ: Mapping[str, str], dotdot: bool = False) -> Binaries:
     """check's rules: *_PROG variables first, else the build root."""
     if not build.is_dir():
         raise SetupError(f"QEMU build folder does not exist: {build}")
-    # check, started through the build tree's symlink, names binaries relative to
-    # build/tests/qemu-iotests/../..; iotests see those strings, so use the same.
     iotests = build / "tests" / "qemu-iotests"
-    root = Path(os.path.join(iotests, "..", "..")) if iotests.is_dir() else build
+    root = Path(os.path.join(iotests, "..", "..")) if dotdot and iotests.is_dir() else build
     arch = platform.machine()
     if "ppc64" in arch:
         arch = "ppc64"
@@ -181,6 +193,15 @@ def _lists_from_check(iotests: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return listed("format_list", DEFAULT_FORMATS), listed("protocol_list", DEFAULT_PROTOCOLS)
 
 
+def _variables_check_sets(iotests: Path) -> tuple[tuple[str, str], ...]:
+    """`os.environ["NAME"] = "VALUE"` lines of the tree's check: the tests inherit them."""
+    try:
+        text = (iotests / "check").read_text(encoding="utf-8")
+    except OSError:
+        return ()
+    return tuple(re.findall(r"""os\.environ\[["'](\w+)["']\]\s*=\s*["']([^"']*)["']""", text))
+
+
 def default_machine(qemu: Path) -> str:
     """The machine `-machine help` marks default, by its short alias when it has one."""
     try:
@@ -199,7 +220,9 @@ def default_machine(qemu: Path) -> str:
 def open_tree(source: str | None, build: str | None, environ: Mapping[str, str], cwd: Path) -> QemuTree:
     src, bld = locate(source, build, environ, cwd)
     version = _check_source(src)
-    binaries = find_binaries(bld, environ)
-    formats, protocols = _lists_from_check(src / "tests" / "qemu-iotests")
+    binaries = find_binaries(bld, environ, dotdot=_dotdot_build_root(src / "tests" / "qemu-iotests"))
+    iotests = src / "tests" / "qemu-iotests"
+    formats, protocols = _lists_from_check(iotests)
     return QemuTree(source=src, build=bld, version=version, binaries=binaries, formats=formats,
-                    protocols=protocols, default_machine=default_machine(binaries.qemu))
+                    protocols=protocols, default_machine=default_machine(binaries.qemu),
+                    check_sets=_variables_check_sets(iotests))

@@ -15,15 +15,26 @@ def fake_tree(tmp_path: Path) -> FakeTree:
     return make_fake_tree(tmp_path)
 
 
-@pytest.fixture(scope="session")
-def reference_tree() -> ReferenceTree:
-    """The reference QEMU tree, built (or reused) by tools/build-reference-qemu."""
+def _build_reference(version: str) -> ReferenceTree:
     repo = Path(__file__).resolve().parents[3]
     script = repo / "tools" / "build-reference-qemu"
     if os.environ.get("IOTESTS_RUN_SKIP_E2E"):
         pytest.skip("IOTESTS_RUN_SKIP_E2E is set")
-    proc = subprocess.run([str(script)], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    proc = subprocess.run([str(script), "--version", version], capture_output=True, text=True,
+                          stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         pytest.fail(f"tools/build-reference-qemu failed:\n{proc.stderr[-3000:]}")
     values = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
     return ReferenceTree(Path(values["QEMU_SOURCE"]), Path(values["QEMU_BUILD"]))
+
+
+@pytest.fixture(scope="session")
+def reference_tree() -> ReferenceTree:
+    """The reference QEMU 7.2 tree, built (or reused) by tools/build-reference-qemu."""
+    return _build_reference("7.2")
+
+
+@pytest.fixture(scope="session", params=["7.2", "10.0"])
+def any_reference_tree(request: pytest.FixtureRequest) -> ReferenceTree:
+    """Each QEMU generation the project supports (make check builds both)."""
+    return _build_reference(str(request.param))

@@ -32,11 +32,11 @@ def bench_module() -> types.ModuleType:
 
 
 @pytest.mark.parametrize("fmt", ["qcow2", "raw"])
-def test_same_verdicts_as_check(reference_tree: ReferenceTree, tmp_path: Path, fmt: str) -> None:
+def test_same_verdicts_as_check(any_reference_tree: ReferenceTree, tmp_path: Path, fmt: str) -> None:
     bench = bench_module()
-    _, check = bench.run_check(str(reference_tree.build), fmt, SAMPLE, 2)
+    _, check = bench.run_check(str(any_reference_tree.build), fmt, SAMPLE, 2)
     results = tmp_path / "results"
-    proc = run_cli(["-f", fmt, *SAMPLE, *reference_tree.args(results)])
+    proc = run_cli(["-f", fmt, *SAMPLE, *any_reference_tree.args(results)])
     assert proc.returncode in (0, 1), proc.stderr
     data = json.loads((results / "results.json").read_text())
     ours = {f"{r['format']}-{r['protocol']} {r['test']}": bench.VERDICT_OF_OUTCOME[r["outcome"]] for r in data["runs"]}
@@ -77,16 +77,16 @@ def test_junit_and_results_json_of_real_runs(reference_tree: ReferenceTree, tmp_
 
 
 @pytest.mark.parametrize("fmt", ["qcow2", "raw", "luks", "vmdk"])
-def test_environment_equals_checks(reference_tree: ReferenceTree, tmp_path: Path, fmt: str) -> None:
+def test_environment_equals_checks(any_reference_tree: ReferenceTree, tmp_path: Path, fmt: str) -> None:
     """`check -FMT -- env -0` shows check's environment exactly; ours must carry the same iotests variables."""
     user_env = dict(os.environ, TEST_DIR=str(tmp_path / "t"), SOCK_DIR=str(tmp_path / "s"), MALLOC_PERTURB_="17")
     dump = tmp_path / "env"
     subprocess.run([sys.executable, "check", f"-{fmt}", "--", "sh", "-c", f"env -0 > {dump}"],
-                   cwd=reference_tree.build / "tests" / "qemu-iotests", env=user_env,
+                   cwd=any_reference_tree.build / "tests" / "qemu-iotests", env=user_env,
                    capture_output=True, check=True)
     out = dump.read_text()
     theirs = dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
-    tree = open_tree(str(reference_tree.source), str(reference_tree.build), {}, Path("/"))
+    tree = open_tree(str(any_reference_tree.source), str(any_reference_tree.build), {}, Path("/"))
     ours = iotests_environment(tree, fmt, "file", python=sys.executable, test_dir=tmp_path / "t",
                                sock_dir=tmp_path / "s", malloc_perturb="17", user_env=user_env)
     added = {k: v for k, v in theirs.items() if os.environ.get(k) != v or k in ours}
@@ -117,11 +117,12 @@ def test_broken_build_is_a_one_line_error(reference_tree: ReferenceTree, tmp_pat
 
 
 @pytest.mark.parametrize("fmt", ["qcow2", "raw"])
-def test_static_skips_match_what_running_decides(reference_tree: ReferenceTree, tmp_path: Path, fmt: str) -> None:
+def test_static_skips_match_what_running_decides(any_reference_tree: ReferenceTree, tmp_path: Path,
+                                                 fmt: str) -> None:
     """Runs skipped from declarations get the verdict and reason that starting them gives."""
     def outcomes(extra: list[str]) -> dict[str, tuple[str, str]]:
         results = tmp_path / ("all" if extra else "static")
-        run_cli(["-f", fmt, *SAMPLE, *extra, *reference_tree.args(results)])
+        run_cli(["-f", fmt, *SAMPLE, *extra, *any_reference_tree.args(results)])
         data = json.loads((results / "results.json").read_text())
         return {r["test"]: (r["outcome"], r["reason"]) for r in data["runs"]}
 
