@@ -65,7 +65,9 @@ def split(runs: Sequence[Run], cost: Mapping[Run, float], total: int) -> list[li
     shards: list[list[Run]] = [[] for _ in range(total)]
     load = [0.0] * total
     for run in sorted(runs, key=lambda r: (-cost[r], r.combo, r.test.key)):
-        target = min(range(total), key=lambda i: (load[i], len(shards[i]), i))
+        # free runs (known not to apply) only need spreading by number
+        weigh = (lambda i: (len(shards[i]), i)) if cost[run] == 0 else (lambda i: (load[i], len(shards[i]), i))
+        target = min(range(total), key=weigh)
         shards[target].append(run)
         load[target] += cost[run]
     return shards

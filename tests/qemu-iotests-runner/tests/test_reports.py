@@ -104,6 +104,9 @@ def test_shards_are_disjoint_complete_and_balanced() -> None:
         loads = [sum(cost[r] for r in s) for s in shards]
         assert max(loads) <= 1.2 * (sum(loads) / total)
         assert split(list(reversed(runs)), cost, total) == shards  # same on every machine
+    free = {r: 0.0 for r in matrix([case(f"{i:03}") for i in range(100, 140)], ["qed"], ["file"])}
+    shards = split([*runs, *free], {**cost, **free}, 4)
+    assert max(sum(r in free for r in s) for s in shards) - min(sum(r in free for r in s) for s in shards) <= 1
     assert Shard.parse("2/4") == Shard(2, 4)
     for bad in ("0/4", "5/4", "x", "1/0"):
         with pytest.raises(Exception, match="bad shard"):
