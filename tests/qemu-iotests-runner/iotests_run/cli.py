@@ -272,7 +272,10 @@ def _shard_from_ci(environ: Mapping[str, str]) -> plan.Shard | None:
     """GitLab's `parallel:` sets CI_NODE_INDEX and CI_NODE_TOTAL."""
     index, total = environ.get("CI_NODE_INDEX"), environ.get("CI_NODE_TOTAL")
     if index and total:
-        return plan.Shard.parse(f"{index}/{total}")
+        try:
+            return plan.Shard.parse(f"{index}/{total}")
+        except UsageError:
+            raise UsageError(f"bad shard from CI_NODE_INDEX={index} CI_NODE_TOTAL={total}") from None
     return None
 
 

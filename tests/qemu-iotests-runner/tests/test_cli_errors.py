@@ -95,3 +95,8 @@ def test_tree_from_environment(tree: FakeTree, tmp_path: Path) -> None:
     proc = run_cli(["--results", str(tmp_path / "r")], env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "started").exists()
+
+
+def test_bad_shard_from_gitlab_names_the_variables(tree: FakeTree, tmp_path: Path) -> None:
+    env = dict(os.environ, CI_NODE_INDEX="5", CI_NODE_TOTAL="2")
+    expect_usage_error(tmp_path, tree.args(tmp_path / "r"), "CI_NODE_INDEX=5", "CI_NODE_TOTAL=2", env=env)
