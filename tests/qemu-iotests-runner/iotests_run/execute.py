@@ -86,7 +86,7 @@ def _write_reproducer(path: Path, cwd: Path, iotests_env: Mapping[str, str], arg
 
 
 def execute_run(run: Run, index: int, ctx: Context) -> Result:
-    """Run one test, again in a fresh sandbox after a failure while --retry allows; never raises."""
+    """Run one test, again in a fresh sandbox after a failure while --retry allows."""
     earlier: list[Result] = []
     for attempt in range(1, ctx.retries + 2):
         result = _attempt(run, str(index) if attempt == 1 else f"{index}-{attempt}", ctx)
@@ -97,13 +97,17 @@ def execute_run(run: Run, index: int, ctx: Context) -> Result:
     raise AssertionError("unreachable")
 
 
+def runner_error(run: Run, exc: Exception) -> Result:
+    """An error of the runner itself, recorded as the run's result: no run may go missing."""
+    detail = "".join(traceback.format_exception(exc))
+    return Result(run, Outcome.FAIL, f"runner error: {exc!r}", artifacts=run_folder(run), output_tail=detail)
+
+
 def _attempt(run: Run, slot: str, ctx: Context) -> Result:
-    rel = run_folder(run)
     try:
-        return _execute(run, slot, ctx, rel)
-    except Exception as exc:  # noqa: BLE001 - no run may go missing
-        detail = "".join(traceback.format_exception(exc))
-        return Result(run, Outcome.FAIL, f"runner error: {exc!r}", artifacts=rel, output_tail=detail)
+        return _execute(run, slot, ctx, run_folder(run))
+    except Exception as exc:  # noqa: BLE001 - a failed attempt, which --retry may repeat
+        return runner_error(run, exc)
 
 
 def _set_aside(result: Result, attempt: int, results: Path) -> Result:
@@ -197,8 +201,12 @@ def execute_all(runs: list[Run], ctx: Context, jobs: int,
     interrupted = False
 
     def work(run: Run, index: int) -> None:
-        # execute_run never raises: whatever happens becomes the run's result
-        finished.put(execute_run(run, index, ctx))
+        # Every run must reach the queue, or the loop below would wait for it forever.
+        try:
+            result = execute_run(run, index, ctx)
+        except Exception as exc:  # noqa: BLE001 - e.g. setting a failed attempt's artifacts aside
+            result = runner_error(run, exc)
+        finished.put(result)
 
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="run") as pool:
         for i, run in enumerate(runs):
