@@ -178,28 +178,27 @@ def find_binaries(build: Path, environ: Mapping[str, str], dotdot: bool = False)
     )
 
 
-def _lists_from_check(iotests: Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Read the formats and protocols this version's check accepts from its source."""
+def _read_check(iotests: Path) -> str:
     try:
-        text = (iotests / "check").read_text(encoding="utf-8")
+        return (iotests / "check").read_text(encoding="utf-8")
     except OSError:
-        return DEFAULT_FORMATS, DEFAULT_PROTOCOLS
+        return ""
+
+
+def _lists_from_check(check: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The formats and protocols this version's check accepts, from its source text."""
 
     def listed(var: str, default: tuple[str, ...]) -> tuple[str, ...]:
-        m = re.search(var + r"\s*=\s*\[([^\]]*)\]", text)
+        m = re.search(var + r"\s*=\s*\[([^\]]*)\]", check)
         names = tuple(re.findall(r"'([\w-]+)'", m.group(1))) if m else ()
         return names or default
 
     return listed("format_list", DEFAULT_FORMATS), listed("protocol_list", DEFAULT_PROTOCOLS)
 
 
-def _variables_check_sets(iotests: Path) -> tuple[tuple[str, str], ...]:
+def _variables_check_sets(check: str) -> tuple[tuple[str, str], ...]:
     """`os.environ["NAME"] = "VALUE"` lines of the tree's check: the tests inherit them."""
-    try:
-        text = (iotests / "check").read_text(encoding="utf-8")
-    except OSError:
-        return ()
-    return tuple(re.findall(r"""os\.environ\[["'](\w+)["']\]\s*=\s*["']([^"']*)["']""", text))
+    return tuple(re.findall(r"""os\.environ\[["'](\w+)["']\]\s*=\s*["']([^"']*)["']""", check))
 
 
 def default_machine(qemu: Path) -> str:
@@ -220,9 +219,10 @@ def default_machine(qemu: Path) -> str:
 def open_tree(source: str | None, build: str | None, environ: Mapping[str, str], cwd: Path) -> QemuTree:
     src, bld = locate(source, build, environ, cwd)
     version = _check_source(src)
-    binaries = find_binaries(bld, environ, dotdot=_dotdot_build_root(src / "tests" / "qemu-iotests"))
     iotests = src / "tests" / "qemu-iotests"
-    formats, protocols = _lists_from_check(iotests)
+    binaries = find_binaries(bld, environ, dotdot=_dotdot_build_root(iotests))
+    check = _read_check(iotests)  # read once: the lists and the variables both come from it
+    formats, protocols = _lists_from_check(check)
     return QemuTree(source=src, build=bld, version=version, binaries=binaries, formats=formats,
                     protocols=protocols, default_machine=default_machine(binaries.qemu),
-                    check_sets=_variables_check_sets(iotests))
+                    check_sets=_variables_check_sets(check))
