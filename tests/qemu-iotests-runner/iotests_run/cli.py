@@ -28,9 +28,9 @@ from iotests_run.model import Outcome, Result, Run
 from iotests_run.qemu import QemuTree, open_tree, reference_cache
 from iotests_run.report.files import write_atomically
 from iotests_run.report.junit import junit_xml
-from iotests_run.report.progress import Progress
+from iotests_run.report.progress import NORMAL, QUIET, VERBOSE, Eta, Progress
 from iotests_run.report.results_json import results_json
-from iotests_run.report.summary import summary_text
+from iotests_run.report.summary import closing_line, summary_text
 from iotests_run.report.tap import HEADER, tap_line, tap_plan
 from iotests_run.reruns import Quarantine
 from iotests_run.sandbox import LiveRun, Registry, ShortRoot, default_scratch, remove_tree
@@ -98,6 +98,11 @@ def make_parser() -> argparse.ArgumentParser:
                    help="results folder (default: ./iotests-results)")
     p.add_argument("--junit", metavar="FILE", help="also write the JUnit report here")
     p.add_argument("--tap", action="store_true", help="print TAP 13 on stdout (progress goes to stderr)")
+    talk = p.add_mutually_exclusive_group()
+    talk.add_argument("-q", "--quiet", action="store_true",
+                      help="print only failed runs and the closing line (summary.txt still has everything)")
+    talk.add_argument("-v", "--verbose", action="store_true",
+                      help="a line for every finished run, on a terminal too, and each failure's diff under it")
     p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help="hard limit per run (default: %(default)g; per-test overrides in timeouts.json)")
     p.add_argument("--timeout-multiplier", type=_seconds, default=1.0, metavar="X",
@@ -199,11 +204,8 @@ class Reporter:
         self.write_files()
 
     def tick(self, live: list[LiveRun]) -> None:
-        """After QUIET_NOTICE_S without a line, name what is still running (CI logs show what is stuck)."""
-        now = time.monotonic()
-        if live and now - self.progress.last_line >= self.quiet_notice_s:
-            names = ", ".join(f"{r.label} ({now - r.started:.0f} s)" for r in sorted(live, key=lambda r: r.started))
-            self.progress.note(f"still running: {names}")
+        """Redraw the terminal's status line, or name the runs still going after a quiet stretch (CI logs)."""
+        self.progress.tick(live, self.quiet_notice_s)
 
 
 def _public_environment(tree: QemuTree, formats: list[str], protocols: list[str], perturb: str) -> dict[str, Any]:
@@ -241,12 +243,12 @@ def limits_for(args: argparse.Namespace) -> Callable[[Run], Limits]:
 
 
 def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], results_dir: Path, scratch: Path,
-                   perturb: str, reporter: Reporter, out: TextIO) -> bool:
+                   perturb: str, reporter: Reporter) -> bool:
     """Run everything in sandboxes with a watchdog behind them; True when interrupted."""
     isolation = probe(wanted=not args.no_isolation)
     cgroups = None if args.no_isolation else CgroupRoot.create()
-    print(f"iotests-run: isolation: {isolation.describe()}; "
-          f"{'a cgroup per run' if cgroups else 'processes tracked by environment marker'}", file=out, flush=True)
+    reporter.progress.note(f"iotests-run: isolation: {isolation.describe()}; "
+                           f"{'a cgroup per run' if cgroups else 'processes tracked by environment marker'}")
     short_root = ShortRoot(scratch)
     marker = short_root.path.name
     watchdog = start_watchdog(marker, short_root.path, cgroups.path if cgroups else None)
@@ -360,17 +362,19 @@ def run(args: argparse.Namespace) -> int:
         "complete": False,
     }
     out = sys.stderr if args.tap else sys.stdout
-    reporter = Reporter(results_dir, junit_copy, meta, Progress(len(planned), out), args.tap, [],
-                        args.still_running_every)
+    medians = plan.estimator(durations)
+    eta = Eta({r.label: plan.estimate(r, durations, medians) for r in runs}, args.jobs)
+    level = QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
+    reporter = Reporter(results_dir, junit_copy, meta, Progress(len(planned), out, level=level, eta=eta), args.tap,
+                        [], args.still_running_every)
     if args.tap:
         print(HEADER, flush=True)
-    print(f"iotests-run: {len(planned)} runs of QEMU {tree.version} iotests ({tree.source}), "
-          f"{len(skipped)} known not to apply, {args.jobs} in parallel, results in {results_dir}",
-          file=out, flush=True)
+    reporter.progress.note(f"iotests-run: {len(planned)} runs of QEMU {tree.version} iotests ({tree.source}), "
+                           f"{len(skipped)} known not to apply, {args.jobs} in parallel, results in {results_dir}")
     for result in skipped:
         reporter.record(result)
     reporter.write_files()
-    interrupted = _execute_stage(args, tree, runs, results_dir, scratch, perturb, reporter, out)
+    interrupted = _execute_stage(args, tree, runs, results_dir, scratch, perturb, reporter)
 
     # report
     results = reporter.results
@@ -387,7 +391,11 @@ def run(args: argparse.Namespace) -> int:
     write_atomically(results_dir / "summary.txt", text)
     if args.tap:
         print(tap_plan(len(results)), flush=True)
-    print("\n" + text, end="", file=out, flush=True)
+    reporter.progress.close()
+    if args.quiet:
+        print(f"{closing_line(results)} (summary: {_relative_to_cwd(results_dir / 'summary.txt')})", file=out)
+    else:
+        print("\n" + text, end="", file=out, flush=True)
     if interrupted:
         return EXIT_INTERRUPTED
     failing = [r for r in results if (r.outcome.is_failure and r not in excused)
