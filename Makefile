@@ -5,7 +5,7 @@ JOBS ?=
 PYTEST_ARGS ?=
 BIN = $(VENV)/bin
 
-.PHONY: demo check check-fast check-block lint reference reference-all venv bench clean
+.PHONY: demo check check-fast check-block lint reference reference-all browser venv bench clean
 
 $(BIN)/iotests-run: pyproject.toml meson.build $(shell find tests/qemu-iotests-runner/iotests_run -name '*.py' -o -name '*.json' 2>/dev/null)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ reference-all: reference
 demo: venv reference
 	$(BIN)/iotests-run -f qcow2 -g quick $(if $(JOBS),-j $(JOBS))
 
+# Debian's chromium, for the HTML report's browser test (installed when running as root).
+browser:
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@command -v chromium >/dev/null || echo "make: chromium not installed: the HTML report's browser test is skipped"
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -35,7 +41,7 @@ check-fast: venv
 	$(BIN)/pytest -m 'not e2e' $(PYTEST_ARGS)
 
 # Every tier, end-to-end tests on the reference tree included.
-check: venv reference-all lint
+check: venv reference-all browser lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # QEMU's iotests through meson, as upstream's `make check-block`: suite block (qcow2 auto);

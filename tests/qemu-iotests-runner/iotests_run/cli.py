@@ -27,6 +27,7 @@ from iotests_run.merge import merge_folders
 from iotests_run.model import Outcome, Result, Run
 from iotests_run.qemu import QemuTree, open_tree, reference_cache
 from iotests_run.report.files import write_atomically
+from iotests_run.report.html import html_report
 from iotests_run.report.junit import junit_xml
 from iotests_run.report.progress import NORMAL, QUIET, VERBOSE, Eta, Progress
 from iotests_run.report.results_json import results_json
@@ -44,7 +45,7 @@ DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_HANG_TIMEOUT_S = 120.0
 QUIET_NOTICE_S = 30.0
 # Our own files in a results folder; only these are replaced by a new run.
-RESULT_FILES = ("junit.xml", "results.json", "summary.txt")
+RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
 
 
 def default_jobs() -> int:
@@ -206,6 +207,11 @@ class Reporter:
     def tick(self, live: list[LiveRun]) -> None:
         """Redraw the terminal's status line, or name the runs still going after a quiet stretch (CI logs)."""
         self.progress.tick(live, self.quiet_notice_s)
+
+
+def write_html(folder: Path, results: Sequence[Result], meta: Mapping[str, Any], title: str) -> None:
+    page = html_report(results, meta, title, exists=lambda rel: (folder / rel).is_file())
+    write_atomically(folder / "report.html", page)
 
 
 def _public_environment(tree: QemuTree, formats: list[str], protocols: list[str], perturb: str) -> dict[str, Any]:
@@ -389,9 +395,12 @@ def run(args: argparse.Namespace) -> int:
     excused = quarantine.excused(results)
     text = summary_text(results, title, time.monotonic() - started, quarantined=excused)
     write_atomically(results_dir / "summary.txt", text)
+    write_html(results_dir, results, meta, title)
     if args.tap:
         print(tap_plan(len(results)), flush=True)
     reporter.progress.close()
+    if not args.quiet:
+        print(f"HTML report: {_relative_to_cwd(results_dir / 'report.html')}", file=out)
     if args.quiet:
         print(f"{closing_line(results)} (summary: {_relative_to_cwd(results_dir / 'summary.txt')})", file=out)
     else:
@@ -416,6 +425,7 @@ def merge_main(argv: Sequence[str]) -> int:
     text = summary_text(results, f"iotests-run {__version__}: merged {len(args.inputs)} results folders",
                         meta["wall_s"])
     write_atomically(args.out / "summary.txt", text)
+    write_html(args.out, results, meta, f"iotests-run {__version__}: merged {len(args.inputs)} results folders")
     print(text, end="")
     if not meta["complete"]:
         return EXIT_INTERRUPTED

@@ -65,7 +65,7 @@ def test_junit_and_results_json_of_real_runs(reference_tree: ReferenceTree, tmp_
     # Only iotests variables are recorded, never the rest of the user's environment.
     env = data["environment"]["qcow2-file"]
     assert env["IMGFMT"] == "qcow2" and "HOME" not in env and "PATH" not in env
-    for name in ("results.json", "junit.xml", "summary.txt"):
+    for name in ("results.json", "junit.xml", "summary.txt", "report.html"):
         assert "hunter2-do-not-leak" not in (results / name).read_text()
     root = ET.parse(results / "junit.xml").getroot()
     cases = {(c.get("classname"), c.get("name")): c for c in root.iter("testcase")}
@@ -74,6 +74,8 @@ def test_junit_and_results_json_of_real_runs(reference_tree: ReferenceTree, tmp_
     assert cases[("iotests.qcow2-file", "001")].get("file") == "tests/qemu-iotests/001"
     assert cases[("iotests.qcow2-file", "045")].find("skipped") is not None
     assert proc.stdout.rstrip().endswith("3 passed, 0 failed, 1 skipped")  # 045 runs on raw only
+    page = (results / "report.html").read_text()
+    assert page.count('class="cell o-pass"') == 3 and page.count('class="cell o-not-run"') == 1
 
 
 @pytest.mark.parametrize("fmt", ["qcow2", "raw", "luks", "vmdk"])

@@ -208,6 +208,8 @@ def test_shards_cover_the_plan_once_and_merge_joins_them(fake_tree: FakeTree, tm
     failure = next(c for c in root.iter("testcase") if c.get("name") == "003").find("failure")
     assert failure is not None and "+bad" in (failure.text or "")
     assert proc.stdout.rstrip().endswith("6 passed, 1 failed, 0 skipped")
+    page = (merged / "report.html").read_text()
+    assert page.count('class="cell o-pass"') == 6 and 'href="runs/qcow2-file/003/diff.txt"' in page
     bad = run_cli(["merge", str(tmp_path / "m2"), str(tmp_path / "nowhere")])
     assert bad.returncode == 2 and "not a results folder" in bad.stderr
 

@@ -1,0 +1,165 @@
+"""report.html: the test x format-protocol matrix a reviewer opens instead of scrolling logs.
+
+One self-contained page (inline CSS and a few lines of script, no external
+asset), so it opens straight from a CI artifact. Each cell is coloured by
+outcome; a cell that did not pass cleanly (or leaked a process) links to its entry below the matrix, which
+holds the reason, the start of the diff, the diagnostics summary and links to
+the run's files (output, diff, diagnostics, leaked processes, reproducer).
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from iotests_run.model import Outcome, Result
+from iotests_run.report.outcomes import PRESENTATION
+from iotests_run.report.summary import closing_line
+
+DIFF_LINES = 200
+
+# outcome -> (cell text, background colour)
+CELLS: dict[Outcome, tuple[str, str]] = {
+    Outcome.PASS: ("pass", "#b9e4bc"),
+    Outcome.FAIL: ("FAIL", "#f28b82"),
+    Outcome.NOT_RUN: ("not run", "#e8eaed"),
+    Outcome.TIMEOUT: ("TIMEOUT", "#fbbc66"),
+    Outcome.HANG: ("HANG", "#fbbc66"),
+    Outcome.CRASH: ("CRASH", "#d7aefb"),
+    Outcome.FLAKY: ("flaky", "#fdd663"),
+    Outcome.INTERRUPTED: ("stopped", "#aecbfa"),
+}
+
+STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #202124; }
+h1 { font-size: 1.3em; margin: 0 0 .3em; }
+.meta { color: #5f6368; margin: 0 0 1em; }
+table { border-collapse: collapse; }
+th, td { border: 1px solid #dadce0; padding: 2px 8px; text-align: left; }
+table.matrix td.cell { text-align: center; min-width: 5em; }
+table.matrix th.test { font-weight: normal; font-family: monospace; }
+thead th { position: sticky; top: 0; background: #f8f9fa; }
+td.cell a { color: inherit; display: block; text-decoration: none; font-weight: bold; }
+.closing { font-weight: bold; margin: 1em 0; }
+.legend span { display: inline-block; padding: 1px 8px; margin-right: 4px; border: 1px solid #dadce0; }
+.run { border-top: 1px solid #dadce0; padding: .5em 0; }
+.run h3 { margin: .2em 0; font-size: 1em; }
+pre { background: #f8f9fa; padding: .5em; overflow-x: auto; max-height: 30em; }
+.controls { margin: 1em 0; }
+td.leaked { outline: 2px dashed #c5221f; outline-offset: -3px; }
+"""
+STYLE += "".join(f"td.o-{o.value}, .legend .o-{o.value} {{ background: {colour}; }}\n"
+                 for o, (_, colour) in CELLS.items())
+
+# Only rows with a problem, on request; the count of shown rows is kept up to date.
+SCRIPT = """
+const box = document.getElementById('only-problems');
+const rows = Array.from(document.querySelectorAll('table.matrix tbody tr'));
+function apply() {
+  let shown = 0;
+  for (const row of rows) {
+    const hide = box.checked && !row.classList.contains('problem');
+    row.hidden = hide;
+    if (!hide) shown++;
+  }
+  document.getElementById('shown').textContent = `${shown} of ${rows.length} tests shown`;
+}
+box.addEventListener('change', apply);
+apply();
+"""
+
+
+def _notable(result: Result) -> bool:
+    """A run worth its own entry below the matrix: anything but a clean pass or a not-run."""
+    return result.outcome not in (Outcome.PASS, Outcome.NOT_RUN) or bool(result.leaked)
+
+
+def _anchor(result: Result) -> str:
+    return f"run-{result.run.combo}-{result.run.test.key}".replace("/", "-")
+
+
+def _cell(result: Result | None) -> str:
+    if result is None:
+        return '<td class="cell"></td>'
+    text, _ = CELLS[result.outcome]
+    tip = f"{result.run.label}: {PRESENTATION[result.outcome].column}, {result.duration_s:.1f} s"
+    if result.reason:
+        tip += f" - {result.reason.splitlines()[0]}"
+    if result.leaked:
+        text, tip = f"{text} +leak", f"{tip} - left {len(result.leaked)} process(es) running, killed"
+    inner = html.escape(text)
+    if _notable(result):
+        inner = f'<a href="#{_anchor(result)}">{inner}</a>'
+    leak = " leaked" if result.leaked else ""
+    return f'<td class="cell o-{result.outcome.value}{leak}" title="{html.escape(tip)}">{inner}</td>'
+
+
+def _details(result: Result, exists: Callable[[str], bool]) -> str:
+    files = list(result.attachments)
+    if result.artifacts:
+        files.append(f"{result.artifacts}/reproduce.sh")
+    links = " ".join(f'<a href="{html.escape(f)}">{html.escape(f.rsplit("/", 1)[-1])}</a>'
+                     for f in dict.fromkeys(files) if exists(f))
+    parts = [f'<div class="run" id="{_anchor(result)}">',
+             f"<h3>{html.escape(result.run.label)}: {html.escape(PRESENTATION[result.outcome].column)}"
+             f" ({result.duration_s:.1f} s)</h3>",
+             f"<div>{html.escape(result.reason)}</div>"]
+    if links:
+        parts.append(f"<div>Files: {links}</div>")
+    if result.diff:
+        lines = result.diff.splitlines()
+        shown = "\n".join(lines[:DIFF_LINES])
+        if len(lines) > DIFF_LINES:
+            shown += f"\n... {len(lines) - DIFF_LINES} more lines in diff.txt"
+        parts.append(f"<pre>{html.escape(shown)}</pre>")
+    if result.diagnostics:
+        parts.append(f"<pre>{html.escape(result.diagnostics)}</pre>")
+    if result.leaked:
+        parts.append(f"<div>Leaked (killed): {html.escape(', '.join(result.leaked))}</div>")
+    parts.append("</div>")
+    return "\n".join(parts)
+
+
+def html_report(results: Sequence[Result], meta: Mapping[str, Any], title: str,
+                exists: Callable[[str], bool] = lambda path: True) -> str:
+    """The page; `exists` says whether a file (relative to the results folder) is there to link to."""
+    combos = sorted({r.run.combo for r in results})
+    by_test: dict[str, dict[str, Result]] = {}
+    for r in sorted(results, key=lambda r: r.run.test.key):
+        by_test.setdefault(r.run.test.key, {})[r.run.combo] = r
+    counts = Counter(r.outcome for r in results)
+
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in combos)
+    rows = []
+    for key, cells in by_test.items():
+        problem = any(_notable(r) for r in cells.values())
+        name = next(iter(cells.values())).run.test.name
+        rows.append(f'<tr{" class=problem" if problem else ""}><th class="test" title="{html.escape(key)}">'
+                    f'{html.escape(name)}</th>{"".join(_cell(cells.get(c)) for c in combos)}</tr>')
+    legend = "".join(f'<span class="o-{o.value}">{html.escape(PRESENTATION[o].column)}: {counts[o]}</span>'
+                     for o in CELLS if counts[o])
+    notable = [r for r in sorted(results, key=lambda r: (r.run.combo, r.run.test.key)) if _notable(r)]
+    qemu = meta.get("qemu", {})
+    facts = [f"QEMU {qemu.get('version', '?')} ({qemu.get('source', '?')})",
+             f"started {meta.get('started', '?')}"]
+    if "wall_s" in meta:
+        facts.append(f"wall {meta['wall_s']} s")
+    if not meta.get("complete", True):
+        facts.append("INCOMPLETE (interrupted)")
+    command = " ".join(meta.get("command", []))
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f'<p class="meta">{html.escape(" · ".join(facts))}<br><code>{html.escape(command)}</code></p>',
+        f'<p class="closing" id="closing">{html.escape(closing_line(results))}</p>',
+        f'<p class="legend">{legend}</p>',
+        '<p class="controls"><label><input type="checkbox" id="only-problems"> only tests with problems</label>'
+        ' · <span id="shown"></span></p>',
+        f'<table class="matrix"><thead><tr><th>test</th>{head}</tr></thead><tbody>',
+        *rows, "</tbody></table>",
+        f"<h2>Runs that did not pass cleanly ({len(notable)})</h2>" if notable else "",
+        *(_details(r, exists) for r in notable),
+        f"<script>{SCRIPT}</script>", "</body></html>", ""])

@@ -1,0 +1,123 @@
+"""report.html: built from real runs of fake iotests, opened in a real headless browser (Debian's chromium)."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from support import FakeTree, run_cli
+
+from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.report.html import CELLS, html_report
+
+pytestmark = pytest.mark.process
+
+LEAKER = 'setsid sleep 3600 </dev/null >/dev/null 2>&1 &\nsleep 0.5\necho ok\n'
+
+
+class _Page(HTMLParser):
+    """What the browser's DOM holds: links, ids, matrix cells by outcome, text."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+        self.ids: set[str] = set()
+        self.cells: dict[str, int] = {}
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if a.get("id"):
+            self.ids.add(str(a["id"]))
+        if tag == "a" and a.get("href"):
+            self.hrefs.append(str(a["href"]))
+        classes = (a.get("class") or "").split()
+        if tag == "td" and "cell" in classes:
+            outcome = next((c[2:] for c in classes if c.startswith("o-")), "")
+            self.cells[outcome] = self.cells.get(outcome, 0) + 1
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.environ.get("IOTESTS_RUN_REQUIRE_BROWSER"):
+        pytest.fail("chromium is required (IOTESTS_RUN_REQUIRE_BROWSER is set) but not installed")
+    pytest.skip("chromium is not installed (make check installs Debian's chromium when run as root)")
+
+
+def _browser(page: Path, profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--window-size=1000,800"]
+    return subprocess.run([_chromium(), *flags, *args, page.as_uri()], capture_output=True, text=True,
+                          timeout=120, stdin=subprocess.DEVNULL)
+
+
+def _colours(png: Path) -> set[tuple[int, int, int]]:
+    image = pytest.importorskip("PIL.Image").open(png).convert("RGB")
+    return {rgb for _, rgb in image.getcolors(maxcolors=1 << 20) or []}
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
+
+
+def test_report_renders_in_a_browser_and_every_link_leads_somewhere(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", 'echo "hello $IMGFMT"\n', out="hello qcow2\n")
+    fake_tree.add_test("002", "echo changed\n", out="original\n")
+    fake_tree.add_test("003", 'echo "not for $IMGFMT" > "$TEST_DIR/003.notrun"\n', out="")
+    fake_tree.add_test("004", "sleep 3600\n", out="")
+    fake_tree.add_test("005", LEAKER, out="ok\n")
+    fake_tree.add_test("006", "kill -SEGV $$\n", out="")
+    fake_tree.add_test("007", "echo '<b>&bad</b>'\n", out="good\n")
+    results = tmp_path / "results"
+    proc = run_cli(["-g", "quick", "-f", "qcow2,raw", "--hang-timeout", "2", *fake_tree.args(results)])
+    assert proc.returncode == 1, proc.stderr
+    report = results / "report.html"
+    assert f"HTML report: {report}" in proc.stdout
+
+    dom = _browser(report, tmp_path / "profile", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    page = _Page()
+    page.feed(dom.stdout)
+    text = "".join(page.text)
+    assert "7 of 7 tests shown" in text  # the page's script ran
+    # 001 passes on qcow2 only (its output names the format), 005 passes twice (leaking); 003 is not run
+    assert "3 passed, 9 failed, 2 skipped" in text
+    assert page.cells == {"pass": 3, "fail": 5, "not-run": 2, "hang": 2, "crash": 2}, page.cells
+    assert "<b>&bad</b>" in text  # the test's output is shown as text, never as markup
+    anchors = [h[1:] for h in page.hrefs if h.startswith("#")]
+    files = [h for h in page.hrefs if not h.startswith("#")]
+    # every cell that did not pass, and the two passes that leaked a process
+    assert len(anchors) == 11 and all(a in page.ids for a in anchors)
+    assert not [f for f in files if re.match(r"[a-z]+:", f)]  # self-contained: nothing outside the folder
+    assert all((results / f).is_file() for f in files)
+    names = {f.rsplit("/", 1)[-1] for f in files}
+    assert {"002.out.bad", "diff.txt", "processes.txt", "leaked.txt", "reproduce.sh"} <= names
+
+    shot = tmp_path / "shot.png"
+    _browser(report, tmp_path / "profile", f"--screenshot={shot}")
+    seen = _colours(shot)
+    for outcome in (Outcome.PASS, Outcome.FAIL, Outcome.NOT_RUN, Outcome.HANG, Outcome.CRASH):
+        assert _rgb(CELLS[outcome][1]) in seen, f"no {outcome.value} cell painted"
+
+
+def test_big_diffs_are_trimmed_and_every_outcome_has_a_colour() -> None:
+    run = Run(TestCase("040", Path("040"), frozenset()), "qcow2", "file")
+    diff = "\n".join(f"+line {i}" for i in range(1000))
+    page = html_report([Result(run, Outcome.FAIL, "output mismatch", diff=diff, artifacts="runs/qcow2-file/040",
+                               attachments=("runs/qcow2-file/040/diff.txt",))],
+                       {"command": ["iotests-run"], "complete": False}, "t", exists=lambda rel: False)
+    assert "+line 199" in page and "+line 200" not in page and "800 more lines in diff.txt" in page
+    assert "diff.txt</a>" not in page  # files that are not there are not linked
+    assert "INCOMPLETE" in page
+    assert set(CELLS) == set(Outcome)
