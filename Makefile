@@ -46,15 +46,13 @@ check: venv reference-all browser lint
 
 # QEMU's iotests through meson, as upstream's `make check-block`: suite block (qcow2 auto);
 # SUITE=block-slow or block-thorough for more. QEMU_SOURCE/QEMU_BUILD default to the reference tree;
-# make's -jN becomes iotests-run's job count.
+# make's -jN becomes iotests-run's job count (the runner reads MAKEFLAGS).
 SUITE ?= block
 MESON_BUILD ?= build/meson
 check-block: venv reference
 	@eval "$$(tools/build-reference-qemu 2>/dev/null | sed 's/^/export REF_/')"; \
 	export QEMU_SOURCE="$${QEMU_SOURCE:-$$REF_QEMU_SOURCE}" QEMU_BUILD="$${QEMU_BUILD:-$$REF_QEMU_BUILD}"; \
 	export PATH="$(abspath $(BIN)):$$PATH"; \
-	jobs=$$(echo "$(MAKEFLAGS)" | sed -n 's/.*-j\([0-9][0-9]*\).*/\1/p'); \
-	if [ -n "$$jobs" ]; then export IOTESTS_RUN_JOBS=$$jobs; fi; \
 	test -f $(MESON_BUILD)/build.ninja || $(BIN)/meson setup $(MESON_BUILD) >/dev/null; \
 	$(BIN)/meson test -C $(MESON_BUILD) --suite $(SUITE) --print-errorlogs
 

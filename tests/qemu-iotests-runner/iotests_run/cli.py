@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
+import shlex
 import signal
 import sys
 import time
@@ -48,10 +50,23 @@ QUIET_NOTICE_S = 30.0
 RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
 
 
-def default_jobs() -> int:
-    """IOTESTS_RUN_JOBS (make check-block passes make's -j), else twice the cores (measured, README)."""
-    value = os.environ.get("IOTESTS_RUN_JOBS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else 2 * (os.cpu_count() or 1)
+def default_jobs(environ: Mapping[str, str] = os.environ) -> int:
+    """IOTESTS_RUN_JOBS, else make's -jN (MAKEFLAGS, under make check-block), else twice the cores (README)."""
+    value = environ.get("IOTESTS_RUN_JOBS", "")
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    make = re.search(r"(?:^|\s)-j\s*(\d+)(?:\s|$)", environ.get("MAKEFLAGS", ""))
+    if make and int(make.group(1)) > 0:
+        return int(make.group(1))
+    return 2 * (os.cpu_count() or 1)
+
+
+def extra_arguments(environ: Mapping[str, str]) -> list[str]:
+    """IOTESTS_RUN_ARGS: options for runs started where the command line is not ours (make check-block)."""
+    try:
+        return shlex.split(environ.get("IOTESTS_RUN_ARGS", ""))
+    except ValueError as exc:
+        raise UsageError(f"bad IOTESTS_RUN_ARGS: {exc}") from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -92,7 +107,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-g", "--groups", type=_csv, default=[], help="include tests of these groups")
     p.add_argument("-x", "--exclude-groups", type=_csv, default=[], help="exclude tests of these groups")
     p.add_argument("-j", "--jobs", type=_jobs, default=default_jobs(),
-                   help="runs in parallel (default: %(default)s: IOTESTS_RUN_JOBS, else twice the cores)")
+                   help="runs in parallel (default: %(default)s: IOTESTS_RUN_JOBS, else make's -jN, "
+                        "else twice the cores)")
     p.add_argument("--qemu-source", metavar="DIR", help="QEMU source tree")
     p.add_argument("--qemu-build", metavar="DIR", help="QEMU build folder")
     p.add_argument("--results", metavar="DIR", default="iotests-results",
@@ -127,7 +143,8 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-isolation", action="store_true",
                    help="no network/mount namespaces or cgroups; processes are still tracked and killed")
     p.add_argument("--scratch", metavar="DIR", type=Path, default=None,
-                   help="where run sandboxes live (default: /dev/shm when it is a tmpfs with 8 GiB free, else /tmp)")
+                   help="where run sandboxes live (default: /tmp, /var/tmp or /dev/shm, whichever is on the build "
+                        "folder's file system, where check's own TEST_DIR is; else /tmp)")
     p.add_argument("--list", action="store_true",
                    help="print the plan (test, format, protocol, run or skip: reason; tab-separated) and exit")
     p.add_argument("--shard", metavar="I/N", type=plan.Shard.parse,
@@ -327,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
         tests = catalog.select(args.tests, args.groups, args.exclude_groups)
     if not tests:
         raise UsageError("no tests selected")
-    scratch = (args.scratch or default_scratch()).absolute()
+    scratch = (args.scratch or default_scratch(tree.build)).absolute()
     problem = ShortRoot.check_base(scratch)
     if problem:
         raise UsageError(f"--scratch {scratch} {problem}")
@@ -438,7 +455,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["merge"]:
             return merge_main(argv[1:])
-        args = make_parser().parse_args(argv)
+        args = make_parser().parse_args(argv + extra_arguments(os.environ))
         return run(args)
     except (UsageError, SetupError) as exc:
         print(f"iotests-run: {exc}", file=sys.stderr)

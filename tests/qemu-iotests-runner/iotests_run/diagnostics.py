@@ -54,11 +54,16 @@ def _is_python(cmd: list[str]) -> bool:
     return bool(cmd) and os.path.basename(cmd[0]).startswith("python")
 
 
+# Where tools/qemu-integrate installs our dependencies, beside the package in a QEMU tree.
+DEPS_FOLDER = "_deps"
+
+
 def tool(name: str) -> str | None:
-    """A tool installed beside our interpreter (py-spy in our venv) or on PATH."""
-    beside = Path(sys.executable).parent / name
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
+    """A tool installed beside our interpreter (py-spy in our venv), in a QEMU tree's _deps, or on PATH."""
+    deps = Path(__file__).resolve().parents[1] / DEPS_FOLDER / "bin"
+    for folder in (Path(sys.executable).parent, deps):
+        if (folder / name).is_file() and os.access(folder / name, os.X_OK):
+            return str(folder / name)
     return shutil.which(name)
 
 

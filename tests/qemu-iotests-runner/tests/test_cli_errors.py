@@ -100,3 +100,10 @@ def test_tree_from_environment(tree: FakeTree, tmp_path: Path) -> None:
 def test_bad_shard_from_gitlab_names_the_variables(tree: FakeTree, tmp_path: Path) -> None:
     env = dict(os.environ, CI_NODE_INDEX="5", CI_NODE_TOTAL="2")
     expect_usage_error(tmp_path, tree.args(tmp_path / "r"), "CI_NODE_INDEX=5", "CI_NODE_TOTAL=2", env=env)
+
+
+def test_bad_option_from_iotests_run_args(tree: FakeTree, tmp_path: Path) -> None:
+    env = dict(os.environ, IOTESTS_RUN_ARGS="--retry lots")
+    proc = run_cli(tree.args(tmp_path / "r"), env=env)
+    assert proc.returncode == 2 and "lots" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert not (tmp_path / "r").exists()

@@ -26,3 +26,32 @@ def test_a_run_whose_execution_raises_still_gets_a_result(monkeypatch: pytest.Mo
     failed = next(r for r in results if r.run.test.key == "002")
     assert "runner error" in failed.reason and "cannot rename" in failed.reason
     assert seen == results
+
+
+def test_scratch_sits_on_the_build_folders_file_system(tmp_path: Path) -> None:
+    from iotests_run.sandbox import SCRATCH_CANDIDATES, default_scratch
+
+    on_tmp = Path("/tmp")
+    assert default_scratch(on_tmp) == on_tmp
+    shm = Path("/dev/shm")
+    if shm.is_dir() and shm.stat().st_dev != on_tmp.stat().st_dev:
+        # a build folder on tmpfs gets its sandboxes on tmpfs too, where check's TEST_DIR would be
+        assert default_scratch(shm) == shm
+    assert default_scratch(tmp_path / "no-such-build") == on_tmp
+    assert SCRATCH_CANDIDATES[0] == "/tmp"
+
+
+def test_job_count_from_the_environment_and_make() -> None:
+    from iotests_run.cli import default_jobs, extra_arguments
+    from iotests_run.errors import UsageError
+
+    assert default_jobs({"IOTESTS_RUN_JOBS": "3", "MAKEFLAGS": "rR -j8"}) == 3
+    assert default_jobs({"MAKEFLAGS": "rR -j8 --jobserver-auth=fifo:/tmp/x"}) == 8  # make -j8 check-block
+    assert default_jobs({"MAKEFLAGS": " -j 6"}) == 6
+    plain = default_jobs({})
+    assert default_jobs({"MAKEFLAGS": "rR -j --jobserver-auth=3,4"}) == plain  # make -j: no number, our default
+    assert default_jobs({"MAKEFLAGS": "rR", "IOTESTS_RUN_JOBS": "0"}) == plain
+    assert extra_arguments({"IOTESTS_RUN_ARGS": "--retry 1 --quarantine 'a b.txt'"}) == [
+        "--retry", "1", "--quarantine", "a b.txt"]
+    with pytest.raises(UsageError, match="IOTESTS_RUN_ARGS"):
+        extra_arguments({"IOTESTS_RUN_ARGS": "--quarantine 'open"})
