@@ -37,6 +37,7 @@ from iotests_run.report.summary import closing_line, summary_text
 from iotests_run.report.tap import HEADER, tap_line, tap_plan
 from iotests_run.reruns import Quarantine
 from iotests_run.sandbox import LiveRun, Registry, ShortRoot, default_scratch, remove_tree
+from iotests_run.services import unavailable
 from iotests_run.supervise import Limits
 from iotests_run.tracking import CgroupRoot
 from iotests_run.watchdog import start as start_watchdog
@@ -268,7 +269,7 @@ def limits_for(args: argparse.Namespace) -> Callable[[Run], Limits]:
 def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], results_dir: Path, scratch: Path,
                    perturb: str, reporter: Reporter) -> bool:
     """Run everything in sandboxes with a watchdog behind them; True when interrupted."""
-    isolation = probe(wanted=not args.no_isolation)
+    isolation = probe(wanted=not args.no_isolation, iotests=tree.iotests, scratch=scratch)
     cgroups = None if args.no_isolation else CgroupRoot.create()
     reporter.progress.note(f"iotests-run: isolation: {isolation.describe()}; "
                            f"{'a cgroup per run' if cgroups else 'processes tracked by environment marker'}")
@@ -318,6 +319,16 @@ def _take_shard(shard: plan.Shard, skipped: list[Result], to_run: list[Run], dur
     return [r for r in skipped if r.run in mine], [r for r in to_run if r in mine]
 
 
+def _without_missing_services(protocols: list[str], build: Path, skipped: list[Result],
+                              to_run: list[Run]) -> tuple[list[Result], list[Run]]:
+    """Runs over a protocol whose driver or service is missing here are not run, with the reason."""
+    missing = {p: why for p in protocols if (why := unavailable(p, build))}
+    if not missing:
+        return skipped, to_run
+    return (skipped + [Result(r, Outcome.NOT_RUN, missing[r.protocol]) for r in to_run if r.protocol in missing],
+            [r for r in to_run if r.protocol not in missing])
+
+
 def _print_plan(skipped: list[Result], runs: list[Run]) -> None:
     rows = [(r.run, f"skip: {r.reason}") for r in skipped] + [(r, "run") for r in runs]
     for run, what in sorted(rows, key=lambda row: (row[0].combo, row[0].test.key)):
@@ -355,6 +366,7 @@ def run(args: argparse.Namespace) -> int:
               if again is None or (r.test.key, r.format, r.protocol) in again]
     skipped, to_run = plan.static_verdicts(wanted, tree.default_machine, "writeback",
                                            read_declarations=not args.no_static_skip)
+    skipped, to_run = _without_missing_services(protocols, tree.build, skipped, to_run)
     shard = args.shard or _shard_from_ci(os.environ)
     if shard is not None:
         notes = sys.stderr if args.list or args.tap else sys.stdout

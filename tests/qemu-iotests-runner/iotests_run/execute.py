@@ -12,16 +12,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from iotests_run.diagnostics import core_files, examine_cores
 from iotests_run.environment import Settings, child_environment, iotests_environment
-from iotests_run.isolation import Isolation
+from iotests_run.isolation import Isolation, Overlay
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.qemu import QemuTree
 from iotests_run.sandbox import Registry, ShortRoot
+from iotests_run.services import HOST_NETWORK_PROTOCOLS
 from iotests_run.supervise import Limits, supervise
 from iotests_run.tracking import MARKER, CgroupRoot, MarkerTracker, Tracker
 from iotests_run.verdict import crash_reason, judge, reference_output
 
 OUTPUT_TAIL_BYTES = 4096
+CORE_BUDGET_S = 60.0  # gdb on every core a run left
 TICK_S = 1.0
 
 
@@ -83,6 +86,11 @@ def _write_reproducer(path: Path, cwd: Path, iotests_env: Mapping[str, str], arg
               'echo "TEST_DIR was $t/scratch" >&2', "exit $status"]
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o755)
+
+
+def _isolation_for(run: Run, isolation: Isolation) -> Isolation:
+    """ssh, nfs and rbd reach their service over the machine's network: no network namespace for them."""
+    return replace(isolation, network=False) if run.protocol in HOST_NETWORK_PROTOCOLS else isolation
 
 
 def execute_run(run: Run, index: int, ctx: Context) -> Result:
@@ -156,9 +164,11 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     qemu_gdb = tree.source / "scripts" / "qemu-gdb.py"
     start = time.monotonic()
     ending = supervise(argv, run.test.path.parent, env, output, limits=ctx.limits(run), tracker=ctx.tracker(slot),
-                       isolation=ctx.isolation, registry=ctx.registry, key=slot, label=run.label,
+                       isolation=_isolation_for(run, ctx.isolation), registry=ctx.registry, key=slot,
+                       label=run.label,
                        diagnostics_dir=box.run_dir / "diagnostics",
-                       qemu_gdb=qemu_gdb if qemu_gdb.is_file() else None)
+                       qemu_gdb=qemu_gdb if qemu_gdb.is_file() else None,
+                       overlay=Overlay(tree.iotests, box.upper, box.work) if ctx.isolation.cores else None)
     duration = round(time.monotonic() - start, 3)
 
     if ending.stopped:
@@ -169,6 +179,10 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
         crash = crash_reason(ending.returncode, diff) if outcome is Outcome.FAIL else None
         if crash:
             outcome, reason = Outcome.CRASH, crash
+    cores = core_files(box.upper) if outcome is not Outcome.PASS else []
+    core_evidence = examine_cores(cores, box.run_dir / "cores", run.test.path.parent, CORE_BUDGET_S) if cores else None
+    if core_evidence is not None and outcome is Outcome.FAIL:
+        outcome, reason = Outcome.CRASH, core_evidence.summary.splitlines()[0].split(", core kept")[0]
     leaked = ending.leaked
     if leaked:
         (box.run_dir / "leaked.txt").write_text("\n".join(leaked) + "\n", encoding="utf-8")
@@ -182,8 +196,11 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     attachments = [f"{rel}/{output.name}"] + [f"{rel}/diff.txt"] * bool(diff) + [f"{rel}/leaked.txt"] * bool(leaked)
     if ending.evidence is not None:
         attachments += [f"{rel}/diagnostics/{f}" for f in ending.evidence.files]
+    if core_evidence is not None:
+        attachments += [f"{rel}/cores/{f}" for f in core_evidence.files]
+    notes = [e.summary for e in (ending.evidence, core_evidence) if e is not None and e.summary]
     return Result(run, outcome, reason, duration, diff=diff, artifacts=rel, output_tail=_tail(output),
-                  diagnostics=ending.evidence.summary if ending.evidence else "",
+                  diagnostics="\n".join(notes),
                   attachments=tuple(attachments), leaked=leaked)
 
 

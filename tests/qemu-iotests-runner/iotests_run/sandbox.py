@@ -32,8 +32,17 @@ class Sandbox:
     sock_dir: Path
     tmp_dir: Path
 
+    @property
+    def upper(self) -> Path:
+        """The run's layer over the iotests folder (see isolation.Overlay): core dumps land here."""
+        return self.test_dir.parent / "o" / "u"
+
+    @property
+    def work(self) -> Path:
+        return self.test_dir.parent / "o" / "w"
+
     def create(self) -> None:
-        for d in (self.run_dir, self.test_dir, self.sock_dir, self.tmp_dir):
+        for d in (self.run_dir, self.test_dir, self.sock_dir, self.tmp_dir, self.upper, self.work):
             if d.exists():
                 remove_tree(d)
             d.mkdir(parents=True)

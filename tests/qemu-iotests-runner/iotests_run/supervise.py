@@ -23,7 +23,7 @@ from pathlib import Path
 import psutil
 
 from iotests_run.diagnostics import Evidence, collect
-from iotests_run.isolation import Isolation, child_setup
+from iotests_run.isolation import Isolation, Overlay, child_setup
 from iotests_run.sandbox import LiveRun, Registry
 from iotests_run.tracking import Tracker, kill_all
 
@@ -109,13 +109,13 @@ def _watch(pidfd: int, output: Path, tracker: Tracker, limits: Limits,
 
 def supervise(argv: list[str], cwd: Path, env: Mapping[str, str], output: Path, *, limits: Limits,
               tracker: Tracker, isolation: Isolation, registry: Registry, key: str, label: str,
-              diagnostics_dir: Path, qemu_gdb: Path | None) -> Ending:
+              diagnostics_dir: Path, qemu_gdb: Path | None, overlay: Overlay | None = None) -> Ending:
     live = registry.add(key, label)
     try:
         with output.open("wb") as out:
             proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT,
-                                    preexec_fn=child_setup(isolation, tracker.cgroup_procs))
+                                    preexec_fn=child_setup(isolation, tracker.cgroup_procs, overlay))
         pidfd = os.pidfd_open(proc.pid)
         try:
             stopped, detail = _watch(pidfd, output, tracker, limits, registry, live)

@@ -143,6 +143,8 @@ def test_real_qemu_hang_and_daemon_leak(reference_tree: ReferenceTree, tmp_path:
     tree.add_test("002", '"$QEMU_IMG_PROG" create -f qcow2 "$TEST_DIR/t.qcow2" 1M >/dev/null\n'
                          '"$QEMU_NBD_PROG" --fork -k "$SOCK_DIR/nbd.sock" -f qcow2 "$TEST_DIR/t.qcow2"\n'
                          "echo started\n", out="started\n")
+    tree.add_test("003", '"$QEMU_IMG_PROG" create -f raw "$TEST_DIR/r.img" 1M >/dev/null\n'
+                         '"$QEMU_IO_PROG" -f raw -c "sigraise 11" "$TEST_DIR/r.img"\n', out="")
     results = tmp_path / "results"
     proc = run_cli(["--qemu-source", str(tree.source), "--qemu-build", str(reference_tree.build),
                     "--results", str(results), "--hang-timeout", "3"])
@@ -157,4 +159,13 @@ def test_real_qemu_hang_and_daemon_leak(reference_tree: ReferenceTree, tmp_path:
     assert "main_loop_wait" in (error.findtext("error") or "")
     assert runs["002"]["outcome"] == "pass"
     assert any("qemu-nbd" in p for p in runs["002"]["leaked"])
+    # qemu-io raising SIGSEGV: a crash, its core kept with a backtrace through qemu-io's own code
+    assert runs["003"]["outcome"] == "crash"
+    if "core dumps kept" in proc.stdout:  # root, and a core_pattern that writes a file (Debian's `core`)
+        backtrace = (results / "runs/qcow2-file/003/cores/core-1-qemu-io-backtrace.txt").read_text()
+        assert "sigraise_f" in backtrace and "qemuio_command" in backtrace
+        assert "qemu-io died of SIGSEGV" in runs["003"]["diagnostics"]
+    else:
+        assert "no core dumps: " in proc.stdout
+    assert not list(tree.iotests.glob("core*"))
     assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).stdout == b""

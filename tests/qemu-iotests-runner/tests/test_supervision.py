@@ -140,6 +140,28 @@ def test_crash_and_timeout_reasons(outcome_set: tuple[Path, float, str]) -> None
     assert "after 12 s" in str(runs["007"]["reason"])
 
 
+def _cores_possible() -> bool:
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    return os.geteuid() == 0 and not pattern.startswith("|") and "/" not in pattern
+
+
+def test_crash_keeps_the_core_and_its_backtrace(outcome_set: tuple[Path, float, str]) -> None:
+    results, _, stdout = outcome_set
+    iotests = results.parent / "src" / "tests" / "qemu-iotests"
+    assert not list(iotests.glob("core*"))  # never in the tree, whatever happens
+    if not _cores_possible():  # not root, or core_pattern pipes cores elsewhere: said at start
+        assert "no core dumps: " in stdout
+        return
+    assert "core dumps kept" in stdout
+    cores = results / "runs/qcow2-file/009/cores"
+    assert (cores / "core-1").read_bytes()[:4] == b"\x7fELF"
+    backtrace = (cores / "core-1-bash-backtrace.txt").read_text()
+    assert "#0 " in backtrace and "=== all threads ===" in backtrace
+    run = outcomes(results)["009"]
+    assert "bash died of SIGSEGV, core kept (core-1)" in str(run["diagnostics"])
+    assert "runs/qcow2-file/009/cores/core-1" in list(run["attachments"])  # type: ignore[arg-type]
+
+
 def test_junit_stays_valid_and_small(outcome_set: tuple[Path, float, str]) -> None:
     results, _, _ = outcome_set
     path = results / "junit.xml"
