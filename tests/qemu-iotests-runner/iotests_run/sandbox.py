@@ -49,13 +49,43 @@ class Sandbox:
 
     def discard(self) -> None:
         """After a pass: nothing is kept."""
+        release_mounts(self.test_dir.parent)
         for d in (self.run_dir, self.test_dir.parent):
             remove_tree(d)
 
     def keep(self) -> None:
         """After anything else: TEST_DIR moves into the run's artifacts folder."""
+        release_mounts(self.test_dir.parent)
         move_tree(self.test_dir, self.run_dir / "scratch")
         remove_tree(self.test_dir.parent)
+
+
+def _mount_points() -> list[str]:
+    """Mount points as this process sees them (/proc/self/mountinfo's 5th field, octal escapes undone)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            fields = [line.split() for line in f]
+    except OSError:
+        return []
+    return [re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), x[4]) for x in fields if len(x) > 4]
+
+
+def release_mounts(folder: Path) -> list[str]:
+    """Lazily unmount whatever a run left mounted under its folder (FUSE exports), deepest first.
+
+    With a mount namespace per run these vanish with it; this is the fallback where there is
+    none. fusermount works for the user's own FUSE mounts; umount -l needs root.
+    """
+    prefix = str(folder) + "/"
+    left = sorted((m for m in _mount_points() if m.startswith(prefix)), key=len, reverse=True)
+    for point in left:
+        for argv in (["fusermount3", "-u", "-z", point], ["fusermount", "-u", "-z", point], ["umount", "-l", point]):
+            if shutil.which(argv[0]) is None:
+                continue
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True)
+            if done.returncode == 0:
+                break
+    return left
 
 
 def remove_tree(path: Path) -> None:

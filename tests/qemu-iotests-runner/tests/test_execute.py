@@ -55,3 +55,24 @@ def test_job_count_from_the_environment_and_make() -> None:
         "--retry", "1", "--quarantine", "a b.txt"]
     with pytest.raises(UsageError, match="IOTESTS_RUN_ARGS"):
         extra_arguments({"IOTESTS_RUN_ARGS": "--quarantine 'open"})
+
+
+@pytest.mark.process
+def test_mounts_left_under_a_sandbox_are_released(tmp_path: Path) -> None:
+    """The no-namespace fallback: what a run left mounted (a FUSE export, here a tmpfs) is lazily unmounted."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root to mount (a private mount namespace keeps the machine's mounts untouched)")
+    box = tmp_path / "box"
+    (box / "scratch" / "export" / "inner").mkdir(parents=True)
+    script = (f"mount -t tmpfs none {box}/scratch/export && mkdir {box}/scratch/export/inner && "
+              f"mount -t tmpfs none {box}/scratch/export/inner && "
+              f"{sys.executable} -c 'from pathlib import Path; from iotests_run.sandbox import release_mounts; "
+              f"print(len(release_mounts(Path(\"{box}\"))))' && grep -c ' {box}/' /proc/self/mountinfo")
+    proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True)
+    assert proc.stdout.split() == ["2", "0"], proc.stdout + proc.stderr  # two released, none left
