@@ -27,6 +27,7 @@ SAMPLE = ["001", "012", "045", "047", "075", "111", "205", "268", "block-status-
 def bench_module() -> types.ModuleType:
     loader = importlib.machinery.SourceFileLoader("iotests_bench", str(REPO / "tools" / "bench"))
     module = types.ModuleType(loader.name)
+    module.__file__ = loader.path
     loader.exec_module(module)
     return module
 
