@@ -21,6 +21,9 @@ def test_template_publishes_junit_always_and_shards() -> None:
     assert job["artifacts"]["when"] == "always"
     assert job["artifacts"]["reports"]["junit"] == "iotests-results/junit.xml"
     assert "iotests-results/" in job["artifacts"]["paths"]
+    # expose_as links the first path in the merge request; GitLab allows no globs there
+    assert job["artifacts"]["expose_as"] and job["artifacts"]["paths"][0] == "iotests-results/report.html"
+    assert not any("*" in p for p in job["artifacts"]["paths"])
     assert job["parallel"] >= 2
     assert ".iotests-run-durations.json" in job["cache"]["paths"]
     assert doc["iotests-qcow2"]["extends"] == ".iotests-run"
