@@ -361,7 +361,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--scratch {scratch} {problem}")
     # plan runs
     history_file = args.history or reference_cache() / "durations.json"
-    durations = history.load(history_file)
+    tree_id = history.tree_identity(tree.version, catalog.tests)
+    durations = history.load(history_file, tree_id)
     wanted = [r for r in plan.matrix(tests, formats, protocols)
               if again is None or (r.test.key, r.format, r.protocol) in again]
     skipped, to_run = plan.static_verdicts(wanted, tree.default_machine, "writeback",
@@ -419,7 +420,7 @@ def run(args: argparse.Namespace) -> int:
     meta["cpu_s"] = cpu_seconds()
     reporter.write_files()
     if not interrupted:
-        history.save(history_file, durations, results)
+        history.save(history_file, tree_id, durations, results)
     title = f"iotests-run {__version__}: QEMU {tree.version} ({tree.source})"
     excused = quarantine.excused(results)
     text = summary_text(results, title, time.monotonic() - started, quarantined=excused)

@@ -121,3 +121,25 @@ def test_unknown_runs_get_the_median_of_their_format() -> None:
     assert estimate(Run(case("009"), "qcow2", "file"), durations, medians) == 3.0
     assert estimate(Run(case("002"), "qcow2", "file"), durations, medians) == 3.0
     assert estimate(Run(case("009"), "qed", "file"), durations, medians) == 1.75
+
+
+def test_history_is_kept_per_tree_and_bounded(tmp_path: Path) -> None:
+    from iotests_run import history
+
+    path = tmp_path / "durations.json"
+    old_tree = history.tree_identity("7.2.0", ["001", "041"])
+    new_tree = history.tree_identity("10.0.0", ["001", "041"])
+    fake = history.tree_identity("7.2.0", ["001"])  # same version, other tests: a fake tree in a test suite
+    assert len({old_tree, new_tree, fake}) == 3
+    assert history.tree_identity("7.2.0", ["041", "001"]) == old_tree  # wherever the tree lies
+    run = matrix([case("041")], ["qcow2"], ["file"])[0]
+    history.save(path, old_tree, {}, [Result(run, Outcome.PASS, duration_s=40.0)])
+    history.save(path, fake, {}, [Result(run, Outcome.PASS, duration_s=0.03)])
+    assert history.load(path, old_tree) == {"qcow2-file/041": 40.0}  # the fake tree did not overwrite it
+    assert history.load(path, new_tree) == {}
+    for i in range(history.MAX_TREES + 3):
+        history.save(path, f"tree {i}", {}, [])
+    assert history.load(path, old_tree) == {}  # the least recently used trees are dropped
+    assert len(json.loads(path.read_text())["trees"]) == history.MAX_TREES
+    path.write_text("{not json")
+    assert history.load(path, old_tree) == {}
