@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shutil
@@ -168,8 +169,17 @@ def _core_origin(gdb: str, core: Path, timeout: float) -> tuple[str, str]:
     return (program.group(1) if program else ""), (signal_name.group(1) if signal_name else "a signal")
 
 
+def _compress(path: Path) -> Path:
+    """gzip a kept core (QEMU's are hundreds of MB, mostly zeros; CI artifact limits are not)."""
+    packed = path.with_name(path.name + ".gz")
+    with path.open("rb") as src, gzip.open(packed, "wb", compresslevel=1) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    path.unlink()
+    return packed
+
+
 def examine_cores(cores: list[Path], folder: Path, cwd: Path, budget_s: float) -> Evidence:
-    """Keep each core in folder, with gdb's backtrace of every thread (the crashing one first)."""
+    """Keep each core in folder (gzipped), with gdb's backtrace of every thread (the crashing one first)."""
     folder.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + budget_s
     gdb = tool("gdb")
@@ -178,10 +188,10 @@ def examine_cores(cores: list[Path], folder: Path, cwd: Path, budget_s: float) -
     for n, core in enumerate(cores, 1):
         kept = folder / f"core-{n}"
         shutil.move(str(core), kept)
-        files.append(kept.name)
         left = deadline - time.monotonic()
         if gdb is None or left < 1:
-            summary.append(f"core kept: {kept.name} ({'no gdb' if gdb is None else 'no time left'} for a backtrace)")
+            files.append(_compress(kept).name)
+            summary.append(f"core kept: {kept.name}.gz ({'no gdb' if gdb is None else 'no time left'} for a backtrace)")
             continue
         program, signame = _core_origin(gdb, kept, min(PER_TOOL_TIMEOUT_S, left))
         executable = program if os.path.isabs(program) else shutil.which(program, path=str(cwd)) or program
@@ -191,11 +201,11 @@ def examine_cores(cores: list[Path], folder: Path, cwd: Path, budget_s: float) -
                 "-ex", "thread apply all bt"]
         argv += [executable, str(kept)] if executable else ["-c", str(kept)]
         text = _run_tool(argv, folder / bt_file, min(PER_TOOL_TIMEOUT_S, max(deadline - time.monotonic(), 1)))
-        files.append(bt_file)
+        files += [_compress(kept).name, bt_file]
         crashing = text.split("=== all threads ===")[0]
         # gdb shows frame #0 once when it loads the core and again in `bt`: one line per frame number
         frames = list({line.split()[0]: line for line in reversed(crashing.splitlines())
                        if line.startswith("#")}.values())[::-1]
-        summary.append(f"{name} died of {signame}, core kept ({kept.name}): "
+        summary.append(f"{name} died of {signame}, core kept ({kept.name}.gz): "
                        + " <- ".join(_frame_function(f) for f in frames[:7]))
     return Evidence(tuple(files), "\n".join(summary))

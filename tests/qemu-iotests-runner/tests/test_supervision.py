@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -154,12 +155,13 @@ def test_crash_keeps_the_core_and_its_backtrace(outcome_set: tuple[Path, float, 
         return
     assert "core dumps kept" in stdout
     cores = results / "runs/qcow2-file/009/cores"
-    assert (cores / "core-1").read_bytes()[:4] == b"\x7fELF"
+    assert gzip.decompress((cores / "core-1.gz").read_bytes())[:4] == b"\x7fELF"
+    assert not (cores / "core-1").exists()
     backtrace = (cores / "core-1-bash-backtrace.txt").read_text()
     assert "#0 " in backtrace and "=== all threads ===" in backtrace
     run = outcomes(results)["009"]
-    assert "bash died of SIGSEGV, core kept (core-1)" in str(run["diagnostics"])
-    assert "runs/qcow2-file/009/cores/core-1" in list(run["attachments"])  # type: ignore[arg-type]
+    assert "bash died of SIGSEGV, core kept (core-1.gz)" in str(run["diagnostics"])
+    assert "runs/qcow2-file/009/cores/core-1.gz" in list(run["attachments"])  # type: ignore[arg-type]
 
 
 def test_junit_stays_valid_and_small(outcome_set: tuple[Path, float, str]) -> None:
