@@ -20,6 +20,7 @@ from types import FrameType
 from typing import Any, NoReturn, TextIO
 
 from iotests_run import __version__, history, plan, reruns
+from iotests_run.diagnostics import DEPS_FOLDER
 from iotests_run.discovery import discover
 from iotests_run.environment import IOTESTS_VARIABLES, iotests_environment, malloc_perturb
 from iotests_run.errors import SetupError, UsageError
@@ -227,6 +228,24 @@ class Reporter:
         self.progress.tick(live, self.quiet_notice_s)
 
 
+def environment_for_tests(environ: Mapping[str, str]) -> dict[str, str]:
+    """The user's environment as the tests get it: without the PYTHONPATH entries that found us.
+
+    Under make check-block (ours or a QEMU tree's after tools/qemu-integrate) or the GitLab
+    template, PYTHONPATH points at the runner's folder and its _deps; check's tests never see those.
+    """
+    ours = Path(__file__).resolve().parents[1]
+    mine = {str(ours), str(ours / DEPS_FOLDER)}
+    env = dict(environ)
+    if "PYTHONPATH" in env:
+        kept = [p for p in env["PYTHONPATH"].split(os.pathsep) if p and str(Path(p).resolve()) not in mine]
+        if kept:
+            env["PYTHONPATH"] = os.pathsep.join(kept)
+        else:
+            del env["PYTHONPATH"]
+    return env
+
+
 def write_html(folder: Path, results: Sequence[Result], meta: Mapping[str, Any], title: str) -> None:
     page = html_report(results, meta, title, exists=lambda rel: (folder / rel).is_file())
     write_atomically(folder / "report.html", page)
@@ -238,7 +257,8 @@ def _public_environment(tree: QemuTree, formats: list[str], protocols: list[str]
     for fmt in formats:
         for proto in protocols:
             env = iotests_environment(tree, fmt, proto, python=sys.executable, test_dir=Path("<TEST_DIR>"),
-                                      sock_dir=Path("<SOCK_DIR>"), malloc_perturb=perturb, user_env=os.environ)
+                                      sock_dir=Path("<SOCK_DIR>"), malloc_perturb=perturb,
+                                      user_env=environment_for_tests(os.environ))
             names = (*IOTESTS_VARIABLES, *(k for k, _ in tree.check_sets))
             out[f"{fmt}-{proto}"] = {k: env[k] for k in names if k in env}
     return out
@@ -278,7 +298,7 @@ def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], re
     watchdog = start_watchdog(marker, short_root.path, cgroups.path if cgroups else None)
     registry = Registry()
     ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
-                  user_env=dict(os.environ), malloc_perturb=perturb, limits=limits_for(args),
+                  user_env=environment_for_tests(os.environ), malloc_perturb=perturb, limits=limits_for(args),
                   isolation=isolation, cgroups=cgroups, marker=marker, retries=args.retry)
     try:
         execute_all(runs, ctx, args.jobs, reporter.finished, on_tick=lambda: reporter.tick(registry.live()))
@@ -401,7 +421,9 @@ def run(args: argparse.Namespace) -> int:
     medians = plan.estimator(durations)
     eta = Eta({r.label: plan.estimate(r, durations, medians) for r in runs}, args.jobs)
     level = QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
-    reporter = Reporter(results_dir, junit_copy, meta, Progress(len(planned), out, level=level, eta=eta), args.tap,
+    live = False if args.tap else None  # TAP owns the terminal: no status line redrawn beside it
+    reporter = Reporter(results_dir, junit_copy, meta, Progress(len(planned), out, level=level, eta=eta, live=live),
+                        args.tap,
                         [], args.still_running_every)
     if args.tap:
         print(HEADER, flush=True)

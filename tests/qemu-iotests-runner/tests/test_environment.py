@@ -82,3 +82,14 @@ def test_malloc_perturb_from_environment_or_random() -> None:
     assert malloc_perturb({"MALLOC_PERTURB_": "7"}) == "7"
     values = {int(malloc_perturb({})) for _ in range(200)}
     assert min(values) >= 1 and max(values) <= 254 and len(values) > 1
+
+
+def test_tests_do_not_see_the_pythonpath_that_found_the_runner() -> None:
+    import iotests_run
+    from iotests_run.cli import environment_for_tests
+
+    ours = Path(iotests_run.__file__).resolve().parents[1]
+    env = environment_for_tests({"PYTHONPATH": f"{ours}:{ours}/_deps:/home/me/lib", "HOME": "/home/me"})
+    assert env == {"PYTHONPATH": "/home/me/lib", "HOME": "/home/me"}
+    assert "PYTHONPATH" not in environment_for_tests({"PYTHONPATH": f"{ours}/_deps/"})
+    assert environment_for_tests({"X": "1"}) == {"X": "1"}
