@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import py_compile
 import re
 import resource
 import shlex
@@ -228,6 +229,22 @@ class Reporter:
         self.progress.tick(live, self.quiet_notice_s)
 
 
+def precompile(iotests: Path, environ: Mapping[str, str]) -> None:
+    """Bytecode for the iotests folder's modules (iotests.py, ...), as check's first Python test leaves it.
+
+    Each run sees that folder through its own overlay, so bytecode a test writes there is gone
+    with the run and every Python test would compile iotests.py again. Nothing is written when
+    the user asked Python not to write bytecode.
+    """
+    if environ.get("PYTHONDONTWRITEBYTECODE"):
+        return
+    for module in sorted(iotests.glob("*.py")):
+        try:
+            py_compile.compile(str(module), doraise=True)
+        except (OSError, py_compile.PyCompileError):
+            continue
+
+
 def environment_for_tests(environ: Mapping[str, str]) -> dict[str, str]:
     """The user's environment as the tests get it: without the PYTHONPATH entries that found us.
 
@@ -291,6 +308,8 @@ def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], re
     """Run everything in sandboxes with a watchdog behind them; True when interrupted."""
     isolation = probe(wanted=not args.no_isolation, iotests=tree.iotests, scratch=scratch)
     cgroups = None if args.no_isolation else CgroupRoot.create()
+    if isolation.cores:
+        precompile(tree.iotests, os.environ)
     reporter.progress.note(f"iotests-run: isolation: {isolation.describe()}; "
                            f"{'a cgroup per run' if cgroups else 'processes tracked by environment marker'}")
     short_root = ShortRoot(scratch)

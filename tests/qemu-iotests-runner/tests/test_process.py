@@ -284,3 +284,17 @@ def test_patchew_script_puts_the_summary_first(fake_tree: FakeTree, tmp_path: Pa
     assert broken.returncode == 2
     expected = f"iotests-run: QEMU build folder does not exist: {tmp_path / 'nobuild'}"
     assert broken.stdout.strip().splitlines() == [expected]
+
+
+def test_iotests_modules_get_bytecode_once_unless_python_is_told_not_to(fake_tree: FakeTree, tmp_path: Path) -> None:
+    helper = fake_tree.iotests / "helper.py"
+    helper.write_text("GREETING = 'hello'\n")
+    fake_tree.add_test("001", "import helper\nprint(helper.GREETING)\n", out="hello\n", python=True)
+    cache = fake_tree.iotests / "__pycache__"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    quiet = run_cli(fake_tree.args(tmp_path / "a"), env=dict(env, PYTHONDONTWRITEBYTECODE="1"))
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert not cache.exists()  # the user's wish holds
+    proc = run_cli(fake_tree.args(tmp_path / "b"), env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert [p.name.split(".")[0] for p in cache.glob("*.pyc")] == ["helper"]  # written in the tree, as check's
