@@ -170,3 +170,26 @@ def test_real_qemu_hang_and_daemon_leak(reference_tree: ReferenceTree, tmp_path:
         assert "no core dumps: " in proc.stdout
     assert not list(tree.iotests.glob("core*"))
     assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).stdout == b""
+
+
+FUSE_SAMPLE = ["001", "002", "004", "007", "308"]
+
+
+def test_fuse_protocol_and_exports_as_check(any_reference_tree: ReferenceTree, tmp_path: Path) -> None:
+    """The reference trees are built with FUSE exports: -p fuse runs, and 308 (FUSE exports over file) too."""
+    config = (any_reference_tree.build / "config-host.h").read_text()
+    assert "#define CONFIG_FUSE" in config, "tools/build-reference-qemu builds with --enable-fuse"
+    bench = bench_module()
+    for proto in ("fuse", "file"):
+        _, check = bench.run_check(str(any_reference_tree.build), "raw", [f"-{proto}", *FUSE_SAMPLE], 2)
+        check = {k.replace("raw-file", f"raw-{proto}"): v for k, v in check.items()}
+        results = tmp_path / proto
+        proc = run_cli(["-f", "raw", "-p", proto, *FUSE_SAMPLE, *any_reference_tree.args(results)])
+        assert proc.returncode in (0, 1), proc.stderr
+        data = json.loads((results / "results.json").read_text())
+        ours = {f"raw-{proto} {r['test']}": bench.VERDICT_OF_OUTCOME[r["outcome"]] for r in data["runs"]}
+        assert len(check) == len(FUSE_SAMPLE) and bench.differences(check, ours) == []
+        assert "pass" in ours.values()
+    assert ours["raw-file 308"] == "pass"  # FUSE exports made and removed inside the run
+    assert subprocess.run(["grep", "-c", str(tmp_path), "/proc/self/mountinfo"],
+                          capture_output=True, text=True).stdout.strip() == "0"
