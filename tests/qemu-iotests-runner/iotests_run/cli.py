@@ -344,11 +344,9 @@ def _shard_from_ci(environ: Mapping[str, str]) -> plan.Shard | None:
     return None
 
 
-def _take_shard(shard: plan.Shard, skipped: list[Result], to_run: list[Run], durations: Mapping[str, float],
+def _take_shard(shard: plan.Shard, skipped: list[Result], to_run: list[Run], to_run_cost: Mapping[Run, float],
                 out: TextIO) -> tuple[list[Result], list[Run]]:
-    medians = plan.estimator(durations)
-    cost = {r: plan.estimate(r, durations, medians) for r in to_run}
-    cost.update({r.run: 0.0 for r in skipped})
+    cost = {**to_run_cost, **{r.run: 0.0 for r in skipped}}
     shards = plan.split(list(cost), cost, shard.total)
     mine = set(shards[shard.index - 1])
     loads = [sum(cost[r] for r in s) for s in shards]
@@ -407,11 +405,12 @@ def run(args: argparse.Namespace) -> int:
     skipped, to_run = plan.static_verdicts(wanted, tree.default_machine, "writeback",
                                            read_declarations=not args.no_static_skip)
     skipped, to_run = _without_missing_services(protocols, tree.build, skipped, to_run)
+    cost = plan.costs(to_run, durations)
     shard = args.shard or _shard_from_ci(os.environ)
     if shard is not None:
         notes = sys.stderr if args.list or args.tap else sys.stdout
-        skipped, to_run = _take_shard(shard, skipped, to_run, durations, notes)
-    runs: list[Run] = plan.longest_first(to_run, durations)
+        skipped, to_run = _take_shard(shard, skipped, to_run, cost, notes)
+    runs: list[Run] = plan.longest_first(to_run, cost)
     planned = [r.run for r in skipped] + runs
     if args.list:
         _print_plan(skipped, runs)
@@ -437,8 +436,7 @@ def run(args: argparse.Namespace) -> int:
         "complete": False,
     }
     out = sys.stderr if args.tap else sys.stdout
-    medians = plan.estimator(durations)
-    eta = Eta({r.label: plan.estimate(r, durations, medians) for r in runs}, args.jobs)
+    eta = Eta({r.label: cost[r] for r in runs}, args.jobs)
     level = QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
     live = False if args.tap else None  # TAP owns the terminal: no status line redrawn beside it
     reporter = Reporter(results_dir, junit_copy, meta, Progress(len(planned), out, level=level, eta=eta, live=live),

@@ -37,10 +37,15 @@ def estimate(run: Run, durations: Mapping[str, float], medians: Mapping[str, flo
     return medians.get(run.combo, statistics.median(medians.values()) if medians else UNKNOWN_ESTIMATE_S)
 
 
-def longest_first(runs: Sequence[Run], durations: Mapping[str, float]) -> list[Run]:
-    """Start the longest runs first so no core idles at the tail; ties keep plan order."""
+def costs(runs: Sequence[Run], durations: Mapping[str, float]) -> dict[Run, float]:
+    """Every run's predicted seconds, computed once for ordering, sharding and the ETA."""
     medians = estimator(durations)
-    return sorted(runs, key=lambda r: -estimate(r, durations, medians))
+    return {r: estimate(r, durations, medians) for r in runs}
+
+
+def longest_first(runs: Sequence[Run], cost: Mapping[Run, float]) -> list[Run]:
+    """Start the longest runs first so no core idles at the tail; ties keep plan order."""
+    return sorted(runs, key=lambda r: -cost[r])
 
 
 @dataclass(frozen=True)

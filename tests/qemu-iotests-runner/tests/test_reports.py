@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from iotests_run.model import Outcome, Result, Run, TestCase
-from iotests_run.plan import longest_first, matrix
+from iotests_run.plan import costs, longest_first, matrix
 from iotests_run.report.junit import junit_xml
 from iotests_run.report.results_json import results_json
 from iotests_run.report.summary import closing_line, summary_text
@@ -85,8 +85,8 @@ def test_summary() -> None:
 def test_matrix_and_longest_first() -> None:
     runs = matrix([case("001"), case("002")], ["qcow2", "raw"], ["file"])
     assert [r.label for r in runs] == ["qcow2-file 001", "qcow2-file 002", "raw-file 001", "raw-file 002"]
-    ordered = longest_first(runs, {"raw-file/002": 9.0, "raw-file/009": 1.0, "qcow2-file/001": 0.1,
-                                   "qcow2-file/009": 5.0})
+    durations = {"raw-file/002": 9.0, "raw-file/009": 1.0, "qcow2-file/001": 0.1, "qcow2-file/009": 5.0}
+    ordered = longest_first(runs, costs(runs, durations))
     # unknown runs (raw 001, qcow2 002) are estimated at their format's median (5.0 and 2.55)
     assert [r.label for r in ordered] == ["raw-file 002", "raw-file 001", "qcow2-file 002", "qcow2-file 001"]
 
