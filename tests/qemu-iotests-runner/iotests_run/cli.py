@@ -33,12 +33,12 @@ from iotests_run.qemu import QemuTree, open_tree, reference_cache
 from iotests_run.report.files import write_atomically
 from iotests_run.report.html import html_report
 from iotests_run.report.junit import junit_xml
-from iotests_run.report.progress import NORMAL, QUIET, VERBOSE, Eta, Progress
+from iotests_run.report.progress import NORMAL, QUIET, QUIET_NOTICE_S, VERBOSE, Eta, Progress
 from iotests_run.report.results_json import results_json
 from iotests_run.report.summary import closing_line, summary_text
 from iotests_run.report.tap import HEADER, tap_line, tap_plan
 from iotests_run.reruns import Quarantine
-from iotests_run.sandbox import LiveRun, Registry, ShortRoot, default_scratch, remove_tree
+from iotests_run.sandbox import Registry, ShortRoot, default_scratch, remove_tree
 from iotests_run.services import unavailable
 from iotests_run.supervise import Limits
 from iotests_run.tracking import CgroupRoot
@@ -48,7 +48,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # No healthy quick iotest comes near these (the slowest take about 16 s on 2 busy cores).
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_HANG_TIMEOUT_S = 120.0
-QUIET_NOTICE_S = 30.0
 # Our own files in a results folder; only these are replaced by a new run.
 RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
 
@@ -205,14 +204,9 @@ class Reporter:
     progress: Progress
     tap: bool
     results: list[Result]
-    quiet_notice_s: float = QUIET_NOTICE_S
 
     def write_files(self) -> None:
-        write_atomically(self.results_dir / "results.json", results_json(self.results, self.meta))
-        xml = junit_xml(self.results, attachment_base=_relative_to_cwd(self.results_dir))
-        write_atomically(self.results_dir / "junit.xml", xml)
-        if self.junit_copy is not None:
-            write_atomically(self.junit_copy, xml)
+        write_machine_reports(self.results_dir, self.results, self.meta, self.junit_copy)
 
     def record(self, result: Result) -> None:
         self.results.append(result)
@@ -224,9 +218,15 @@ class Reporter:
         self.record(result)
         self.write_files()
 
-    def tick(self, live: list[LiveRun]) -> None:
-        """Redraw the terminal's status line, or name the runs still going after a quiet stretch (CI logs)."""
-        self.progress.tick(live, self.quiet_notice_s)
+
+def write_machine_reports(folder: Path, results: Sequence[Result], meta: Mapping[str, Any],
+                          junit_copy: Path | None = None) -> None:
+    """results.json and junit.xml (and its copy where --junit asked), each replaced atomically."""
+    write_atomically(folder / "results.json", results_json(results, meta))
+    xml = junit_xml(results, attachment_base=_relative_to_cwd(folder.resolve()))
+    write_atomically(folder / "junit.xml", xml)
+    if junit_copy is not None:
+        write_atomically(junit_copy, xml)
 
 
 def precompile(iotests: Path, environ: Mapping[str, str]) -> None:
@@ -268,14 +268,14 @@ def write_html(folder: Path, results: Sequence[Result], meta: Mapping[str, Any],
     write_atomically(folder / "report.html", page)
 
 
-def _public_environment(tree: QemuTree, formats: list[str], protocols: list[str], perturb: str) -> dict[str, Any]:
+def _public_environment(tree: QemuTree, formats: list[str], protocols: list[str], perturb: str,
+                        user_env: Mapping[str, str]) -> dict[str, Any]:
     """The iotests variables per format-protocol, for results.json (never the user's other variables)."""
     out: dict[str, Any] = {}
     for fmt in formats:
         for proto in protocols:
             env = iotests_environment(tree, fmt, proto, python=sys.executable, test_dir=Path("<TEST_DIR>"),
-                                      sock_dir=Path("<SOCK_DIR>"), malloc_perturb=perturb,
-                                      user_env=environment_for_tests(os.environ))
+                                      sock_dir=Path("<SOCK_DIR>"), malloc_perturb=perturb, user_env=user_env)
             names = (*IOTESTS_VARIABLES, *(k for k, _ in tree.check_sets))
             out[f"{fmt}-{proto}"] = {k: env[k] for k in names if k in env}
     return out
@@ -304,7 +304,7 @@ def limits_for(args: argparse.Namespace) -> Callable[[Run], Limits]:
 
 
 def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], results_dir: Path, scratch: Path,
-                   perturb: str, reporter: Reporter) -> bool:
+                   perturb: str, user_env: Mapping[str, str], reporter: Reporter) -> bool:
     """Run everything in sandboxes with a watchdog behind them; True when interrupted."""
     isolation = probe(wanted=not args.no_isolation, iotests=tree.iotests, scratch=scratch)
     cgroups = None if args.no_isolation else CgroupRoot.create()
@@ -317,10 +317,10 @@ def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], re
     watchdog = start_watchdog(marker, short_root.path, cgroups.path if cgroups else None)
     registry = Registry()
     ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
-                  user_env=environment_for_tests(os.environ), malloc_perturb=perturb, limits=limits_for(args),
+                  user_env=user_env, malloc_perturb=perturb, limits=limits_for(args),
                   isolation=isolation, cgroups=cgroups, marker=marker, retries=args.retry)
     try:
-        execute_all(runs, ctx, args.jobs, reporter.finished, on_tick=lambda: reporter.tick(registry.live()))
+        execute_all(runs, ctx, args.jobs, reporter.finished, on_tick=lambda: reporter.progress.tick(registry.live()))
         return False
     except KeyboardInterrupt:
         return True
@@ -424,6 +424,7 @@ def run(args: argparse.Namespace) -> int:
 
     # execute in sandboxes, judging each run as it ends, reporting as runs finish
     perturb = malloc_perturb(os.environ)
+    user_env = environment_for_tests(os.environ)
     meta: dict[str, Any] = {
         "tool": f"iotests-run {__version__}",
         "qemu": {"version": tree.version, "source": str(tree.source), "build": str(tree.build)},
@@ -432,16 +433,15 @@ def run(args: argparse.Namespace) -> int:
         "jobs": args.jobs,
         "planned": len(planned),
         "skipped_without_starting": len(skipped),
-        "environment": _public_environment(tree, formats, protocols, perturb),
+        "environment": _public_environment(tree, formats, protocols, perturb, user_env),
         "complete": False,
     }
     out = sys.stderr if args.tap else sys.stdout
     eta = Eta({r.label: cost[r] for r in runs}, args.jobs)
     level = QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
     live = False if args.tap else None  # TAP owns the terminal: no status line redrawn beside it
-    reporter = Reporter(results_dir, junit_copy, meta, Progress(len(planned), out, level=level, eta=eta, live=live),
-                        args.tap,
-                        [], args.still_running_every)
+    progress = Progress(len(planned), out, level=level, eta=eta, live=live, quiet_notice_s=args.still_running_every)
+    reporter = Reporter(results_dir, junit_copy, meta, progress, args.tap, [])
     if args.tap:
         print(HEADER, flush=True)
     reporter.progress.note(f"iotests-run: {len(planned)} runs of QEMU {tree.version} iotests ({tree.source}), "
@@ -449,7 +449,7 @@ def run(args: argparse.Namespace) -> int:
     for result in skipped:
         reporter.record(result)
     reporter.write_files()
-    interrupted = _execute_stage(args, tree, runs, results_dir, scratch, perturb, reporter)
+    interrupted = _execute_stage(args, tree, runs, results_dir, scratch, perturb, user_env, reporter)
 
     # report
     results = reporter.results
@@ -468,11 +468,10 @@ def run(args: argparse.Namespace) -> int:
     if args.tap:
         print(tap_plan(len(results)), flush=True)
     reporter.progress.close()
-    if not args.quiet:
-        print(f"HTML report: {_relative_to_cwd(results_dir / 'report.html')}", file=out)
     if args.quiet:
         print(f"{closing_line(results)} (summary: {_relative_to_cwd(results_dir / 'summary.txt')})", file=out)
     else:
+        print(f"HTML report: {_relative_to_cwd(results_dir / 'report.html')}", file=out)
         print("\n" + text, end="", file=out, flush=True)
     if interrupted:
         return EXIT_INTERRUPTED
@@ -488,13 +487,11 @@ def merge_main(argv: Sequence[str]) -> int:
     p.add_argument("inputs", type=Path, nargs="+", metavar="DIR", help="results folders of the shards")
     args = p.parse_args(argv)
     results, meta = merge_folders(args.out, args.inputs)
-    write_atomically(args.out / "results.json", results_json(results, meta))
-    xml = junit_xml(results, attachment_base=_relative_to_cwd(args.out.resolve()))
-    write_atomically(args.out / "junit.xml", xml)
-    text = summary_text(results, f"iotests-run {__version__}: merged {len(args.inputs)} results folders",
-                        meta["wall_s"])
+    write_machine_reports(args.out, results, meta)
+    title = f"iotests-run {__version__}: merged {len(args.inputs)} results folders"
+    text = summary_text(results, title, meta["wall_s"])
     write_atomically(args.out / "summary.txt", text)
-    write_html(args.out, results, meta, f"iotests-run {__version__}: merged {len(args.inputs)} results folders")
+    write_html(args.out, results, meta, title)
     print(text, end="")
     if not meta["complete"]:
         return EXIT_INTERRUPTED

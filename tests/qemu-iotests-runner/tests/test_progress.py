@@ -39,7 +39,7 @@ def test_status_line_is_redrawn_in_place_and_only_notable_runs_stay() -> None:
     out = io.StringIO()
     a, b = _run("001"), _run("002")
     progress = Progress(2, out, level=NORMAL, live=True, eta=Eta({a.label: 4.0, b.label: 4.0}, 2))
-    progress.tick([LiveRun(a.label, time.monotonic() - 3, 0), LiveRun(b.label, time.monotonic() - 1, 0)], 30)
+    progress.tick([LiveRun(a.label, time.monotonic() - 3, 0), LiveRun(b.label, time.monotonic() - 1, 0)])
     assert out.getvalue().startswith(CLEAR_LINE + "[0/2] starting | ETA ")
     assert "running 001:3s 002:1s" in out.getvalue()
     progress.finished(Result(a, Outcome.PASS, duration_s=3.0))
@@ -54,10 +54,10 @@ def test_status_line_is_redrawn_in_place_and_only_notable_runs_stay() -> None:
 
 def test_quiet_keeps_failures_only() -> None:
     out = io.StringIO()
-    progress = Progress(2, out, level=QUIET, live=True)
+    progress = Progress(2, out, level=QUIET, live=True, quiet_notice_s=0)
     assert not progress.live
     progress.finished(Result(_run("001"), Outcome.PASS))
-    progress.tick([LiveRun("qcow2-file 002", 0, 0)], 0)
+    progress.tick([LiveRun("qcow2-file 002", 0, 0)])
     progress.finished(Result(_run("002"), Outcome.HANG, "no CPU, no output for 5 s"))
     assert out.getvalue().count("\n") == 1 and "HANG" in out.getvalue()
 

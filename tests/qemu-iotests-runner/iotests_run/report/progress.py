@@ -21,6 +21,7 @@ from iotests_run.report.outcomes import PRESENTATION
 from iotests_run.sandbox import LiveRun
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
+QUIET_NOTICE_S = 30.0  # default of --still-running-every
 VERBOSE_DIFF_LINES = 40
 CLEAR_LINE = "\r\x1b[K"
 # Observed/predicted duration ratio used for the ETA is kept within these bounds.
@@ -64,8 +65,9 @@ class Eta:
 
 class Progress:
     def __init__(self, total: int, stream: TextIO = sys.stdout, *, level: int = NORMAL,
-                 live: bool | None = None, eta: Eta | None = None) -> None:
+                 live: bool | None = None, eta: Eta | None = None, quiet_notice_s: float = QUIET_NOTICE_S) -> None:
         self.total = total
+        self.quiet_notice_s = quiet_notice_s  # not on a TTY: name the runs still going after this much silence
         self.done = 0
         self.stream = stream
         self.level = level
@@ -105,12 +107,12 @@ class Progress:
             self.note(line, quiet_too=result.outcome.is_failure)
 
     # the line redrawn in place
-    def tick(self, live: Sequence[LiveRun], quiet_notice_s: float) -> None:
+    def tick(self, live: Sequence[LiveRun]) -> None:
         now = time.monotonic()
         self._flight = list(live)
         if self.live:
             self._draw(self._status_text(live, now))
-        elif live and self.level > QUIET and now - self.last_line >= quiet_notice_s:
+        elif live and self.level > QUIET and now - self.last_line >= self.quiet_notice_s:
             names = ", ".join(f"{r.label} ({now - r.started:.0f} s)" for r in sorted(live, key=lambda r: r.started))
             self.note(f"still running: {names}")
 
