@@ -13,7 +13,8 @@ import pytest
 from support import FakeTree, run_cli
 
 from iotests_run.model import Outcome, Result, Run, TestCase
-from iotests_run.report.html import CELLS, html_report
+from iotests_run.report.html import html_report
+from iotests_run.report.outcomes import PRESENTATION
 
 pytestmark = pytest.mark.process
 
@@ -108,7 +109,7 @@ def test_report_renders_in_a_browser_and_every_link_leads_somewhere(fake_tree: F
     _browser(report, tmp_path / "profile", f"--screenshot={shot}")
     seen = _colours(shot)
     for outcome in (Outcome.PASS, Outcome.FAIL, Outcome.NOT_RUN, Outcome.HANG, Outcome.CRASH):
-        assert _rgb(CELLS[outcome][1]) in seen, f"no {outcome.value} cell painted"
+        assert _rgb(PRESENTATION[outcome].colour) in seen, f"no {outcome.value} cell painted"
 
 
 def test_big_diffs_are_trimmed_and_every_outcome_has_a_colour() -> None:
@@ -120,4 +121,4 @@ def test_big_diffs_are_trimmed_and_every_outcome_has_a_colour() -> None:
     assert "+line 199" in page and "+line 200" not in page and "800 more lines in diff.txt" in page
     assert "diff.txt</a>" not in page  # files that are not there are not linked
     assert "INCOMPLETE" in page
-    assert set(CELLS) == set(Outcome)
+    assert set(PRESENTATION) == set(Outcome)

@@ -20,18 +20,6 @@ from iotests_run.report.summary import closing_line
 
 DIFF_LINES = 200
 
-# outcome -> (cell text, background colour)
-CELLS: dict[Outcome, tuple[str, str]] = {
-    Outcome.PASS: ("pass", "#b9e4bc"),
-    Outcome.FAIL: ("FAIL", "#f28b82"),
-    Outcome.NOT_RUN: ("not run", "#e8eaed"),
-    Outcome.TIMEOUT: ("TIMEOUT", "#fbbc66"),
-    Outcome.HANG: ("HANG", "#fbbc66"),
-    Outcome.CRASH: ("CRASH", "#d7aefb"),
-    Outcome.FLAKY: ("flaky", "#fdd663"),
-    Outcome.INTERRUPTED: ("stopped", "#aecbfa"),
-}
-
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #202124; }
 h1 { font-size: 1.3em; margin: 0 0 .3em; }
@@ -50,8 +38,8 @@ pre { background: #f8f9fa; padding: .5em; overflow-x: auto; max-height: 30em; }
 .controls { margin: 1em 0; }
 td.leaked { outline: 2px dashed #c5221f; outline-offset: -3px; }
 """
-STYLE += "".join(f"td.o-{o.value}, .legend .o-{o.value} {{ background: {colour}; }}\n"
-                 for o, (_, colour) in CELLS.items())
+STYLE += "".join(f"td.o-{o.value}, .legend .o-{o.value} {{ background: {p.colour}; }}\n"
+                 for o, p in PRESENTATION.items())
 
 # Only rows with a problem, on request; the count of shown rows is kept up to date.
 SCRIPT = """
@@ -83,7 +71,7 @@ def _anchor(result: Result) -> str:
 def _cell(result: Result | None) -> str:
     if result is None:
         return '<td class="cell"></td>'
-    text, _ = CELLS[result.outcome]
+    text = PRESENTATION[result.outcome].cell
     tip = f"{result.run.label}: {PRESENTATION[result.outcome].column}, {result.duration_s:.1f} s"
     if result.reason:
         tip += f" - {result.reason.splitlines()[0]}"
@@ -139,7 +127,7 @@ def html_report(results: Sequence[Result], meta: Mapping[str, Any], title: str,
         rows.append(f'<tr{" class=problem" if problem else ""}><th class="test" title="{html.escape(key)}">'
                     f'{html.escape(name)}</th>{"".join(_cell(cells.get(c)) for c in combos)}</tr>')
     legend = "".join(f'<span class="o-{o.value}">{html.escape(PRESENTATION[o].column)}: {counts[o]}</span>'
-                     for o in CELLS if counts[o])
+                     for o in PRESENTATION if counts[o])
     notable = [r for r in sorted(results, key=lambda r: (r.run.combo, r.run.test.key)) if _notable(r)]
     qemu = meta.get("qemu", {})
     facts = [f"QEMU {qemu.get('version', '?')} ({qemu.get('source', '?')})",

@@ -14,18 +14,27 @@ class Presentation:
     tap_directive: str  # "" or "SKIP"
     column: str  # summary table column
     word: str  # progress output
+    cell: str  # report.html matrix cell
+    colour: str  # report.html cell background
 
 
 PRESENTATION: dict[Outcome, Presentation] = {
-    Outcome.PASS: Presentation(None, True, "", "pass", "pass"),
-    Outcome.FAIL: Presentation("failure", False, "", "fail", "FAIL"),
-    Outcome.NOT_RUN: Presentation("skipped", True, "SKIP", "not run", "not run"),
-    Outcome.TIMEOUT: Presentation("error", False, "", "timeout", "TIMEOUT"),
-    Outcome.HANG: Presentation("error", False, "", "hang", "HANG"),
-    Outcome.CRASH: Presentation("error", False, "", "crash", "CRASH"),
-    Outcome.FLAKY: Presentation(None, True, "", "flaky", "flaky"),
-    Outcome.INTERRUPTED: Presentation("error", False, "", "interrupted", "interrupted"),
+    Outcome.PASS: Presentation(None, True, "", "pass", "pass", "pass", "#b9e4bc"),
+    Outcome.FAIL: Presentation("failure", False, "", "fail", "FAIL", "FAIL", "#f28b82"),
+    Outcome.NOT_RUN: Presentation("skipped", True, "SKIP", "not run", "not run", "not run", "#e8eaed"),
+    Outcome.TIMEOUT: Presentation("error", False, "", "timeout", "TIMEOUT", "TIMEOUT", "#fbbc66"),
+    Outcome.HANG: Presentation("error", False, "", "hang", "HANG", "HANG", "#fbbc66"),
+    Outcome.CRASH: Presentation("error", False, "", "crash", "CRASH", "CRASH", "#d7aefb"),
+    Outcome.FLAKY: Presentation(None, True, "", "flaky", "flaky", "flaky", "#fdd663"),
+    Outcome.INTERRUPTED: Presentation("error", False, "", "interrupted", "interrupted", "stopped", "#aecbfa"),
 }
+
+
+def tally(outcome: Outcome) -> str:
+    """The closing line's bucket: passed (flaky too), failed, or skipped (not run, interrupted)."""
+    if outcome.is_failure:
+        return "failed"
+    return "passed" if outcome in (Outcome.PASS, Outcome.FLAKY) else "skipped"
 
 # Summary table columns, in order.
 COLUMNS = tuple(dict.fromkeys(p.column for p in PRESENTATION.values()))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from iotests_run.model import Outcome, Result
-from iotests_run.report.outcomes import PRESENTATION
+from iotests_run.report.outcomes import PRESENTATION, tally
 from iotests_run.sandbox import LiveRun
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
@@ -91,7 +91,7 @@ class Progress:
 
     def finished(self, result: Result) -> None:
         self.done += 1
-        self.counts[_tally(result.outcome)] += 1
+        self.counts[tally(result.outcome)] += 1
         self._flight = [r for r in self._flight if r.label != result.run.label]
         if self.eta is not None:
             self.eta.finished(result)
@@ -139,14 +139,6 @@ class Progress:
     def _draw(self, text: str) -> None:
         self._status = text
         print(CLEAR_LINE + text, end="", file=self.stream, flush=True)
-
-
-def _tally(outcome: Outcome) -> str:
-    if outcome in (Outcome.PASS, Outcome.FLAKY):
-        return "passed"
-    if outcome.is_failure:
-        return "failed"
-    return "skipped"
 
 
 def _details(result: Result) -> str:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from tabulate import tabulate
 
 from iotests_run.model import Outcome, Result
-from iotests_run.report.outcomes import COLUMNS, PRESENTATION
+from iotests_run.report.outcomes import COLUMNS, PRESENTATION, tally
 
 
 def _table(rows: Sequence[Sequence[object]], headers: list[str]) -> str:
@@ -19,11 +19,8 @@ SLOWEST = 10
 
 def closing_line(results: Sequence[Result]) -> str:
     """`N passed, N failed, N skipped`: the line CI log readers look for."""
-    count = Counter(r.outcome for r in results)
-    passed = count[Outcome.PASS] + count[Outcome.FLAKY]
-    failed = sum(n for o, n in count.items() if o.is_failure)
-    skipped = count[Outcome.NOT_RUN] + count[Outcome.INTERRUPTED]
-    return f"{passed} passed, {failed} failed, {skipped} skipped"
+    count = Counter(tally(r.outcome) for r in results)
+    return f"{count['passed']} passed, {count['failed']} failed, {count['skipped']} skipped"
 
 
 def _counts_table(results: Sequence[Result]) -> str:
