@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any, NoReturn, TextIO
 
 from iotests_run import __version__, history, plan, reruns
-from iotests_run.diagnostics import DEPS_FOLDER
+from iotests_run.diagnostics import DEPS
 from iotests_run.discovery import discover
 from iotests_run.environment import IOTESTS_VARIABLES, iotests_environment, malloc_perturb
 from iotests_run.errors import SetupError, UsageError
@@ -251,8 +251,7 @@ def environment_for_tests(environ: Mapping[str, str]) -> dict[str, str]:
     Under make check-block (ours or a QEMU tree's after tools/qemu-integrate) or the GitLab
     template, PYTHONPATH points at the runner's folder and its _deps; check's tests never see those.
     """
-    ours = Path(__file__).resolve().parents[1]
-    mine = {str(ours), str(ours / DEPS_FOLDER)}
+    mine = {str(DEPS.parent), str(DEPS)}
     env = dict(environ)
     if "PYTHONPATH" in env:
         kept = [p for p in env["PYTHONPATH"].split(os.pathsep) if p and str(Path(p).resolve()) not in mine]
