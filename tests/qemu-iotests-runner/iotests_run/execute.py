@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import queue
 import shlex
+import signal
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import FrameType
 
 from iotests_run.diagnostics import core_files, examine_cores
 from iotests_run.environment import Settings, child_environment, iotests_environment
@@ -209,13 +212,16 @@ def execute_all(runs: list[Run], ctx: Context, jobs: int,
                 on_tick: Callable[[], None] | None = None) -> list[Result]:
     """Run everything in one pool; report each result (in this thread) as it finishes.
 
-    On KeyboardInterrupt every live run is asked to stop, the pool drains (each
+    On SIGINT or SIGTERM every live run is asked to stop, the pool drains (each
     in-flight run reports itself interrupted, runs not started yet say so) and
-    the interrupt is re-raised once every run has a result.
+    KeyboardInterrupt is raised once every run has a result. While the pool runs,
+    those signals only set a flag that the loop reads: an exception raised
+    asynchronously inside the queue's wait can leave its lock held, and then
+    neither this loop nor any worker's put() ever gets it again.
     """
     finished: queue.Queue[Result] = queue.Queue()
     results: list[Result] = []
-    interrupted = False
+    signalled: list[int] = []
 
     def work(run: Run, index: int) -> None:
         # Every run must reach the queue, or the loop below would wait for it forever.
@@ -225,23 +231,30 @@ def execute_all(runs: list[Run], ctx: Context, jobs: int,
             result = runner_error(run, exc)
         finished.put(result)
 
-    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="run") as pool:
-        for i, run in enumerate(runs):
-            pool.submit(work, run, i)
-        while len(results) < len(runs):
-            try:
+    def note_signal(signum: int, frame: FrameType | None) -> None:
+        signalled.append(signum)
+
+    in_main = threading.current_thread() is threading.main_thread()  # only there can handlers be set
+    previous = {s: signal.signal(s, note_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
+    try:
+        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="run") as pool:
+            for i, run in enumerate(runs):
+                pool.submit(work, run, i)
+            while len(results) < len(runs):
                 try:
-                    result = finished.get(timeout=TICK_S)
+                    result: Result | None = finished.get(timeout=TICK_S)
                 except queue.Empty:
                     result = None
+                if signalled and not ctx.registry.stopping.is_set():
+                    ctx.registry.stop()
                 if on_tick is not None:
                     on_tick()
                 if result is not None:
                     results.append(result)
                     on_result(result)
-            except KeyboardInterrupt:
-                interrupted = True
-                ctx.registry.stop()
-    if interrupted:
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if signalled:
         raise KeyboardInterrupt
     return results
