@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any, NoReturn, TextIO
 
 from iotests_run import __version__, history, plan, reruns
+from iotests_run.cpu import Admission, busy_clock, usable_cores
 from iotests_run.diagnostics import DEPS
 from iotests_run.discovery import discover
 from iotests_run.environment import IOTESTS_VARIABLES, iotests_environment, malloc_perturb
@@ -53,14 +54,17 @@ RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
 
 
 def default_jobs(environ: Mapping[str, str] = os.environ) -> int:
-    """IOTESTS_RUN_JOBS, else make's -jN (MAKEFLAGS, under make check-block), else twice the cores (README)."""
+    """IOTESTS_RUN_JOBS, else make's -jN (MAKEFLAGS, under make check-block), else 4 x the usable cores (README).
+
+    A ceiling, not a target: beyond cores + 1, runs start only while cores idle (cpu.Admission).
+    """
     value = environ.get("IOTESTS_RUN_JOBS", "")
     if value.isdigit() and int(value) > 0:
         return int(value)
     make = re.search(r"(?:^|\s)-j\s*(\d+)(?:\s|$)", environ.get("MAKEFLAGS", ""))
     if make and int(make.group(1)) > 0:
         return int(make.group(1))
-    return 2 * (os.cpu_count() or 1)
+    return 4 * usable_cores()
 
 
 def extra_arguments(environ: Mapping[str, str]) -> list[str]:
@@ -109,8 +113,10 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-g", "--groups", type=_csv, default=[], help="include tests of these groups")
     p.add_argument("-x", "--exclude-groups", type=_csv, default=[], help="exclude tests of these groups")
     p.add_argument("-j", "--jobs", type=_jobs, default=default_jobs(),
-                   help="runs in parallel (default: %(default)s: IOTESTS_RUN_JOBS, else make's -jN, "
-                        "else twice the cores)")
+                   help="at most this many runs at once (default: %(default)s: IOTESTS_RUN_JOBS, else make's -jN, "
+                        "else 4 x the usable cores); beyond cores + 1, a run starts only while cores idle")
+    p.add_argument("--fixed-jobs", action="store_true",
+                   help="always keep --jobs runs going, busy cores or not")
     p.add_argument("--qemu-source", metavar="DIR", help="QEMU source tree")
     p.add_argument("--qemu-build", metavar="DIR", help="QEMU build folder")
     p.add_argument("--results", metavar="DIR", default="iotests-results",
@@ -303,7 +309,7 @@ def limits_for(args: argparse.Namespace) -> Callable[[Run], Limits]:
 
 
 def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], results_dir: Path, scratch: Path,
-                   perturb: str, user_env: Mapping[str, str], reporter: Reporter) -> bool:
+                   perturb: str, user_env: Mapping[str, str], reporter: Reporter, admission: Admission) -> bool:
     """Run everything in sandboxes with a watchdog behind them; True when interrupted."""
     isolation = probe(wanted=not args.no_isolation, iotests=tree.iotests, scratch=scratch)
     cgroups = None if args.no_isolation else CgroupRoot.create()
@@ -319,7 +325,7 @@ def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], re
                   user_env=user_env, malloc_perturb=perturb, limits=limits_for(args),
                   isolation=isolation, cgroups=cgroups, marker=marker, retries=args.retry)
     try:
-        execute_all(runs, ctx, args.jobs, reporter.finished, on_tick=lambda: reporter.progress.tick(registry.live()))
+        execute_all(runs, ctx, admission, reporter.finished, on_tick=lambda: reporter.progress.tick(registry.live()))
         return False
     except KeyboardInterrupt:
         return True
@@ -436,7 +442,9 @@ def run(args: argparse.Namespace) -> int:
         "complete": False,
     }
     out = sys.stderr if args.tap else sys.stdout
-    eta = Eta({r.label: cost[r] for r in runs}, args.jobs)
+    admission = Admission(args.jobs, usable_cores(), busy_clock(), fixed=args.fixed_jobs)
+    # The durations in the history were taken about this many at a time (runs beyond it mostly wait).
+    eta = Eta({r.label: cost[r] for r in runs}, admission.floor)
     level = QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
     live = False if args.tap else None  # TAP owns the terminal: no status line redrawn beside it
     progress = Progress(len(planned), out, level=level, eta=eta, live=live, quiet_notice_s=args.still_running_every)
@@ -444,11 +452,11 @@ def run(args: argparse.Namespace) -> int:
     if args.tap:
         print(HEADER, flush=True)
     reporter.progress.note(f"iotests-run: {len(planned)} runs of QEMU {tree.version} iotests ({tree.source}), "
-                           f"{len(skipped)} known not to apply, {args.jobs} in parallel, results in {results_dir}")
+                           f"{len(skipped)} known not to apply, {admission.describe()}, results in {results_dir}")
     for result in skipped:
         reporter.record(result)
     reporter.write_files()
-    interrupted = _execute_stage(args, tree, runs, results_dir, scratch, perturb, user_env, reporter)
+    interrupted = _execute_stage(args, tree, runs, results_dir, scratch, perturb, user_env, reporter, admission)
 
     # report
     results = reporter.results

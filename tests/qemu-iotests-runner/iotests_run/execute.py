@@ -9,12 +9,14 @@ import sys
 import threading
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
+from iotests_run.cpu import Admission
 from iotests_run.diagnostics import core_files, examine_cores
 from iotests_run.environment import Settings, child_environment, iotests_environment
 from iotests_run.isolation import Isolation, Overlay
@@ -29,6 +31,7 @@ from iotests_run.verdict import crash_reason, judge, reference_output
 OUTPUT_TAIL_BYTES = 4096
 CORE_BUDGET_S = 60.0  # gdb on every core a run left
 TICK_S = 1.0
+ADMIT_POLL_S = 0.1  # how often the pool asks whether one more run may start
 
 
 @dataclass(frozen=True)
@@ -207,10 +210,11 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
                   attachments=tuple(attachments), leaked=leaked)
 
 
-def execute_all(runs: list[Run], ctx: Context, jobs: int,
+def execute_all(runs: list[Run], ctx: Context, admission: Admission,
                 on_result: Callable[[Result], None],
                 on_tick: Callable[[], None] | None = None) -> list[Result]:
-    """Run everything in one pool; report each result (in this thread) as it finishes.
+    """Run everything in one pool, in the given order, as `admission` lets runs start;
+    report each result (in this thread) as it finishes.
 
     On SIGINT or SIGTERM every live run is asked to stop, the pool drains (each
     in-flight run reports itself interrupted, runs not started yet say so) and
@@ -222,6 +226,9 @@ def execute_all(runs: list[Run], ctx: Context, jobs: int,
     finished: queue.Queue[Result] = queue.Queue()
     results: list[Result] = []
     signalled: list[int] = []
+    pending = deque(enumerate(runs))
+    running = 0
+    next_tick = time.monotonic() + TICK_S
 
     def work(run: Run, index: int) -> None:
         # Every run must reach the queue, or the loop below would wait for it forever.
@@ -237,19 +244,25 @@ def execute_all(runs: list[Run], ctx: Context, jobs: int,
     in_main = threading.current_thread() is threading.main_thread()  # only there can handlers be set
     previous = {s: signal.signal(s, note_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     try:
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="run") as pool:
-            for i, run in enumerate(runs):
-                pool.submit(work, run, i)
+        with ThreadPoolExecutor(max_workers=admission.jobs, thread_name_prefix="run") as pool:
             while len(results) < len(runs):
+                # Once stopping, the runs not started yet go through at once and report themselves interrupted.
+                while pending and (ctx.registry.stopping.is_set() or admission.may_start(running)):
+                    index, run = pending.popleft()
+                    pool.submit(work, run, index)
+                    running += 1
+                wait = min(ADMIT_POLL_S if pending else TICK_S, max(0.0, next_tick - time.monotonic()))
                 try:
-                    result: Result | None = finished.get(timeout=TICK_S)
+                    result: Result | None = finished.get(timeout=wait)
                 except queue.Empty:
                     result = None
                 if signalled and not ctx.registry.stopping.is_set():
                     ctx.registry.stop()
-                if on_tick is not None:
+                if on_tick is not None and time.monotonic() >= next_tick:
+                    next_tick = time.monotonic() + TICK_S
                     on_tick()
                 if result is not None:
+                    running -= 1
                     results.append(result)
                     on_result(result)
     finally:

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
 
 from iotests_run import execute
+from iotests_run.cpu import Admission
 from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.sandbox import Registry
 
 pytestmark = pytest.mark.unit
 
@@ -21,7 +24,8 @@ def test_a_run_whose_execution_raises_still_gets_a_result(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(execute, "execute_run", explode)
     seen: list[Result] = []
-    results = execute.execute_all(runs, cast(execute.Context, object()), 2, seen.append)
+    ctx = cast(execute.Context, SimpleNamespace(registry=Registry()))
+    results = execute.execute_all(runs, ctx, Admission(2, 2, None), seen.append)
     assert {r.run.test.key: r.outcome for r in results} == {"001": Outcome.PASS, "002": Outcome.FAIL}
     failed = next(r for r in results if r.run.test.key == "002")
     assert "runner error" in failed.reason and "cannot rename" in failed.reason

@@ -298,3 +298,46 @@ def test_iotests_modules_get_bytecode_once_unless_python_is_told_not_to(fake_tre
     proc = run_cli(fake_tree.args(tmp_path / "b"), env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert [p.name.split(".")[0] for p in cache.glob("*.pyc")] == ["helper"]  # written in the tree, as check's
+
+
+def _most_at_once(log: Path) -> int:
+    events = sorted((float(t), +1 if kind == "start" else -1)
+                    for kind, t in (line.split() for line in log.read_text().splitlines()))
+    now = most = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+def test_more_runs_start_only_while_cores_idle(fake_tree: FakeTree, tmp_path: Path) -> None:
+    from iotests_run.cpu import busy_clock, usable_cores
+
+    cores = usable_cores()
+    if busy_clock() is None:
+        pytest.skip("no CPU accounting to judge idle cores by")
+    jobs, count = cores + 5, 2 * (cores + 5)
+    log = tmp_path / "events"
+    stamp = f'echo "$1 $(date +%s.%N)" >> {log}'
+    sleeper = f"stamp() {{ {stamp}; }}\nstamp start; sleep 3; stamp end\necho done\n"
+    spinner = f"stamp() {{ {stamp}; }}\nstamp start; timeout 2 sh -c 'while :; do :; done'; stamp end\necho done\n"
+
+    for i in range(count):
+        fake_tree.add_test(f"{i + 1:03}", sleeper, out="done\n")
+    proc = run_cli(["-j", str(jobs), *fake_tree.args(tmp_path / "sleepers")])
+    assert proc.returncode == 0, proc.stderr
+    assert f"{cores + 1} to {jobs} in parallel" in proc.stdout
+    assert _most_at_once(log) >= cores + 4  # idle cores: the sleepers pile up beyond cores + 1
+
+    log.unlink()
+    for i in range(count):
+        fake_tree.add_test(f"{i + 1:03}", spinner, out="done\n")
+    proc = run_cli(["-j", str(jobs), *fake_tree.args(tmp_path / "spinners")])
+    assert proc.returncode == 0, proc.stderr
+    assert _most_at_once(log) <= cores + 2  # busy cores: (almost) no run beyond cores + 1
+
+    log.unlink()
+    proc = run_cli(["-j", str(jobs), "--fixed-jobs", *fake_tree.args(tmp_path / "fixed")])
+    assert proc.returncode == 0, proc.stderr
+    assert f"{jobs} in parallel" in proc.stdout
+    assert _most_at_once(log) == jobs

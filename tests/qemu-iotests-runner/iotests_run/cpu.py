@@ -1,0 +1,126 @@
+"""The cores this invocation may use, how busy they are, and when one more run may start.
+
+iotests are a mix of CPU-bound runs (qemu-img's key derivation, qemu-io's
+pattern writes, fork-heavy bash) and runs that mostly wait (timers, QMP events,
+block jobs throttled on purpose). A fixed number of runs at a time either leaves
+cores idle while the sleepy ones wait, or crowds the cores when the busy ones
+meet, and crowding is not free: measured on 2 cores, the same qcow2 quick set
+kept the machine busy 111 core-seconds at 2 runs at a time and 127 at 4
+(context switches, page faults, polling loops that spin longer when starved). So one run more than
+there are cores always goes (the spare one covers the next run's start-up and
+the last one's clean-up), and more start only while cores actually sit idle.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+CGROUP_MOUNT = Path("/sys/fs/cgroup")
+SELF_CGROUP = Path("/proc/self/cgroup")
+WINDOW_S = 0.3  # idleness is judged over this long, and at most one run beyond the floor starts per window
+IDLE_CORES_TO_START = 0.3  # a window this idle (in cores) lets one more run start
+
+
+def _cgroup_quota(mount: Path, self_cgroup: Path) -> tuple[float, Path] | None:
+    """The tightest cgroup v2 CPU quota (in cores) over this process, and the cgroup that sets it."""
+    try:
+        own = self_cgroup.read_text().splitlines()
+        rel = next(line[3:] for line in own if line.startswith("0::"))
+    except (OSError, StopIteration):
+        return None
+    best: tuple[float, Path] | None = None
+    folder = mount / rel.lstrip("/")
+    while True:
+        try:
+            quota, period = (folder / "cpu.max").read_text().split()
+            if quota != "max" and (best is None or int(quota) / int(period) < best[0]):
+                best = (int(quota) / int(period), folder)
+        except (OSError, ValueError):
+            pass
+        if folder == mount or mount not in folder.parents:
+            return best
+        folder = folder.parent
+
+
+def usable_cores() -> int:
+    """Cores this process may run on, lowered to a cgroup CPU quota (docker --cpus, CI runners)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = _cgroup_quota(CGROUP_MOUNT, SELF_CGROUP)
+    return max(1, min(cores, math.ceil(quota[0]))) if quota else max(1, cores)
+
+
+def busy_clock() -> Callable[[], float] | None:
+    """A function returning busy core-seconds so far, for the cores usable_cores() counts.
+
+    Under a quota, the quota'd cgroup's own usage (the machine beyond it may be
+    idle while we are throttled); otherwise the whole machine's non-idle time
+    (iowait counts as idle: a core waiting on the disk could run another test).
+    """
+    quota = _cgroup_quota(CGROUP_MOUNT, SELF_CGROUP)
+    if quota is not None:
+        stat = quota[1] / "cpu.stat"
+
+        def cgroup_usage() -> float:
+            for line in stat.read_text().splitlines():
+                if line.startswith("usage_usec "):
+                    return int(line.split()[1]) / 1e6
+            raise OSError(f"no usage_usec in {stat}")
+        probe: Callable[[], float] = cgroup_usage
+    else:
+        def machine_busy() -> float:
+            t = psutil.cpu_times()
+            return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+        probe = machine_busy
+    try:
+        probe()
+    except OSError:
+        return None
+    return probe
+
+
+class Admission:
+    """Decides, each time the pool asks, whether one more run may start now.
+
+    Below `floor` runs (cores + 1) a run always starts; at `jobs` none does; in
+    between, one starts per window in which the cores were at least
+    IDLE_CORES_TO_START idle. Without a busy clock, or with fixed=True, it is a
+    plain limit of `jobs` runs at a time.
+    """
+
+    def __init__(self, jobs: int, cores: int, busy: Callable[[], float] | None, *, fixed: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.jobs = jobs
+        self.cores = cores
+        self.busy = None if fixed else busy
+        self.floor = jobs if self.busy is None else min(jobs, cores + 1)
+        self.clock = clock
+        self.mark: tuple[float, float] | None = None  # (time, busy core-seconds) where the window began
+        self.extra_started = 0
+
+    def may_start(self, running: int) -> bool:
+        if running < self.floor:
+            return True
+        if running >= self.jobs or self.busy is None:
+            return False
+        now, busy = self.clock(), self.busy()
+        if self.mark is None or now - self.mark[0] < WINDOW_S:
+            if self.mark is None:
+                self.mark = (now, busy)
+            return False
+        idle = self.cores - (busy - self.mark[1]) / (now - self.mark[0])
+        self.mark = (now, busy)
+        if idle >= IDLE_CORES_TO_START:
+            self.extra_started += 1
+            return True
+        return False
+
+    def describe(self) -> str:
+        if self.busy is None or self.floor == self.jobs:
+            return f"{self.jobs} in parallel"
+        return f"{self.floor} to {self.jobs} in parallel (more than {self.floor} only while cores idle)"

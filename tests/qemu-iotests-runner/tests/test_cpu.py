@@ -1,0 +1,116 @@
+"""When one more run may start: the admission rule, the usable cores, the busy clock."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from iotests_run import cpu
+from iotests_run.cpu import WINDOW_S, Admission
+
+pytestmark = pytest.mark.unit
+
+
+class Machine:
+    """A clock and a busy-seconds counter the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.busy = 50.0
+
+    def spend(self, seconds: float, busy_cores: float) -> None:
+        self.now += seconds
+        self.busy += seconds * busy_cores
+
+
+def admission(machine: Machine, jobs: int = 8, cores: int = 2, fixed: bool = False) -> Admission:
+    return Admission(jobs, cores, lambda: machine.busy, fixed=fixed, clock=lambda: machine.now)
+
+
+def test_up_to_one_more_than_the_cores_always_start() -> None:
+    m = Machine()
+    a = admission(m)
+    assert a.floor == 3
+    assert all(a.may_start(running) for running in range(3))
+
+
+def test_beyond_the_floor_one_run_per_idle_window() -> None:
+    m = Machine()
+    a = admission(m)
+    assert not a.may_start(3)  # no window measured yet
+    m.spend(WINDOW_S * 0.51, busy_cores=0.0)
+    assert not a.may_start(3)  # the window is not over
+    m.spend(WINDOW_S * 0.51, busy_cores=0.0)
+    assert a.may_start(3)
+    assert not a.may_start(4)  # the next one waits for a window of its own
+    m.spend(WINDOW_S * 1.01, busy_cores=1.0)  # one core idle
+    assert a.may_start(4)
+    m.spend(WINDOW_S * 1.01, busy_cores=1.9)  # cores busy: the sleepers' share is taken
+    assert not a.may_start(5)
+    m.spend(WINDOW_S * 1.01, busy_cores=2.0)
+    assert not a.may_start(5)
+    assert a.extra_started == 2
+
+
+def test_never_more_than_jobs() -> None:
+    m = Machine()
+    a = admission(m, jobs=5)
+    assert not a.may_start(4)  # the first window starts
+    m.spend(10 * WINDOW_S, busy_cores=0.0)
+    assert not a.may_start(5)
+    assert a.may_start(4)
+
+
+def test_fixed_or_without_a_busy_clock_it_is_a_plain_limit() -> None:
+    m = Machine()
+    for a in (admission(m, jobs=6, fixed=True), Admission(6, 2, None)):
+        assert a.floor == 6
+        assert a.may_start(5) and not a.may_start(6)
+        assert a.describe() == "6 in parallel"
+    assert admission(m, jobs=6).describe() == "3 to 6 in parallel (more than 3 only while cores idle)"
+    assert admission(m, jobs=2).floor == 2
+
+
+def _cgroup(tmp_path: Path, limits: dict[str, str]) -> tuple[Path, Path]:
+    mount = tmp_path / "cgroup"
+    for rel, cpu_max in limits.items():
+        folder = mount / rel
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "cpu.max").write_text(cpu_max + "\n")
+    own = tmp_path / "self-cgroup"
+    own.write_text("0::/ci/job/step\n")
+    (mount / "ci/job/step").mkdir(parents=True, exist_ok=True)
+    return mount, own
+
+
+def test_the_tightest_cgroup_quota_counts(tmp_path: Path) -> None:
+    mount, own = _cgroup(tmp_path, {"ci": "300000 100000", "ci/job": "150000 100000", "ci/job/step": "max 100000"})
+    assert cpu._cgroup_quota(mount, own) == (1.5, mount / "ci/job")
+    mount, own = _cgroup(tmp_path / "none", {"ci/job": "max 100000"})
+    assert cpu._cgroup_quota(mount, own) is None
+    assert cpu._cgroup_quota(mount, tmp_path / "no-such-file") is None
+
+
+def test_usable_cores_follow_affinity_and_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    mount, own = _cgroup(tmp_path, {"ci/job": "250000 100000"})
+    monkeypatch.setattr(cpu, "CGROUP_MOUNT", mount)
+    monkeypatch.setattr(cpu, "SELF_CGROUP", own)
+    assert cpu.usable_cores() == 3  # docker --cpus 2.5 on 8 cores
+    (mount / "ci/job/cpu.stat").write_text("usage_usec 4500000\nuser_usec 3000000\n")
+    busy = cpu.busy_clock()
+    assert busy is not None and busy() == 4.5  # the quota'd cgroup's usage, not the idle machine's
+    (mount / "ci/job/cpu.max").write_text("max 100000\n")
+    assert cpu.usable_cores() == 8
+
+
+def test_the_machines_busy_clock_moves() -> None:
+    busy = cpu.busy_clock()
+    if busy is None:
+        pytest.skip("no readable CPU accounting here")
+    first, own = busy(), time.process_time()
+    while time.process_time() - own < 0.3:  # keep this core busy
+        pass
+    assert busy() - first >= 0.2  # at least our own 0.3 s, give or take a clock tick
