@@ -17,6 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -27,32 +28,84 @@ WINDOW_S = 0.3  # idleness is judged over this long, and at most one run beyond 
 IDLE_CORES_TO_START = 0.3  # a window this idle (in cores) lets one more run start
 
 
-def _cgroup_quota(mount: Path, self_cgroup: Path) -> tuple[float, Path] | None:
-    """The tightest cgroup v2 CPU quota (in cores) over this process, and the cgroup that sets it."""
-    try:
-        own = self_cgroup.read_text().splitlines()
-        rel = next(line[3:] for line in own if line.startswith("0::"))
-    except (OSError, StopIteration):
-        return None
-    best: tuple[float, Path] | None = None
+@dataclass(frozen=True)
+class Quota:
+    """A cgroup CPU quota over this process: how many cores' worth, and where its usage is counted."""
+
+    cores: float
+    usage: Path  # cgroup v2 cpu.stat (usage_usec) or v1 cpuacct.usage (nanoseconds)
+
+    def used_seconds(self) -> float:
+        text = self.usage.read_text()
+        if self.usage.name == "cpuacct.usage":
+            return int(text) / 1e9
+        for line in text.splitlines():
+            if line.startswith("usage_usec "):
+                return int(line.split()[1]) / 1e6
+        raise OSError(f"no usage_usec in {self.usage}")
+
+
+def _upwards(mount: Path, rel: str) -> list[Path]:
+    """The cgroup's folder and its parents up to the mount; inside a container the path of
+    /proc/self/cgroup may not exist in the container's view, whose root is then its own cgroup."""
     folder = mount / rel.lstrip("/")
-    while True:
+    chain = [folder]
+    while folder != mount and mount in folder.parents:
+        folder = folder.parent
+        chain.append(folder)
+    return chain
+
+
+def _v2_quotas(mount: Path, rel: str) -> list[Quota]:
+    found = []
+    for folder in _upwards(mount, rel):
         try:
             quota, period = (folder / "cpu.max").read_text().split()
-            if quota != "max" and (best is None or int(quota) / int(period) < best[0]):
-                best = (int(quota) / int(period), folder)
+            if quota != "max":
+                found.append(Quota(int(quota) / int(period), folder / "cpu.stat"))
         except (OSError, ValueError):
-            pass
-        if folder == mount or mount not in folder.parents:
-            return best
-        folder = folder.parent
+            continue
+    return found
+
+
+def _v1_quotas(cpu: Path, cpuacct: Path, rel: str) -> list[Quota]:
+    found = []
+    for folder in _upwards(cpu, rel):
+        try:
+            quota = int((folder / "cpu.cfs_quota_us").read_text())
+            period = int((folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        if quota > 0 and period > 0:
+            found.append(Quota(quota / period, cpuacct / folder.relative_to(cpu) / "cpuacct.usage"))
+    return found
+
+
+def cgroup_quota(mount: Path, self_cgroup: Path) -> Quota | None:
+    """The tightest CPU quota over this process, cgroup v2 (cpu.max) or v1 (cpu.cfs_quota_us)."""
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        return None
+    found: list[Quota] = []
+    for line in lines:
+        hierarchy, controllers, rel = [*line.split(":", 2), "", ""][:3]
+        if hierarchy == "0" and controllers == "":
+            unified = mount if (mount / "cgroup.controllers").exists() else mount / "unified"
+            found += _v2_quotas(unified, rel)
+        elif "cpu" in controllers.split(","):
+            cpu = next((mount / n for n in ("cpu", "cpu,cpuacct", "cpuacct,cpu") if (mount / n).is_dir()), None)
+            if cpu is not None:
+                cpuacct = mount / "cpuacct" if (mount / "cpuacct").is_dir() else cpu
+                found += _v1_quotas(cpu, cpuacct, rel)
+    return min(found, key=lambda q: q.cores, default=None)
 
 
 def usable_cores() -> int:
     """Cores this process may run on, lowered to a cgroup CPU quota (docker --cpus, CI runners)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = _cgroup_quota(CGROUP_MOUNT, SELF_CGROUP)
-    return max(1, min(cores, math.ceil(quota[0]))) if quota else max(1, cores)
+    quota = cgroup_quota(CGROUP_MOUNT, SELF_CGROUP)
+    return max(1, min(cores, math.ceil(quota.cores))) if quota else max(1, cores)
 
 
 def busy_clock() -> Callable[[], float] | None:
@@ -61,17 +114,11 @@ def busy_clock() -> Callable[[], float] | None:
     Under a quota, the quota'd cgroup's own usage (the machine beyond it may be
     idle while we are throttled); otherwise the whole machine's non-idle time
     (iowait counts as idle: a core waiting on the disk could run another test).
+    None when neither can be read.
     """
-    quota = _cgroup_quota(CGROUP_MOUNT, SELF_CGROUP)
+    quota = cgroup_quota(CGROUP_MOUNT, SELF_CGROUP)
     if quota is not None:
-        stat = quota[1] / "cpu.stat"
-
-        def cgroup_usage() -> float:
-            for line in stat.read_text().splitlines():
-                if line.startswith("usage_usec "):
-                    return int(line.split()[1]) / 1e6
-            raise OSError(f"no usage_usec in {stat}")
-        probe: Callable[[], float] = cgroup_usage
+        probe: Callable[[], float] = quota.used_seconds
     else:
         def machine_busy() -> float:
             t = psutil.cpu_times()
@@ -79,7 +126,7 @@ def busy_clock() -> Callable[[], float] | None:
         probe = machine_busy
     try:
         probe()
-    except OSError:
+    except (OSError, ValueError):
         return None
     return probe
 
@@ -108,7 +155,11 @@ class Admission:
             return True
         if running >= self.jobs or self.busy is None:
             return False
-        now, busy = self.clock(), self.busy()
+        try:
+            now, busy = self.clock(), self.busy()
+        except (OSError, ValueError):  # the accounting went away (a cgroup removed): stay at the floor
+            self.busy = None
+            return False
         if self.mark is None or now - self.mark[0] < WINDOW_S:
             if self.mark is None:
                 self.mark = (now, busy)

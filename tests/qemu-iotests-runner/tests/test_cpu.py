@@ -73,35 +73,56 @@ def test_fixed_or_without_a_busy_clock_it_is_a_plain_limit() -> None:
     assert admission(m, jobs=2).floor == 2
 
 
-def _cgroup(tmp_path: Path, limits: dict[str, str]) -> tuple[Path, Path]:
+def _v2(tmp_path: Path, limits: dict[str, str], own: str = "0::/ci/job/step\n") -> tuple[Path, Path]:
     mount = tmp_path / "cgroup"
-    for rel, cpu_max in limits.items():
-        folder = mount / rel
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "cpu.max").write_text(cpu_max + "\n")
-    own = tmp_path / "self-cgroup"
-    own.write_text("0::/ci/job/step\n")
     (mount / "ci/job/step").mkdir(parents=True, exist_ok=True)
-    return mount, own
+    (mount / "cgroup.controllers").write_text("cpu memory pids\n")
+    for rel, cpu_max in limits.items():
+        (mount / rel / "cpu.max").write_text(cpu_max + "\n")
+    self_cgroup = tmp_path / "self-cgroup"
+    self_cgroup.write_text(own)
+    return mount, self_cgroup
 
 
-def test_the_tightest_cgroup_quota_counts(tmp_path: Path) -> None:
-    mount, own = _cgroup(tmp_path, {"ci": "300000 100000", "ci/job": "150000 100000", "ci/job/step": "max 100000"})
-    assert cpu._cgroup_quota(mount, own) == (1.5, mount / "ci/job")
-    mount, own = _cgroup(tmp_path / "none", {"ci/job": "max 100000"})
-    assert cpu._cgroup_quota(mount, own) is None
-    assert cpu._cgroup_quota(mount, tmp_path / "no-such-file") is None
+def test_the_tightest_cgroup_v2_quota_counts(tmp_path: Path) -> None:
+    mount, own = _v2(tmp_path, {"ci": "300000 100000", "ci/job": "150000 100000", "ci/job/step": "max 100000"})
+    quota = cpu.cgroup_quota(mount, own)
+    assert quota is not None and quota.cores == 1.5 and quota.usage == mount / "ci/job/cpu.stat"
+    mount, own = _v2(tmp_path / "none", {"ci/job": "max 100000"})
+    assert cpu.cgroup_quota(mount, own) is None
+    assert cpu.cgroup_quota(mount, tmp_path / "no-such-file") is None
+
+
+def test_cgroup_v1_quota_as_docker_sets_it(tmp_path: Path) -> None:
+    mount = tmp_path / "cgroup"
+    cpu_dir, acct_dir = mount / "cpu", mount / "cpuacct"
+    for d in (cpu_dir, acct_dir):
+        d.mkdir(parents=True)
+    # the container sees its own cgroup at the mount's root; /proc/self/cgroup names the host's path
+    (cpu_dir / "cpu.cfs_quota_us").write_text("250000\n")
+    (cpu_dir / "cpu.cfs_period_us").write_text("100000\n")
+    (acct_dir / "cpuacct.usage").write_text("7500000000\n")
+    own = tmp_path / "self-cgroup"
+    own.write_text("12:memory:/docker/0123\n4:cpu,cpuacct:/docker/0123\n0::/system.slice/docker-0123.scope\n")
+    quota = cpu.cgroup_quota(mount, own)
+    assert quota is not None and quota.cores == 2.5 and quota.used_seconds() == 7.5
+    (cpu_dir / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
+    assert cpu.cgroup_quota(mount, own) is None
 
 
 def test_usable_cores_follow_affinity_and_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
-    mount, own = _cgroup(tmp_path, {"ci/job": "250000 100000"})
+    mount, own = _v2(tmp_path, {"ci/job": "250000 100000"})
     monkeypatch.setattr(cpu, "CGROUP_MOUNT", mount)
     monkeypatch.setattr(cpu, "SELF_CGROUP", own)
     assert cpu.usable_cores() == 3  # docker --cpus 2.5 on 8 cores
     (mount / "ci/job/cpu.stat").write_text("usage_usec 4500000\nuser_usec 3000000\n")
     busy = cpu.busy_clock()
     assert busy is not None and busy() == 4.5  # the quota'd cgroup's usage, not the idle machine's
+    (mount / "ci/job/cpu.stat").unlink()
+    a = Admission(8, 3, busy)
+    assert not a.may_start(4) and a.busy is None  # accounting gone: no run beyond the floor, no error
+    assert a.may_start(3)
     (mount / "ci/job/cpu.max").write_text("max 100000\n")
     assert cpu.usable_cores() == 8
 
