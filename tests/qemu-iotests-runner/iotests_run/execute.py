@@ -194,7 +194,7 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
         (box.run_dir / "leaked.txt").write_text("\n".join(leaked) + "\n", encoding="utf-8")
     if outcome is Outcome.PASS and not leaked:
         box.discard()
-        return Result(run, Outcome.PASS, "", duration)
+        return Result(run, Outcome.PASS, "", duration, cpu_s=ending.cpu_s)
     box.keep()
     if diff:
         (box.run_dir / "diff.txt").write_text(diff + "\n", encoding="utf-8")
@@ -207,7 +207,7 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     notes = [e.summary for e in (ending.evidence, core_evidence) if e is not None and e.summary]
     return Result(run, outcome, reason, duration, diff=diff, artifacts=rel, output_tail=_tail(output),
                   diagnostics="\n".join(notes),
-                  attachments=tuple(attachments), leaked=leaked)
+                  attachments=tuple(attachments), leaked=leaked, cpu_s=ending.cpu_s)
 
 
 def execute_all(runs: list[Run], ctx: Context, admission: Admission,

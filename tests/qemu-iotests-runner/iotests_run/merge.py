@@ -34,7 +34,8 @@ def _result(record: dict[str, Any], iotests: Path, out: Path) -> Result:
         diff = (out / artifacts / "diff.txt").read_text(encoding="utf-8", errors="replace").rstrip("\n")
     return Result(run, Outcome(record["outcome"]), record.get("reason", ""), float(record.get("duration_s", 0)),
                   diff=diff, artifacts=artifacts, diagnostics=record.get("diagnostics", ""),
-                  attachments=tuple(record.get("attachments", ())), leaked=tuple(record.get("leaked", ())))
+                  attachments=tuple(record.get("attachments", ())), leaked=tuple(record.get("leaked", ())),
+                  cpu_s=None if record.get("cpu_s") is None else float(record["cpu_s"]))
 
 
 def merge_folders(out: Path, inputs: list[Path]) -> tuple[list[Result], dict[str, Any]]:

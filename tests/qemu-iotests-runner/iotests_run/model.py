@@ -71,3 +71,4 @@ class Result:
     diagnostics: str = ""  # summary of what was collected before a hung or timed-out run was killed
     attachments: tuple[str, ...] = ()  # files relative to the results folder (diagnostics, diff, output)
     leaked: tuple[str, ...] = ()  # processes the run left behind ("PID command"), killed by the runner
+    cpu_s: float | None = None  # CPU time of the run's processes, when a cgroup counted it

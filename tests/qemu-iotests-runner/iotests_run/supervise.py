@@ -25,7 +25,7 @@ import psutil
 from iotests_run.diagnostics import Evidence, collect
 from iotests_run.isolation import Isolation, Overlay, child_setup
 from iotests_run.sandbox import LiveRun, Registry
-from iotests_run.tracking import Tracker, kill_all
+from iotests_run.tracking import CgroupTracker, Tracker, kill_all
 
 TICK_S = 1.0
 # Below this average CPU use (fraction of one core) a process tree counts as idle.
@@ -47,6 +47,7 @@ class Ending:
     detail: str = ""
     evidence: Evidence | None = None
     leaked: tuple[str, ...] = ()
+    cpu_s: float | None = None  # CPU time of the run's whole process tree, where a cgroup counted it
 
 
 def _describe_all(pids: list[int]) -> tuple[str, ...]:
@@ -129,7 +130,9 @@ def supervise(argv: list[str], cwd: Path, env: Mapping[str, str], output: Path, 
         returncode = proc.wait()
         leftovers = [p for p in tracker.members() if p != proc.pid]
         leaked = _describe_all(leftovers) if leftovers and not stopped else ()
-        return Ending(returncode, stopped, detail, evidence, leaked)
+        # Only a cgroup still counts processes that have exited; the marker tracker sees the living.
+        cpu_s = round(tracker.cpu_seconds(), 3) if isinstance(tracker, CgroupTracker) else None
+        return Ending(returncode, stopped, detail, evidence, leaked, cpu_s)
     finally:
         tracker.close()
         registry.discard(key)

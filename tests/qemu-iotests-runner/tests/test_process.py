@@ -328,6 +328,9 @@ def test_more_runs_start_only_while_cores_idle(fake_tree: FakeTree, tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     assert f"{cores + 1} to {jobs} in parallel" in proc.stdout
     assert _most_at_once(log) >= cores + 4  # idle cores: the sleepers pile up beyond cores + 1
+    cgroups = "a cgroup per run" in proc.stdout
+    if cgroups:  # each run's CPU time, counted by its cgroup
+        assert all(r["cpu_s"] < 0.5 for r in runs_by_test(tmp_path / "sleepers").values())
 
     log.unlink()
     for i in range(count):
@@ -335,6 +338,8 @@ def test_more_runs_start_only_while_cores_idle(fake_tree: FakeTree, tmp_path: Pa
     proc = run_cli(["-j", str(jobs), *fake_tree.args(tmp_path / "spinners")])
     assert proc.returncode == 0, proc.stderr
     assert _most_at_once(log) <= cores + 2  # busy cores: (almost) no run beyond cores + 1
+    if cgroups:
+        assert all(r["cpu_s"] >= 1.0 for r in runs_by_test(tmp_path / "spinners").values())
 
     log.unlink()
     proc = run_cli(["-j", str(jobs), "--fixed-jobs", *fake_tree.args(tmp_path / "fixed")])

@@ -72,7 +72,8 @@ def _cell(result: Result | None) -> str:
     if result is None:
         return '<td class="cell"></td>'
     text = PRESENTATION[result.outcome].cell
-    tip = f"{result.run.label}: {PRESENTATION[result.outcome].column}, {result.duration_s:.1f} s"
+    cpu = f", {result.cpu_s:.1f} s CPU" if result.cpu_s is not None else ""
+    tip = f"{result.run.label}: {PRESENTATION[result.outcome].column}, {result.duration_s:.1f} s{cpu}"
     if result.reason:
         tip += f" - {result.reason.splitlines()[0]}"
     if result.leaked:

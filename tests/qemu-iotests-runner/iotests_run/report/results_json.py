@@ -18,6 +18,7 @@ def run_record(result: Result) -> dict[str, Any]:
         "outcome": result.outcome.value,
         "reason": result.reason,
         "duration_s": result.duration_s,
+        "cpu_s": result.cpu_s,
         "artifacts": result.artifacts,
         "leaked": list(result.leaked),
         "key": result.run.test.key,
