@@ -281,9 +281,10 @@ def execute_all(runs: list[Run], ctx: Context, admission: Admission,
                     result = None
                 if signalled and not ctx.registry.stopping.is_set():
                     ctx.registry.stop()
-                if on_tick is not None and time.monotonic() >= next_tick:
+                if time.monotonic() >= next_tick:  # (moved on even without on_tick, or the wait above would be 0)
                     next_tick = time.monotonic() + TICK_S
-                    on_tick()
+                    if on_tick is not None:
+                        on_tick()
                 if result is not None:
                     running -= 1
                     busy -= result.run not in sleepy

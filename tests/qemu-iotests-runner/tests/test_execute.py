@@ -98,3 +98,19 @@ def test_sleepy_runs_need_no_core_and_may_go_ahead() -> None:
     assert _next_run(pending, running=3, busy=2, admission=gated, sleepy=frozenset({c}), stopping=False) is None
     assert _next_run(pending, running=4, busy=0, admission=plain, sleepy=frozenset(), stopping=False) is None
     assert _next_run(pending, running=4, busy=4, admission=plain, sleepy=frozenset(), stopping=True) == (1, b)
+
+
+def test_the_pool_waits_without_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    runs = [Run(TestCase("001", Path("/x/001"), frozenset()), "qcow2", "file")]
+
+    def slow(run: Run, index: int, ctx: Any) -> Result:
+        time.sleep(3)
+        return Result(run, Outcome.PASS)
+
+    monkeypatch.setattr(execute, "execute_run", slow)
+    ctx = cast(execute.Context, SimpleNamespace(registry=Registry()))
+    cpu = time.process_time()
+    execute.execute_all(runs, ctx, Admission(2, 2, None), lambda r: None)  # no on_tick
+    assert time.process_time() - cpu < 0.5  # a busy-waiting loop would burn about 2 s
