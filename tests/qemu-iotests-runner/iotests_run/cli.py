@@ -309,8 +309,7 @@ def limits_for(args: argparse.Namespace) -> Callable[[Run], Limits]:
 
 
 def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], results_dir: Path, scratch: Path,
-                   perturb: str, user_env: Mapping[str, str], reporter: Reporter, admission: Admission,
-                   sleepy: frozenset[Run]) -> bool:
+                   perturb: str, user_env: Mapping[str, str], reporter: Reporter, admission: Admission) -> bool:
     """Run everything in sandboxes with a watchdog behind them; True when interrupted."""
     isolation = probe(wanted=not args.no_isolation, iotests=tree.iotests, scratch=scratch)
     cgroups = None if args.no_isolation else CgroupRoot.create()
@@ -326,8 +325,7 @@ def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], re
                   user_env=user_env, malloc_perturb=perturb, limits=limits_for(args),
                   isolation=isolation, cgroups=cgroups, marker=marker, retries=args.retry)
     try:
-        execute_all(runs, ctx, admission, reporter.finished, sleepy=sleepy,
-                    on_tick=lambda: reporter.progress.tick(registry.live()))
+        execute_all(runs, ctx, admission, reporter.finished, on_tick=lambda: reporter.progress.tick(registry.live()))
         return False
     except KeyboardInterrupt:
         return True
@@ -407,7 +405,6 @@ def run(args: argparse.Namespace) -> int:
     history_file = args.history or reference_cache() / "durations.json"
     tree_id = history.tree_identity(tree.version, catalog.tests)
     durations = history.load(history_file, tree_id)
-    cpu_history = history.load(history_file, tree_id, "cpu")
     wanted = [r for r in plan.matrix(tests, formats, protocols)
               if again is None or (r.test.key, r.format, r.protocol) in again]
     skipped, to_run = plan.static_verdicts(wanted, tree.default_machine, "writeback",
@@ -419,7 +416,6 @@ def run(args: argparse.Namespace) -> int:
         notes = sys.stderr if args.list or args.tap else sys.stdout
         skipped, to_run = _take_shard(shard, skipped, to_run, cost, notes)
     runs: list[Run] = plan.longest_first(to_run, cost)
-    waiting = plan.sleepy(runs, cost, cpu_history)
     planned = [r.run for r in skipped] + runs
     if args.list:
         _print_plan(skipped, runs)
@@ -460,8 +456,7 @@ def run(args: argparse.Namespace) -> int:
     for result in skipped:
         reporter.record(result)
     reporter.write_files()
-    interrupted = _execute_stage(args, tree, runs, results_dir, scratch, perturb, user_env, reporter, admission,
-                                 waiting)
+    interrupted = _execute_stage(args, tree, runs, results_dir, scratch, perturb, user_env, reporter, admission)
 
     # report
     results = reporter.results
@@ -471,7 +466,7 @@ def run(args: argparse.Namespace) -> int:
     meta["cpu_s"] = cpu_seconds()
     reporter.write_files()
     if not interrupted:
-        history.save(history_file, tree_id, durations, results, cpu_history)
+        history.save(history_file, tree_id, durations, results)
     title = f"iotests-run {__version__}: QEMU {tree.version} ({tree.source})"
     excused = quarantine.excused(results)
     text = summary_text(results, title, time.monotonic() - started, quarantined=excused)

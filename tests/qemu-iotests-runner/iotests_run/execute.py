@@ -210,27 +210,9 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
                   attachments=tuple(attachments), leaked=leaked, cpu_s=ending.cpu_s)
 
 
-def _next_run(pending: deque[tuple[int, Run]], running: int, busy: int, admission: Admission,
-              sleepy: frozenset[Run], stopping: bool) -> tuple[int, Run] | None:
-    """The run to start now, if any: the next in plan order when Admission lets it go (a sleepy
-    one needs only a free job), else the first sleepy run waiting (it needs no core of its own)."""
-    if stopping:
-        return pending.popleft()
-    if running >= admission.jobs:
-        return None
-    index, run = pending[0]
-    if run in sleepy or admission.may_start(busy):
-        return pending.popleft()
-    for i, (index, run) in enumerate(pending):
-        if run in sleepy:
-            del pending[i]
-            return index, run
-    return None
-
-
 def execute_all(runs: list[Run], ctx: Context, admission: Admission,
                 on_result: Callable[[Result], None],
-                on_tick: Callable[[], None] | None = None, sleepy: frozenset[Run] = frozenset()) -> list[Result]:
+                on_tick: Callable[[], None] | None = None) -> list[Result]:
     """Run everything in one pool, in the given order, as `admission` lets runs start;
     report each result (in this thread) as it finishes.
 
@@ -245,8 +227,7 @@ def execute_all(runs: list[Run], ctx: Context, admission: Admission,
     results: list[Result] = []
     signalled: list[int] = []
     pending = deque(enumerate(runs))
-    running = 0  # runs in flight
-    busy = 0  # of which not sleepy: only these count against Admission's floor
+    running = 0
     next_tick = time.monotonic() + TICK_S
 
     def work(run: Run, index: int) -> None:
@@ -266,14 +247,10 @@ def execute_all(runs: list[Run], ctx: Context, admission: Admission,
         with ThreadPoolExecutor(max_workers=admission.jobs, thread_name_prefix="run") as pool:
             while len(results) < len(runs):
                 # Once stopping, the runs not started yet go through at once and report themselves interrupted.
-                while pending:
-                    chosen = _next_run(pending, running, busy, admission, sleepy, ctx.registry.stopping.is_set())
-                    if chosen is None:
-                        break
-                    index, run = chosen
+                while pending and (ctx.registry.stopping.is_set() or admission.may_start(running)):
+                    index, run = pending.popleft()
                     pool.submit(work, run, index)
                     running += 1
-                    busy += run not in sleepy
                 wait = min(ADMIT_POLL_S if pending else TICK_S, max(0.0, next_tick - time.monotonic()))
                 try:
                     result: Result | None = finished.get(timeout=wait)
@@ -287,7 +264,6 @@ def execute_all(runs: list[Run], ctx: Context, admission: Admission,
                         on_tick()
                 if result is not None:
                     running -= 1
-                    busy -= result.run not in sleepy
                     results.append(result)
                     on_result(result)
     finally:

@@ -39,28 +39,23 @@ def _trees(path: Path) -> dict[str, Any]:
         return {}
 
 
-def load(path: Path, tree: str, what: str = "durations") -> dict[str, float]:
-    """This tree's durations (or "cpu": CPU seconds); an unreadable or foreign file is an empty
-    history (it is a cache)."""
+def load(path: Path, tree: str) -> dict[str, float]:
+    """This tree's durations; an unreadable or foreign file is an empty history (it is a cache)."""
     try:
         entry = _trees(path).get(tree, {})
-        return {str(k): float(v) for k, v in entry.get(what, {}).items()}
+        return {str(k): float(v) for k, v in entry.get("durations", {}).items()}
     except (AttributeError, TypeError, ValueError):
         return {}
 
 
-def save(path: Path, tree: str, old: dict[str, float], results: Iterable[Result],
-         old_cpu: dict[str, float] | None = None) -> None:
-    """Remember the durations (and CPU seconds, where counted) of runs that really ran; a failed
-    save is not an error."""
-    durations, cpu = dict(old), dict(old_cpu or {})
+def save(path: Path, tree: str, old: dict[str, float], results: Iterable[Result]) -> None:
+    """Remember the durations of runs that really ran; a failed save is not an error."""
+    durations = dict(old)
     for r in results:
         if r.outcome in (Outcome.PASS, Outcome.FAIL, Outcome.NOT_RUN, Outcome.FLAKY) and r.duration_s > 0:
             durations[history_key(r.run)] = round(r.duration_s, 2)
-            if r.cpu_s is not None:
-                cpu[history_key(r.run)] = round(r.cpu_s, 2)
     trees = {t: e for t, e in _trees(path).items() if isinstance(e, dict) and isinstance(e.get("used"), (int, float))}
-    trees[tree] = {"used": time.time(), "durations": durations, "cpu": cpu}
+    trees[tree] = {"used": time.time(), "durations": durations}
     kept = dict(sorted(trees.items(), key=lambda item: -item[1]["used"])[:MAX_TREES])
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -43,15 +43,6 @@ def costs(runs: Sequence[Run], durations: Mapping[str, float]) -> dict[Run, floa
     return {r: estimate(r, durations, medians) for r in runs}
 
 
-# A run that used less than this share of a core over its life (in the history) mostly waits.
-SLEEPY_CPU_SHARE = 0.4
-
-
-def sleepy(runs: Sequence[Run], cost: Mapping[Run, float], cpu: Mapping[str, float]) -> frozenset[Run]:
-    """Runs whose history says they mostly wait (timers, events, throttled jobs): they need no core of their own."""
-    return frozenset(r for r in runs if cost[r] > 0 and cpu.get(history_key(r), cost[r]) < SLEEPY_CPU_SHARE * cost[r])
-
-
 def longest_first(runs: Sequence[Run], cost: Mapping[Run, float]) -> list[Run]:
     """Start the longest runs first so no core idles at the tail; ties keep plan order."""
     return sorted(runs, key=lambda r: -cost[r])

@@ -82,24 +82,6 @@ def test_mounts_left_under_a_sandbox_are_released(tmp_path: Path) -> None:
     assert proc.stdout.split() == ["2", "0"], proc.stdout + proc.stderr  # two released, none left
 
 
-def test_sleepy_runs_need_no_core_and_may_go_ahead() -> None:
-    from collections import deque
-
-    from iotests_run.execute import _next_run
-
-    a, b, c, d = (Run(TestCase(k, Path("/x") / k, frozenset()), "qcow2", "file") for k in ("001", "002", "003", "004"))
-    plain = Admission(4, 2, None)  # floor 4 = jobs: plain limit
-    gated = Admission(4, 1, lambda: 0.0, clock=lambda: 0.0)  # floor 2, cores never seen idle
-    pending = deque(enumerate([a, b, c, d]))
-    assert _next_run(pending, running=1, busy=1, admission=gated, sleepy=frozenset({c}), stopping=False) == (0, a)
-    # a and one more busy run hold the floor; b (busy) must wait, c (sleepy) goes ahead of it
-    assert _next_run(pending, running=2, busy=2, admission=gated, sleepy=frozenset({c}), stopping=False) == (2, c)
-    assert [r for _, r in pending] == [b, d]
-    assert _next_run(pending, running=3, busy=2, admission=gated, sleepy=frozenset({c}), stopping=False) is None
-    assert _next_run(pending, running=4, busy=0, admission=plain, sleepy=frozenset(), stopping=False) is None
-    assert _next_run(pending, running=4, busy=4, admission=plain, sleepy=frozenset(), stopping=True) == (1, b)
-
-
 def test_the_pool_waits_without_spinning(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 

@@ -324,35 +324,25 @@ def test_more_runs_start_only_while_cores_idle(fake_tree: FakeTree, tmp_path: Pa
 
     for i in range(count):
         fake_tree.add_test(f"{i + 1:03}", sleeper, out="done\n")
-    # each phase its own (empty) history: the sleepers' history would let same-named spinners all start
-    proc = run_cli(["-j", str(jobs), "--history", str(tmp_path / "h1"), *fake_tree.args(tmp_path / "sleepers")])
+    proc = run_cli(["-j", str(jobs), *fake_tree.args(tmp_path / "sleepers")])
     assert proc.returncode == 0, proc.stderr
     assert f"{cores + 1} to {jobs} in parallel" in proc.stdout
     assert _most_at_once(log) >= cores + 4  # idle cores: the sleepers pile up beyond cores + 1
     cgroups = "a cgroup per run" in proc.stdout
     if cgroups:  # each run's CPU time, counted by its cgroup
         assert all(r["cpu_s"] < 0.5 for r in runs_by_test(tmp_path / "sleepers").values())
-        # again: now the history knows they mostly wait, so they need no core and all go at once
-        log.unlink()
-        proc = run_cli(["-j", str(jobs), "--history", str(tmp_path / "h1"), *fake_tree.args(tmp_path / "again")])
-        assert proc.returncode == 0, proc.stderr
-        starts = sorted(float(t) for kind, t in (line.split() for line in log.read_text().splitlines())
-                        if kind == "start")
-        # all `jobs` within moments; through the idle-core gate alone, one per 0.3 s window: >= 1.2 s
-        assert starts[jobs - 1] - starts[0] < 0.8
 
     log.unlink()
     for i in range(count):
         fake_tree.add_test(f"{i + 1:03}", spinner, out="done\n")
-    proc = run_cli(["-j", str(jobs), "--history", str(tmp_path / "h2"), *fake_tree.args(tmp_path / "spinners")])
+    proc = run_cli(["-j", str(jobs), *fake_tree.args(tmp_path / "spinners")])
     assert proc.returncode == 0, proc.stderr
     assert _most_at_once(log) <= cores + 2  # busy cores: (almost) no run beyond cores + 1
     if cgroups:
         assert all(r["cpu_s"] >= 1.0 for r in runs_by_test(tmp_path / "spinners").values())
 
     log.unlink()
-    proc = run_cli(["-j", str(jobs), "--fixed-jobs", "--history", str(tmp_path / "h3"),
-                    *fake_tree.args(tmp_path / "fixed")])
+    proc = run_cli(["-j", str(jobs), "--fixed-jobs", *fake_tree.args(tmp_path / "fixed")])
     assert proc.returncode == 0, proc.stderr
     assert f"{jobs} in parallel" in proc.stdout
     assert _most_at_once(log) == jobs

@@ -143,19 +143,3 @@ def test_history_is_kept_per_tree_and_bounded(tmp_path: Path) -> None:
     assert len(json.loads(path.read_text())["trees"]) == history.MAX_TREES
     path.write_text("{not json")
     assert history.load(path, old_tree) == {}
-
-
-def test_history_keeps_cpu_and_names_the_runs_that_mostly_wait(tmp_path: Path) -> None:
-    from iotests_run import history
-    from iotests_run.plan import sleepy
-
-    path = tmp_path / "durations.json"
-    busy, waits, unknown = matrix([case("041"), case("068"), case("099")], ["qcow2"], ["file"])
-    history.save(path, "t", {}, [Result(busy, Outcome.PASS, duration_s=10.0, cpu_s=6.0),
-                                 Result(waits, Outcome.PASS, duration_s=4.0, cpu_s=0.3),
-                                 Result(unknown, Outcome.PASS, duration_s=2.0)])  # no cgroup: no CPU count
-    assert history.load(path, "t") == {"qcow2-file/041": 10.0, "qcow2-file/068": 4.0, "qcow2-file/099": 2.0}
-    cpu = history.load(path, "t", "cpu")
-    assert cpu == {"qcow2-file/041": 6.0, "qcow2-file/068": 0.3}
-    cost = {busy: 10.0, waits: 4.0, unknown: 2.0}
-    assert sleepy([busy, waits, unknown], cost, cpu) == {waits}  # never counted: assumed busy
