@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from iotests_run.tracking import cgroup_usage_seconds
+
 CGROUP_MOUNT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
 WINDOW_S = 0.3  # idleness is judged over this long, and at most one run beyond the floor starts per window
@@ -36,13 +38,9 @@ class Quota:
     usage: Path  # cgroup v2 cpu.stat (usage_usec) or v1 cpuacct.usage (nanoseconds)
 
     def used_seconds(self) -> float:
-        text = self.usage.read_text()
         if self.usage.name == "cpuacct.usage":
-            return int(text) / 1e9
-        for line in text.splitlines():
-            if line.startswith("usage_usec "):
-                return int(line.split()[1]) / 1e6
-        raise OSError(f"no usage_usec in {self.usage}")
+            return int(self.usage.read_text()) / 1e9
+        return cgroup_usage_seconds(self.usage)
 
 
 def _upwards(mount: Path, rel: str) -> list[Path]:

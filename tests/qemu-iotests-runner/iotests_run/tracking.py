@@ -114,6 +114,15 @@ def _cgroup2_mount() -> Path | None:
     return None
 
 
+def cgroup_usage_seconds(cpu_stat: Path) -> float:
+    """CPU seconds a cgroup v2 has used (cpu.stat's usage_usec); OSError/ValueError when unreadable."""
+    for line in cpu_stat.read_text().splitlines():
+        key, _, value = line.partition(" ")
+        if key == "usage_usec":
+            return int(value) / 1e6
+    raise ValueError(f"no usage_usec in {cpu_stat}")
+
+
 class CgroupTracker:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -128,13 +137,9 @@ class CgroupTracker:
 
     def cpu_seconds(self) -> float:
         try:
-            for line in (self.path / "cpu.stat").read_text().splitlines():
-                key, _, value = line.partition(" ")
-                if key == "usage_usec":
-                    return int(value) / 1e6
+            return cgroup_usage_seconds(self.path / "cpu.stat")
         except (OSError, ValueError):
-            pass
-        return 0.0
+            return 0.0
 
     def close(self) -> None:
         kill = self.path / "cgroup.kill"
