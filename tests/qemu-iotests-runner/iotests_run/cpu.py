@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from iotests_run.tracking import cgroup_usage_seconds
+from iotests_run.tracking import cgroup2_mount, cgroup_usage_seconds
 
 CGROUP_MOUNT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")
@@ -79,8 +79,9 @@ def _v1_quotas(cpu: Path, cpuacct: Path, rel: str) -> list[Quota]:
     return found
 
 
-def cgroup_quota(mount: Path, self_cgroup: Path) -> Quota | None:
-    """The tightest CPU quota over this process, cgroup v2 (cpu.max) or v1 (cpu.cfs_quota_us)."""
+def cgroup_quota(mount: Path, self_cgroup: Path, unified: Path | None) -> Quota | None:
+    """The tightest CPU quota over this process, cgroup v2 (cpu.max, under `unified`, the v2 mount)
+    or v1 (cpu.cfs_quota_us, a controller folder under `mount`)."""
     try:
         lines = self_cgroup.read_text().splitlines()
     except OSError:
@@ -89,8 +90,8 @@ def cgroup_quota(mount: Path, self_cgroup: Path) -> Quota | None:
     for line in lines:
         hierarchy, controllers, rel = [*line.split(":", 2), "", ""][:3]
         if hierarchy == "0" and controllers == "":
-            unified = mount if (mount / "cgroup.controllers").exists() else mount / "unified"
-            found += _v2_quotas(unified, rel)
+            if unified is not None:
+                found += _v2_quotas(unified, rel)
         elif "cpu" in controllers.split(","):
             cpu = next((mount / n for n in ("cpu", "cpu,cpuacct", "cpuacct,cpu") if (mount / n).is_dir()), None)
             if cpu is not None:
@@ -102,7 +103,7 @@ def cgroup_quota(mount: Path, self_cgroup: Path) -> Quota | None:
 def usable_cores() -> int:
     """Cores this process may run on, lowered to a cgroup CPU quota (docker --cpus, CI runners)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = cgroup_quota(CGROUP_MOUNT, SELF_CGROUP)
+    quota = cgroup_quota(CGROUP_MOUNT, SELF_CGROUP, cgroup2_mount())
     return max(1, min(cores, math.ceil(quota.cores))) if quota else max(1, cores)
 
 
@@ -114,7 +115,7 @@ def busy_clock() -> Callable[[], float] | None:
     (iowait counts as idle: a core waiting on the disk could run another test).
     None when neither can be read.
     """
-    quota = cgroup_quota(CGROUP_MOUNT, SELF_CGROUP)
+    quota = cgroup_quota(CGROUP_MOUNT, SELF_CGROUP, cgroup2_mount())
     if quota is not None:
         probe: Callable[[], float] = quota.used_seconds
     else:

@@ -69,7 +69,7 @@ class CgroupRoot:
 
     @staticmethod
     def create() -> CgroupRoot | None:
-        mount = _cgroup2_mount()
+        mount = cgroup2_mount()
         if mount is None:
             return None
         try:
@@ -103,7 +103,8 @@ class CgroupRoot:
             pass
 
 
-def _cgroup2_mount() -> Path | None:
+def cgroup2_mount() -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or .../unified on hybrid systems)."""
     try:
         for line in Path("/proc/self/mountinfo").read_text().splitlines():
             left, _, right = line.partition(" - ")

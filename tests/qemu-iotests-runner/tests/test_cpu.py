@@ -76,7 +76,6 @@ def test_fixed_or_without_a_busy_clock_it_is_a_plain_limit() -> None:
 def _v2(tmp_path: Path, limits: dict[str, str], own: str = "0::/ci/job/step\n") -> tuple[Path, Path]:
     mount = tmp_path / "cgroup"
     (mount / "ci/job/step").mkdir(parents=True, exist_ok=True)
-    (mount / "cgroup.controllers").write_text("cpu memory pids\n")
     for rel, cpu_max in limits.items():
         (mount / rel / "cpu.max").write_text(cpu_max + "\n")
     self_cgroup = tmp_path / "self-cgroup"
@@ -86,11 +85,11 @@ def _v2(tmp_path: Path, limits: dict[str, str], own: str = "0::/ci/job/step\n") 
 
 def test_the_tightest_cgroup_v2_quota_counts(tmp_path: Path) -> None:
     mount, own = _v2(tmp_path, {"ci": "300000 100000", "ci/job": "150000 100000", "ci/job/step": "max 100000"})
-    quota = cpu.cgroup_quota(mount, own)
+    quota = cpu.cgroup_quota(mount, own, mount)
     assert quota is not None and quota.cores == 1.5 and quota.usage == mount / "ci/job/cpu.stat"
     mount, own = _v2(tmp_path / "none", {"ci/job": "max 100000"})
-    assert cpu.cgroup_quota(mount, own) is None
-    assert cpu.cgroup_quota(mount, tmp_path / "no-such-file") is None
+    assert cpu.cgroup_quota(mount, own, mount) is None
+    assert cpu.cgroup_quota(mount, tmp_path / "no-such-file", mount) is None
 
 
 def test_cgroup_v1_quota_as_docker_sets_it(tmp_path: Path) -> None:
@@ -104,10 +103,10 @@ def test_cgroup_v1_quota_as_docker_sets_it(tmp_path: Path) -> None:
     (acct_dir / "cpuacct.usage").write_text("7500000000\n")
     own = tmp_path / "self-cgroup"
     own.write_text("12:memory:/docker/0123\n4:cpu,cpuacct:/docker/0123\n0::/system.slice/docker-0123.scope\n")
-    quota = cpu.cgroup_quota(mount, own)
+    quota = cpu.cgroup_quota(mount, own, mount)
     assert quota is not None and quota.cores == 2.5 and quota.used_seconds() == 7.5
     (cpu_dir / "cpu.cfs_quota_us").write_text("-1\n")  # no quota
-    assert cpu.cgroup_quota(mount, own) is None
+    assert cpu.cgroup_quota(mount, own, mount) is None
 
 
 def test_usable_cores_follow_affinity_and_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,6 +114,7 @@ def test_usable_cores_follow_affinity_and_quota(tmp_path: Path, monkeypatch: pyt
     mount, own = _v2(tmp_path, {"ci/job": "250000 100000"})
     monkeypatch.setattr(cpu, "CGROUP_MOUNT", mount)
     monkeypatch.setattr(cpu, "SELF_CGROUP", own)
+    monkeypatch.setattr(cpu, "cgroup2_mount", lambda: mount)
     assert cpu.usable_cores() == 3  # docker --cpus 2.5 on 8 cores
     (mount / "ci/job/cpu.stat").write_text("usage_usec 4500000\nuser_usec 3000000\n")
     busy = cpu.busy_clock()
