@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any, NoReturn, TextIO
 
 from iotests_run import __version__, history, plan, reruns
-from iotests_run.cpu import Admission, busy_clock, usable_cores
+from iotests_run.cpu import Admission, Cpus
 from iotests_run.diagnostics import DEPS
 from iotests_run.discovery import discover
 from iotests_run.environment import IOTESTS_VARIABLES, iotests_environment, malloc_perturb
@@ -53,7 +53,7 @@ DEFAULT_HANG_TIMEOUT_S = 120.0
 RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
 
 
-def default_jobs(environ: Mapping[str, str] = os.environ) -> int:
+def default_jobs(environ: Mapping[str, str], cores: int) -> int:
     """IOTESTS_RUN_JOBS, else make's -jN (MAKEFLAGS, under make check-block), else 4 x the usable cores (README).
 
     A ceiling, not a target: beyond cores + 1, runs start only while cores idle (cpu.Admission).
@@ -64,7 +64,7 @@ def default_jobs(environ: Mapping[str, str] = os.environ) -> int:
     make = re.search(r"(?:^|\s)-j\s*(\d+)(?:\s|$)", environ.get("MAKEFLAGS", ""))
     if make and int(make.group(1)) > 0:
         return int(make.group(1))
-    return 4 * usable_cores()
+    return 4 * cores
 
 
 def extra_arguments(environ: Mapping[str, str]) -> list[str]:
@@ -104,7 +104,7 @@ def _csv(value: str) -> list[str]:
     return [v for v in value.split(",") if v]
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
     p = _Parser(prog="iotests-run", description="Run QEMU's iotests in parallel sandboxes, "
                 "judged exactly as QEMU's check judges them.")
     p.add_argument("tests", nargs="*", metavar="TEST", help="tests to run (040, 1, backing-file-invalidation)")
@@ -112,7 +112,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", "--protocol", type=_csv, default=["file"], help="protocols, comma separated")
     p.add_argument("-g", "--groups", type=_csv, default=[], help="include tests of these groups")
     p.add_argument("-x", "--exclude-groups", type=_csv, default=[], help="exclude tests of these groups")
-    p.add_argument("-j", "--jobs", type=_jobs, default=default_jobs(),
+    p.add_argument("-j", "--jobs", type=_jobs, default=default_jobs(os.environ, (cpus or Cpus.here()).count),
                    help="at most this many runs at once (default: %(default)s: IOTESTS_RUN_JOBS, else make's -jN, "
                         "else 4 x the usable cores); beyond cores + 1, a run starts only while cores idle")
     p.add_argument("--fixed-jobs", action="store_true",
@@ -377,7 +377,7 @@ def _print_plan(skipped: list[Result], runs: list[Run]) -> None:
         print(f"{run.test.name}\t{run.format}\t{run.protocol}\t{what}")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, cpus: Cpus) -> int:
     started = time.monotonic()
     # find tests
     tree = open_tree(args.qemu_source, args.qemu_build, os.environ, Path.cwd())
@@ -442,7 +442,7 @@ def run(args: argparse.Namespace) -> int:
         "complete": False,
     }
     out = sys.stderr if args.tap else sys.stdout
-    admission = Admission(args.jobs, usable_cores(), busy_clock(), fixed=args.fixed_jobs)
+    admission = Admission(args.jobs, cpus.count, cpus.busy_clock(), fixed=args.fixed_jobs)
     # The durations in the history were taken about this many at a time (runs beyond it mostly wait).
     eta = Eta({r.label: cost[r] for r in runs}, admission.floor)
     level = QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
@@ -511,8 +511,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["merge"]:
             return merge_main(argv[1:])
-        args = make_parser().parse_args(argv + extra_arguments(os.environ))
-        return run(args)
+        cpus = Cpus.here()
+        args = make_parser(cpus).parse_args(argv + extra_arguments(os.environ))
+        return run(args, cpus)
     except (UsageError, SetupError) as exc:
         print(f"iotests-run: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -100,34 +100,42 @@ def cgroup_quota(mount: Path, self_cgroup: Path, unified: Path | None) -> Quota 
     return min(found, key=lambda q: q.cores, default=None)
 
 
-def usable_cores() -> int:
-    """Cores this process may run on, lowered to a cgroup CPU quota (docker --cpus, CI runners)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    quota = cgroup_quota(CGROUP_MOUNT, SELF_CGROUP, cgroup2_mount())
-    return max(1, min(cores, math.ceil(quota.cores))) if quota else max(1, cores)
+@dataclass(frozen=True)
+class Cpus:
+    """The cores this invocation may use, read once at start: CPU affinity lowered to a cgroup
+    CPU quota (docker --cpus, CI runners), and the quota itself, whose usage is the busy clock."""
+
+    count: int
+    quota: Quota | None
+
+    @staticmethod
+    def here() -> Cpus:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        quota = cgroup_quota(CGROUP_MOUNT, SELF_CGROUP, cgroup2_mount())
+        return Cpus(max(1, min(cores, math.ceil(quota.cores))) if quota else max(1, cores), quota)
+
+    def busy_clock(self) -> Callable[[], float] | None:
+        """A function returning busy core-seconds so far, for the cores `count` counts.
+
+        Under a quota, the quota'd cgroup's own usage (the machine beyond it may be
+        idle while we are throttled); otherwise the whole machine's non-idle time
+        (iowait counts as idle: a core waiting on the disk could run another test;
+        steal counts as busy: the core had work).
+        None when neither can be read.
+        """
+        probe = self.quota.used_seconds if self.quota is not None else _machine_busy
+        try:
+            probe()
+        except (OSError, ValueError):
+            return None
+        return probe
 
 
-def busy_clock() -> Callable[[], float] | None:
-    """A function returning busy core-seconds so far, for the cores usable_cores() counts.
-
-    Under a quota, the quota'd cgroup's own usage (the machine beyond it may be
-    idle while we are throttled); otherwise the whole machine's non-idle time
-    (iowait counts as idle: a core waiting on the disk could run another test).
-    None when neither can be read.
-    """
-    quota = cgroup_quota(CGROUP_MOUNT, SELF_CGROUP, cgroup2_mount())
-    if quota is not None:
-        probe: Callable[[], float] = quota.used_seconds
-    else:
-        def machine_busy() -> float:
-            t = psutil.cpu_times()
-            return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
-        probe = machine_busy
-    try:
-        probe()
-    except (OSError, ValueError):
-        return None
-    return probe
+def _machine_busy() -> float:
+    t = psutil.cpu_times()
+    # guest time is already in user time on Linux
+    counted = sum(t) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+    return float(counted - t.idle - getattr(t, "iowait", 0.0))
 
 
 class Admission:
@@ -154,14 +162,16 @@ class Admission:
             return True
         if running >= self.jobs or self.busy is None:
             return False
+        now = self.clock()
+        if self.mark is not None and now - self.mark[0] < WINDOW_S:
+            return False  # the pool asks every 0.1 s: the busy clock is read once per window, not each time
         try:
-            now, busy = self.clock(), self.busy()
+            busy = self.busy()
         except (OSError, ValueError):  # the accounting went away (a cgroup removed): stay at the floor
             self.busy = None
             return False
-        if self.mark is None or now - self.mark[0] < WINDOW_S:
-            if self.mark is None:
-                self.mark = (now, busy)
+        if self.mark is None:
+            self.mark = (now, busy)
             return False
         idle = self.cores - (busy - self.mark[1]) / (now - self.mark[0])
         self.mark = (now, busy)

@@ -19,6 +19,7 @@ class Machine:
     def __init__(self) -> None:
         self.now = 100.0
         self.busy = 50.0
+        self.reads = 0  # of the busy clock
 
     def spend(self, seconds: float, busy_cores: float) -> None:
         self.now += seconds
@@ -26,7 +27,10 @@ class Machine:
 
 
 def admission(machine: Machine, jobs: int = 8, cores: int = 2, fixed: bool = False) -> Admission:
-    return Admission(jobs, cores, lambda: machine.busy, fixed=fixed, clock=lambda: machine.now)
+    def busy() -> float:
+        machine.reads += 1
+        return machine.busy
+    return Admission(jobs, cores, busy, fixed=fixed, clock=lambda: machine.now)
 
 
 def test_up_to_one_more_than_the_cores_always_start() -> None:
@@ -52,6 +56,11 @@ def test_beyond_the_floor_one_run_per_idle_window() -> None:
     m.spend(WINDOW_S * 1.01, busy_cores=2.0)
     assert not a.may_start(5)
     assert a.extra_started == 2
+    reads = m.reads
+    for _ in range(5):  # asked again within the window: the busy clock is not read
+        m.spend(WINDOW_S / 10, busy_cores=0.0)
+        assert not a.may_start(5)
+    assert m.reads == reads
 
 
 def test_never_more_than_jobs() -> None:
@@ -115,20 +124,21 @@ def test_usable_cores_follow_affinity_and_quota(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(cpu, "CGROUP_MOUNT", mount)
     monkeypatch.setattr(cpu, "SELF_CGROUP", own)
     monkeypatch.setattr(cpu, "cgroup2_mount", lambda: mount)
-    assert cpu.usable_cores() == 3  # docker --cpus 2.5 on 8 cores
+    cpus = cpu.Cpus.here()
+    assert cpus.count == 3  # docker --cpus 2.5 on 8 cores
     (mount / "ci/job/cpu.stat").write_text("usage_usec 4500000\nuser_usec 3000000\n")
-    busy = cpu.busy_clock()
+    busy = cpus.busy_clock()
     assert busy is not None and busy() == 4.5  # the quota'd cgroup's usage, not the idle machine's
     (mount / "ci/job/cpu.stat").unlink()
     a = Admission(8, 3, busy)
     assert not a.may_start(4) and a.busy is None  # accounting gone: no run beyond the floor, no error
     assert a.may_start(3)
     (mount / "ci/job/cpu.max").write_text("max 100000\n")
-    assert cpu.usable_cores() == 8
+    assert cpu.Cpus.here() == cpu.Cpus(8, None)
 
 
 def test_the_machines_busy_clock_moves() -> None:
-    busy = cpu.busy_clock()
+    busy = cpu.Cpus.here().busy_clock()
     if busy is None:
         pytest.skip("no readable CPU accounting here")
     first, own = busy(), time.process_time()

@@ -49,12 +49,12 @@ def test_job_count_from_the_environment_and_make() -> None:
     from iotests_run.cli import default_jobs, extra_arguments
     from iotests_run.errors import UsageError
 
-    assert default_jobs({"IOTESTS_RUN_JOBS": "3", "MAKEFLAGS": "rR -j8"}) == 3
-    assert default_jobs({"MAKEFLAGS": "rR -j8 --jobserver-auth=fifo:/tmp/x"}) == 8  # make -j8 check-block
-    assert default_jobs({"MAKEFLAGS": " -j 6"}) == 6
-    plain = default_jobs({})
-    assert default_jobs({"MAKEFLAGS": "rR -j --jobserver-auth=3,4"}) == plain  # make -j: no number, our default
-    assert default_jobs({"MAKEFLAGS": "rR", "IOTESTS_RUN_JOBS": "0"}) == plain
+    assert default_jobs({"IOTESTS_RUN_JOBS": "3", "MAKEFLAGS": "rR -j8"}, 2) == 3
+    assert default_jobs({"MAKEFLAGS": "rR -j8 --jobserver-auth=fifo:/tmp/x"}, 2) == 8  # make -j8 check-block
+    assert default_jobs({"MAKEFLAGS": " -j 6"}, 2) == 6
+    assert default_jobs({}, 2) == 8  # 4 x the usable cores
+    assert default_jobs({"MAKEFLAGS": "rR -j --jobserver-auth=3,4"}, 2) == 8  # make -j: no number, our default
+    assert default_jobs({"MAKEFLAGS": "rR", "IOTESTS_RUN_JOBS": "0"}, 3) == 12
     assert extra_arguments({"IOTESTS_RUN_ARGS": "--retry 1 --quarantine 'a b.txt'"}) == [
         "--retry", "1", "--quarantine", "a b.txt"]
     with pytest.raises(UsageError, match="IOTESTS_RUN_ARGS"):

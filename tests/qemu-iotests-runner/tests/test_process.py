@@ -311,10 +311,11 @@ def _most_at_once(log: Path) -> int:
 
 
 def test_more_runs_start_only_while_cores_idle(fake_tree: FakeTree, tmp_path: Path) -> None:
-    from iotests_run.cpu import busy_clock, usable_cores
+    from iotests_run.cpu import Cpus
 
-    cores = usable_cores()
-    if busy_clock() is None:
+    cpus = Cpus.here()
+    cores = cpus.count
+    if cpus.busy_clock() is None:
         pytest.skip("no CPU accounting to judge idle cores by")
     jobs, count = cores + 5, 2 * (cores + 5)
     log = tmp_path / "events"
