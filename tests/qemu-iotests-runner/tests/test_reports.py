@@ -143,3 +143,38 @@ def test_history_is_kept_per_tree_and_bounded(tmp_path: Path) -> None:
     assert len(json.loads(path.read_text())["trees"]) == history.MAX_TREES
     path.write_text("{not json")
     assert history.load(path, old_tree) == {}
+
+
+def test_result_files_follow_finished_runs_within_a_second(tmp_path: Path) -> None:
+    """Runs finishing in a burst rewrite the files once, not once each; nothing waits past a tick."""
+    import io
+
+    from iotests_run.cli import WRITE_EVERY_S, Reporter
+    from iotests_run.report.progress import Progress
+
+    now = [10.0]
+    reporter = Reporter(tmp_path, None, {"complete": False}, Progress(9, io.StringIO(), live=False), False, [],
+                        clock=lambda: now[0])
+
+    def written() -> list[str]:
+        return [r["test"] for r in json.loads((tmp_path / "results.json").read_text())["runs"]]
+
+    reporter.finished(result("001", Outcome.PASS))  # the first one goes at once
+    assert written() == ["001"]
+    for key in ("002", "003", "004"):
+        now[0] += WRITE_EVERY_S / 10
+        reporter.finished(result(key, Outcome.PASS))
+    assert written() == ["001"]  # the burst waits for the next tick ...
+    reporter.tick([])
+    assert written() == ["001", "002", "003", "004"]
+    assert [c.get("name") for c in ET.parse(tmp_path / "junit.xml").getroot().iter("testcase")] == \
+        ["001", "002", "003", "004"]
+    now[0] += WRITE_EVERY_S / 10
+    reporter.finished(result("005", Outcome.PASS))
+    assert "005" not in written()
+    now[0] += WRITE_EVERY_S
+    reporter.finished(result("006", Outcome.PASS))  # ... or for a run that ends a second after the last write
+    assert written()[-2:] == ["005", "006"]
+    inode = (tmp_path / "results.json").stat().st_ino  # a rewrite replaces the file
+    reporter.tick([])  # nothing new: nothing rewritten
+    assert (tmp_path / "results.json").stat().st_ino == inode
