@@ -4,11 +4,13 @@ iotests are a mix of CPU-bound runs (qemu-img's key derivation, qemu-io's
 pattern writes, fork-heavy bash) and runs that mostly wait (timers, QMP events,
 block jobs throttled on purpose). A fixed number of runs at a time either leaves
 cores idle while the sleepy ones wait, or crowds the cores when the busy ones
-meet, and crowding is not free: measured on 2 cores, the same qcow2 quick set
-kept the machine busy 111 core-seconds at 2 runs at a time and 127 at 4
-(context switches, page faults, polling loops that spin longer when starved). So one run more than
-there are cores always goes (the spare one covers the next run's start-up and
-the last one's clean-up), and more start only while cores actually sit idle.
+meet, and more runs than keep the cores busy buy nothing: they only stretch
+every run's wall time (and timing-sensitive iotests fail more often under load).
+So one run more than there are cores always goes (the spare one covers the next
+run's start-up and the last one's clean-up), and more start only while cores
+actually sit idle. (Whether crowding itself costs CPU could not be shown on the
+2-core machine measured: the same qcow2 quick set took 112 to 135 busy
+core-seconds between runs minutes apart, at 1, 2, 3 or 4 runs at a time alike.)
 """
 
 from __future__ import annotations
