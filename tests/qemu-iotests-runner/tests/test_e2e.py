@@ -28,6 +28,7 @@ def bench_module() -> types.ModuleType:
     loader = importlib.machinery.SourceFileLoader("iotests_bench", str(REPO / "tools" / "bench"))
     module = types.ModuleType(loader.name)
     module.__file__ = loader.path
+    sys.modules[loader.name] = module  # as an import would: dataclasses look their module up there
     loader.exec_module(module)
     return module
 
