@@ -25,7 +25,7 @@ import psutil
 from iotests_run.diagnostics import Evidence, collect
 from iotests_run.isolation import Isolation, Overlay, child_setup
 from iotests_run.sandbox import LiveRun, Registry
-from iotests_run.tracking import CgroupTracker, Tracker, kill_all
+from iotests_run.tracking import Tracker, kill_all
 
 TICK_S = 1.0
 # Below this average CPU use (fraction of one core) a process tree counts as idle.
@@ -130,8 +130,8 @@ def supervise(argv: list[str], cwd: Path, env: Mapping[str, str], output: Path, 
         returncode = proc.wait()
         leftovers = [p for p in tracker.members() if p != proc.pid]
         leaked = _describe_all(leftovers) if leftovers and not stopped else ()
-        # Only a cgroup still counts processes that have exited; the marker tracker sees the living.
-        cpu_s = round(tracker.cpu_seconds(), 3) if isinstance(tracker, CgroupTracker) else None
+        cpu = tracker.run_cpu_seconds()
+        cpu_s = None if cpu is None else round(cpu, 3)
         return Ending(returncode, stopped, detail, evidence, leaked, cpu_s)
     finally:
         tracker.close()

@@ -30,6 +30,9 @@ class Tracker(Protocol):
 
     def cpu_seconds(self) -> float: ...
 
+    def run_cpu_seconds(self) -> float | None:
+        """CPU of the run's whole process tree, processes already gone included; None when not countable."""
+
     def close(self) -> None: ...
 
 
@@ -142,6 +145,9 @@ class CgroupTracker:
         except (OSError, ValueError):
             return 0.0
 
+    def run_cpu_seconds(self) -> float | None:
+        return self.cpu_seconds()  # the cgroup keeps counting what its exited processes used
+
     def close(self) -> None:
         kill = self.path / "cgroup.kill"
         if kill.exists():
@@ -196,6 +202,9 @@ class MarkerTracker:
             except psutil.Error:
                 continue
         return total
+
+    def run_cpu_seconds(self) -> float | None:
+        return None  # only living processes carry the marker: what the exited ones used is gone
 
     def close(self) -> None:
         kill_all(self)

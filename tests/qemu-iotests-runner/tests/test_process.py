@@ -347,3 +347,17 @@ def test_more_runs_start_only_while_cores_idle(fake_tree: FakeTree, tmp_path: Pa
     assert proc.returncode == 0, proc.stderr
     assert f"{jobs} in parallel" in proc.stdout
     assert _most_at_once(log) == jobs
+
+
+def test_cpu_time_only_where_a_cgroup_counted_it(fake_tree: FakeTree, tmp_path: Path) -> None:
+    """Without a cgroup (--no-isolation: the marker tracker) what a run used is not counted: null, not 0."""
+    # a child that spins 0.3 s and is gone before the test ends: only a cgroup still counts it
+    fake_tree.add_test("001", "timeout 0.3 sh -c 'while :; do :; done'\necho done\n", out="done\n")
+    proc = run_cli(["--no-isolation", *fake_tree.args(tmp_path / "marker")])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert runs_by_test(tmp_path / "marker")[("qcow2", "001")]["cpu_s"] is None
+    proc = run_cli(fake_tree.args(tmp_path / "cgroup"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if "a cgroup per run" in proc.stdout:
+        cpu_s = runs_by_test(tmp_path / "cgroup")[("qcow2", "001")]["cpu_s"]
+        assert isinstance(cpu_s, float) and cpu_s >= 0.2
