@@ -14,7 +14,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -23,14 +23,19 @@ from typing import Any, NoReturn, TextIO
 
 from iotests_run import __version__, history, plan, reruns
 from iotests_run.cpu import Admission, Cpus
-from iotests_run.diagnostics import DEPS
 from iotests_run.discovery import discover
-from iotests_run.environment import IOTESTS_VARIABLES, iotests_environment, malloc_perturb
+from iotests_run.environment import (
+    IOTESTS_VARIABLES,
+    VARIABLE_NAME,
+    environment_for_tests,
+    iotests_environment,
+    malloc_perturb,
+)
 from iotests_run.errors import SetupError, UsageError
 from iotests_run.execute import Context, execute_all
 from iotests_run.isolation import probe
 from iotests_run.merge import merge_folders
-from iotests_run.model import Outcome, Result, Run
+from iotests_run.model import Outcome, Result, Run, fails_the_job
 from iotests_run.qemu import QemuTree, open_tree, reference_cache
 from iotests_run.report.files import write_atomically
 from iotests_run.report.html import html_report
@@ -40,9 +45,11 @@ from iotests_run.report.results_json import results_json
 from iotests_run.report.summary import closing_line, summary_text
 from iotests_run.report.tap import HEADER, tap_line, tap_plan
 from iotests_run.reruns import Quarantine
-from iotests_run.sandbox import LiveRun, Registry, ShortRoot, default_scratch, remove_tree
+from iotests_run.results_folder import check_outside, claim
+from iotests_run.sandbox import LiveRun, Registry, ShortRoot, default_scratch
 from iotests_run.services import unavailable
 from iotests_run.supervise import Limits
+from iotests_run.text import printable, terminal_safe
 from iotests_run.tracking import CgroupRoot
 from iotests_run.watchdog import start as start_watchdog
 
@@ -50,8 +57,6 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # No healthy quick iotest comes near these (the slowest take about 16 s on 2 busy cores).
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_HANG_TIMEOUT_S = 120.0
-# Our own files in a results folder; only these are replaced by a new run.
-RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
 
 
 def default_jobs(environ: Mapping[str, str], cores: int) -> int:
@@ -60,7 +65,9 @@ def default_jobs(environ: Mapping[str, str], cores: int) -> int:
     A ceiling, not a target: beyond cores + 1, runs start only while cores idle (cpu.Admission).
     """
     value = environ.get("IOTESTS_RUN_JOBS", "")
-    if value.isdigit() and int(value) > 0:
+    if value:  # set and not empty
+        if not value.strip().isdigit() or int(value) < 1:
+            raise UsageError(f"bad IOTESTS_RUN_JOBS: {printable(value)} (expected a number of at least 1)")
         return int(value)
     make = re.search(r"(?:^|\s)-j\s*(\d+)(?:\s|$)", environ.get("MAKEFLAGS", ""))
     if make and int(make.group(1)) > 0:
@@ -74,6 +81,19 @@ def extra_arguments(environ: Mapping[str, str]) -> list[str]:
         return shlex.split(environ.get("IOTESTS_RUN_ARGS", ""))
     except ValueError as exc:
         raise UsageError(f"bad IOTESTS_RUN_ARGS: {exc}") from None
+
+
+def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str],
+                    environ: Mapping[str, str]) -> argparse.Namespace:
+    """The command line over IOTESTS_RUN_ARGS: what the environment sets is only a default."""
+    extra = extra_arguments(environ)
+    if extra:
+        try:
+            defaults = parser.parse_args(extra)
+        except UsageError as exc:
+            raise UsageError(f"IOTESTS_RUN_ARGS: {exc}") from None
+        parser.set_defaults(**vars(defaults))
+    return parser.parse_args(argv)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,6 +121,12 @@ _count = _number(int, 0, False, "0 or more")
 _seconds = _number(float, 0, True, "more than 0")
 
 
+def _variable_name(value: str) -> str:
+    if not VARIABLE_NAME.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"not a variable name: {value}")
+    return value
+
+
 def _csv(value: str) -> list[str]:
     return [v for v in value.split(",") if v]
 
@@ -125,9 +151,9 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
     p.add_argument("--junit", metavar="FILE", help="also write the JUnit report here")
     p.add_argument("--tap", action="store_true", help="print TAP 13 on stdout (progress goes to stderr)")
     talk = p.add_mutually_exclusive_group()
-    talk.add_argument("-q", "--quiet", action="store_true",
+    talk.add_argument("-q", "--quiet", dest="level", action="store_const", const=QUIET, default=NORMAL,
                       help="print only failed runs and the closing line (summary.txt still has everything)")
-    talk.add_argument("-v", "--verbose", action="store_true",
+    talk.add_argument("-v", "--verbose", dest="level", action="store_const", const=VERBOSE,
                       help="a line for every finished run, on a terminal too, and each failure's diff under it")
     p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help="hard limit per run (default: %(default)g; per-test overrides in timeouts.json)")
@@ -160,6 +186,9 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
                    help="run the I-th of N duration-balanced shards (default: CI_NODE_INDEX/CI_NODE_TOTAL if set)")
     p.add_argument("--history", metavar="FILE", type=Path,
                    help="duration history to read and update (default: ~/.cache/iotests-run/durations.json)")
+    p.add_argument("--pass-env", metavar="NAME", type=_variable_name, action="append", default=[],
+                   help="let the tests see this variable although its name looks like a credential "
+                        "(TOKEN, SECRET, PASSWORD, ...: those are withheld from tests); repeatable")
     p.add_argument("--no-static-skip", action="store_true",
                    help="start every run, even those whose test declares it cannot apply (check's behaviour)")
     p.add_argument("--version", action="version", version=f"iotests-run {__version__}")
@@ -171,7 +200,7 @@ def _check_choices(kind: str, asked: list[str], known: Sequence[str], version: s
         raise UsageError(f"no {kind} given")
     for value in asked:
         if value not in known:
-            raise UsageError(f"unknown {kind}: {value} (QEMU {version} knows: {', '.join(known)})")
+            raise UsageError(f"unknown {kind}: {printable(value)} (QEMU {version} knows: {', '.join(known)})")
     return list(dict.fromkeys(asked))
 
 
@@ -186,12 +215,21 @@ def _writable_folder(path: Path, what: str) -> Path:
     return path
 
 
-def prepare_results(folder: Path) -> Path:
-    folder = _writable_folder(folder.resolve(), "results folder")
-    remove_tree(folder / "runs")
-    for name in RESULT_FILES:
-        (folder / name).unlink(missing_ok=True)
-    return folder
+def check_junit_copy(path: Path) -> Path:
+    """--junit FILE: a new file, or one holding JUnit XML already; never a folder or another file."""
+    path = path.resolve()
+    if path.is_dir():
+        raise UsageError(f"--junit {path} is a folder; name a file")
+    if path.exists():
+        try:
+            with path.open("rb") as f:
+                head = f.read(512) if path.is_file() else b""
+        except OSError as exc:
+            raise UsageError(f"--junit {path} cannot be replaced ({exc.strerror or exc})") from None
+        if head.strip() and b"<testsuite" not in head:
+            raise UsageError(f"--junit {path} exists and is not a JUnit XML file; it is left as it is")
+    _writable_folder(path.parent, "folder of --junit")
+    return path
 
 
 def _relative_to_cwd(path: Path) -> str:
@@ -221,6 +259,7 @@ class Reporter:
     progress: Progress
     tap: bool
     results: list[Result]
+    quarantine: Quarantine = field(default_factory=lambda: Quarantine(frozenset()))
     clock: Callable[[], float] = time.monotonic
     written_at: float = -math.inf
     unwritten: bool = False
@@ -230,6 +269,7 @@ class Reporter:
         self.written_at, self.unwritten = self.clock(), False
 
     def record(self, result: Result) -> None:
+        result = self.quarantine.mark(result)
         self.results.append(result)
         self.progress.finished(result)
         if self.tap:
@@ -274,23 +314,6 @@ def precompile(iotests: Path, environ: Mapping[str, str]) -> None:
             py_compile.compile(str(module), doraise=True)
         except (OSError, py_compile.PyCompileError):
             continue
-
-
-def environment_for_tests(environ: Mapping[str, str]) -> dict[str, str]:
-    """The user's environment as the tests get it: without the PYTHONPATH entries that found us.
-
-    Under make check-block (ours or a QEMU tree's after tools/qemu-integrate) or the GitLab
-    template, PYTHONPATH points at the runner's folder and its _deps; check's tests never see those.
-    """
-    mine = {str(DEPS.parent), str(DEPS)}
-    env = dict(environ)
-    if "PYTHONPATH" in env:
-        kept = [p for p in env["PYTHONPATH"].split(os.pathsep) if p and str(Path(p).resolve()) not in mine]
-        if kept:
-            env["PYTHONPATH"] = os.pathsep.join(kept)
-        else:
-            del env["PYTHONPATH"]
-    return env
 
 
 def write_html(folder: Path, results: Sequence[Result], meta: Mapping[str, Any], title: str) -> None:
@@ -409,7 +432,7 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
     quarantine = Quarantine.read(args.quarantine) if args.quarantine else Quarantine(frozenset())
     again = reruns.last_failed(Path(args.results)) if args.last_failed else None
     if again is not None and not again:
-        print(f"iotests-run: nothing failed in the previous run in {args.results}")
+        print(f"iotests-run: nothing failed in the previous run in {printable(args.results)}")
         return EXIT_OK
     formats = _check_choices("format", sorted({f for _, f, _ in again}) if again else args.format,
                              tree.formats, tree.version)
@@ -422,14 +445,18 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
         tests = catalog.select(args.tests, args.groups, args.exclude_groups)
     if not tests:
         raise UsageError("no tests selected")
-    scratch = (args.scratch or default_scratch(tree.build)).absolute()
+    scratch = (args.scratch or default_scratch(tree.build)).resolve()
+    check_outside(scratch, Path(args.results), "--scratch")
     problem = ShortRoot.check_base(scratch)
     if problem:
         raise UsageError(f"--scratch {scratch} {problem}")
     # plan runs
     history_file = args.history or reference_cache() / "durations.json"
+    history.check_usable(history_file)
     tree_id = history.tree_identity(tree.version, catalog.tests)
-    durations = history.load(history_file, tree_id)
+    durations, warning = history.load(history_file, tree_id)
+    if warning:
+        print(f"iotests-run: warning: {printable(warning)}", file=sys.stderr)
     wanted = [r for r in plan.matrix(tests, formats, protocols)
               if again is None or (r.test.key, r.format, r.protocol) in again]
     skipped, to_run = plan.static_verdicts(wanted, tree.default_machine, "writeback",
@@ -446,15 +473,15 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
         _print_plan(skipped, runs)
         return EXIT_OK
 
-    results_dir = prepare_results(Path(args.results))
-    junit_copy = None
-    if args.junit:
-        junit_copy = Path(args.junit).resolve()
-        _writable_folder(junit_copy.parent, "folder of --junit")
+    # Every output path is checked before the results folder is claimed (which empties it).
+    junit_copy = check_junit_copy(Path(args.junit)) if args.junit else None
+    held = claim(Path(args.results), "results folder")
+    results_dir = held.path
 
     # execute in sandboxes, judging each run as it ends, reporting as runs finish
     perturb = malloc_perturb(os.environ)
-    user_env = environment_for_tests(os.environ)
+    tests_env = environment_for_tests(os.environ, args.pass_env)
+    user_env = tests_env.variables
     meta: dict[str, Any] = {
         "tool": f"iotests-run {__version__}",
         "qemu": {"version": tree.version, "source": str(tree.source), "build": str(tree.build)},
@@ -464,20 +491,25 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
         "planned": len(planned),
         "skipped_without_starting": len(skipped),
         "environment": _public_environment(tree, formats, protocols, perturb, user_env),
+        "withheld_from_tests": list(tests_env.withheld),
+        "strict_flaky": args.strict_flaky,
         "complete": False,
     }
     out = sys.stderr if args.tap else sys.stdout
     admission = Admission(args.jobs, cpus.count, cpus.busy_clock(), fixed=args.fixed_jobs)
     # The durations in the history were taken about this many at a time (runs beyond it mostly wait).
     eta = Eta({r.label: cost[r] for r in runs}, admission.floor)
-    level = QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
     live = False if args.tap else None  # TAP owns the terminal: no status line redrawn beside it
-    progress = Progress(len(planned), out, level=level, eta=eta, live=live, quiet_notice_s=args.still_running_every)
-    reporter = Reporter(results_dir, junit_copy, meta, progress, args.tap, [])
+    progress = Progress(len(planned), out, level=args.level, eta=eta, live=live,
+                        quiet_notice_s=args.still_running_every)
+    reporter = Reporter(results_dir, junit_copy, meta, progress, args.tap, [], quarantine)
     if args.tap:
         print(HEADER, flush=True)
     reporter.progress.note(f"iotests-run: {len(planned)} runs of QEMU {tree.version} iotests ({tree.source}), "
                            f"{len(skipped)} known not to apply, {admission.describe()}, results in {results_dir}")
+    if tests_env.withheld:
+        reporter.progress.note(f"iotests-run: withheld from the tests (names look like credentials; --pass-env NAME "
+                               f"keeps one): {', '.join(tests_env.withheld)}")
     for result in skipped:
         reporter.record(result)
     reporter.write_files()
@@ -491,25 +523,27 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
     meta["cpu_s"] = cpu_seconds()
     reporter.write_files()
     if not interrupted:
-        history.save(history_file, tree_id, durations, results)
+        history.save(history_file, tree_id, results)
     title = f"iotests-run {__version__}: QEMU {tree.version} ({tree.source})"
-    excused = quarantine.excused(results)
-    text = summary_text(results, title, time.monotonic() - started, quarantined=excused)
+    text = summary_text(results, title, time.monotonic() - started)
     write_atomically(results_dir / "summary.txt", text)
     write_html(results_dir, results, meta, title)
     if args.tap:
         print(tap_plan(len(results)), flush=True)
     reporter.progress.close()
-    if args.quiet:
+    if args.level == QUIET:
         print(f"{closing_line(results)} (summary: {_relative_to_cwd(results_dir / 'summary.txt')})", file=out)
     else:
         print(f"HTML report: {_relative_to_cwd(results_dir / 'report.html')}", file=out)
         print("\n" + text, end="", file=out, flush=True)
-    if interrupted:
+    return exit_status(results, complete=not interrupted, strict_flaky=args.strict_flaky)
+
+
+def exit_status(results: Sequence[Result], complete: bool, strict_flaky: bool) -> int:
+    """The job's exit status, for a run and for a merge alike."""
+    if not complete:
         return EXIT_INTERRUPTED
-    failing = [r for r in results if (r.outcome.is_failure and r not in excused)
-               or (args.strict_flaky and r.outcome is Outcome.FLAKY)]
-    return EXIT_FAILED if failing else EXIT_OK
+    return EXIT_FAILED if fails_the_job(results, strict_flaky) else EXIT_OK
 
 
 def merge_main(argv: Sequence[str]) -> int:
@@ -518,16 +552,15 @@ def merge_main(argv: Sequence[str]) -> int:
     p.add_argument("out", type=Path, help="merged results folder")
     p.add_argument("inputs", type=Path, nargs="+", metavar="DIR", help="results folders of the shards")
     args = p.parse_args(argv)
-    results, meta = merge_folders(args.out, args.inputs)
-    write_machine_reports(args.out, results, meta)
+    merged = merge_folders(args.out, args.inputs)
+    out, results, meta = merged.claim.path, merged.results, merged.meta
+    write_machine_reports(out, results, meta)
     title = f"iotests-run {__version__}: merged {len(args.inputs)} results folders"
     text = summary_text(results, title, meta["wall_s"])
-    write_atomically(args.out / "summary.txt", text)
-    write_html(args.out, results, meta, title)
-    print(text, end="")
-    if not meta["complete"]:
-        return EXIT_INTERRUPTED
-    return EXIT_FAILED if any(r.outcome.is_failure for r in results) else EXIT_OK
+    write_atomically(out / "summary.txt", text)
+    write_html(out, results, meta, title)
+    print(terminal_safe(text), end="")
+    return exit_status(results, complete=meta["complete"], strict_flaky=meta["strict_flaky"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -537,10 +570,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["merge"]:
             return merge_main(argv[1:])
         cpus = Cpus.here()
-        args = make_parser(cpus).parse_args(argv + extra_arguments(os.environ))
-        return run(args, cpus)
+        return run(parse_arguments(make_parser(cpus), argv, os.environ), cpus)
     except (UsageError, SetupError) as exc:
-        print(f"iotests-run: {exc}", file=sys.stderr)
+        print(f"iotests-run: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("iotests-run: interrupted", file=sys.stderr)

@@ -16,8 +16,12 @@ from pathlib import Path
 
 from iotests_run.errors import SetupError, UsageError
 from iotests_run.model import TestCase
+from iotests_run.text import printable
 
 GROUP_PREFIX = "# group: "
+# The characters of check's own test names; a file named otherwise (as a patch under test may
+# add) would carry markup into report.html and forged lines into TAP, so it is refused.
+TEST_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
 PYTHON_SHEBANG = "#!/usr/bin/env python3"
 
 
@@ -43,17 +47,18 @@ class Catalog:
     def key_of(self, name: str) -> str:
         """check's test-name rule: `1` -> `001`; other names live in tests/."""
         if "/" in name:
-            raise UsageError(f"unknown test: {name} (name tests as check does, e.g. 040 or backing-file-invalidation)")
+            raise UsageError(f"unknown test: {printable(name)} "
+                             "(name tests as check does, e.g. 040 or backing-file-invalidation)")
         key = f"{int(name):03}" if re.fullmatch(r"\d+", name) else f"tests/{name}"
         if key not in self.tests:
-            raise UsageError(f"unknown test: {name}")
+            raise UsageError(f"unknown test: {printable(name)}")
         return key
 
     def select(self, names: list[str], groups: list[str], exclude: list[str]) -> list[TestCase]:
         known = self.all_groups()
         for g in (*groups, *exclude):
             if g not in known:
-                raise UsageError(f"unknown group: {g}")
+                raise UsageError(f"unknown group: {printable(g)}")
         keys = [self.key_of(n) for n in names]
         chosen: set[str] = set()
         if groups:
@@ -74,15 +79,23 @@ class Catalog:
 def discover(iotests: Path) -> Catalog:
     if not iotests.is_dir():
         raise SetupError(f"no iotests folder: {iotests}")
-    keys = [p.name for p in iotests.glob("[0-9][0-9][0-9]")]
+    # Regular files only: a folder or a dangling link named like a test is no test (check would crash on it).
+    keys = [p.name for p in iotests.glob("[0-9][0-9][0-9]") if p.is_file()]
     named = iotests / "tests"
     if named.is_dir():
-        keys += [f"tests/{p.name}" for p in named.iterdir()
-                 if not p.name.endswith(".out") and p.is_file() and Path(f"{p}.out").is_file()]
+        keys += [f"tests/{p.name}" for p in named.iterdir()  # as check's glob: no dot files
+                 if not p.name.startswith(".") and not p.name.endswith(".out") and p.is_file()
+                 and Path(f"{p}.out").is_file()]
+    for key in keys:
+        if not TEST_NAME.fullmatch(key.removeprefix("tests/")):
+            raise SetupError(f"refused test {printable(key)}: a test name holds only letters, digits and -_.")
     groups: dict[str, set[str]] = defaultdict(set)
     python: dict[str, bool] = {}
     for key in keys:
-        python[key], declared = _read_header(iotests / key)
+        try:
+            python[key], declared = _read_header(iotests / key)
+        except OSError as exc:
+            raise SetupError(f"cannot read test {iotests / key} ({exc.strerror or exc})") from None
         groups[key].update(declared)
     local = iotests / "group.local"
     if local.is_file():
@@ -99,5 +112,5 @@ def _read_group_local(local: Path, keys: list[str], groups: dict[str, set[str]])
         name, *extra = line.split()
         key = f"{int(name):03}" if re.fullmatch(r"\d+", name) else f"tests/{name}"
         if "/" in name or key not in keys:
-            raise SetupError(f"{local}:{number}: unknown test: {name}")
+            raise SetupError(f"{local}:{number}: unknown test: {printable(name)}")
         groups[key].update(extra)

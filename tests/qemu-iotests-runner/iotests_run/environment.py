@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Mapping
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from iotests_run.diagnostics import DEPS
 from iotests_run.qemu import QemuTree
 
 # Formats that are not "generic" (IMGFMT_GENERIC=false).
@@ -123,3 +125,43 @@ def child_environment(user_env: Mapping[str, str], iotests_env: Mapping[str, str
     env.update(iotests_env)
     env["TMPDIR"] = str(tmp_dir)
     return env
+
+
+# Names of variables that look like credentials (CI job tokens, cloud keys, registry passwords).
+# Tests never get them: a core file of a crashed QEMU holds its whole environment, and CI
+# publishes the results folder.
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|API_?KEY|ACCESS_KEY|PRIVATE|AUTH|COOKIE|"
+                         r"^CI_JOB_JWT", re.IGNORECASE)
+VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class TestsEnvironment:
+    """The user's environment as the tests get it, and the names of the variables held back."""
+
+    __test__ = False  # not a pytest class
+
+    variables: dict[str, str]
+    withheld: tuple[str, ...]
+
+
+def environment_for_tests(environ: Mapping[str, str], pass_env: Sequence[str] = ()) -> TestsEnvironment:
+    """The user's environment without what tests must not see.
+
+    - variables whose names look like credentials (SECRET_NAME), unless named in pass_env;
+      check's own variables (IMGKEYSECRET, ...) are never touched;
+    - the PYTHONPATH entries that found the runner: under make check-block (ours or a QEMU
+      tree's after tools/qemu-integrate) or the GitLab template, PYTHONPATH points at the
+      runner's folder and its _deps; check's tests never see those.
+    """
+    keep = {*pass_env, *IOTESTS_VARIABLES}
+    withheld = tuple(sorted(k for k in environ if SECRET_NAME.search(k) and k not in keep))
+    env = {k: v for k, v in environ.items() if k not in withheld}
+    mine = {str(DEPS.parent), str(DEPS)}
+    if "PYTHONPATH" in env:
+        kept = [p for p in env["PYTHONPATH"].split(os.pathsep) if p and str(Path(p).resolve()) not in mine]
+        if kept:
+            env["PYTHONPATH"] = os.pathsep.join(kept)
+        else:
+            del env["PYTHONPATH"]
+    return TestsEnvironment(env, withheld)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import shlex
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -22,6 +23,7 @@ from iotests_run.environment import Settings, child_environment, iotests_environ
 from iotests_run.isolation import Isolation, Overlay
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.qemu import QemuTree
+from iotests_run.results_folder import DIFF, LEAKED, REPRODUCER, run_folder
 from iotests_run.sandbox import Registry, ShortRoot
 from iotests_run.services import HOST_NETWORK_PROTOCOLS
 from iotests_run.supervise import Limits, supervise
@@ -60,11 +62,6 @@ class Context:
 STOPPED = {"timeout": Outcome.TIMEOUT, "hang": Outcome.HANG, "interrupted": Outcome.INTERRUPTED}
 # Outcomes worth another attempt with --retry.
 RETRYABLE = frozenset({Outcome.FAIL, Outcome.TIMEOUT, Outcome.HANG, Outcome.CRASH})
-
-
-def run_folder(run: Run) -> str:
-    """The run's artifacts folder, relative to the results folder."""
-    return f"runs/{run.combo}/{run.test.name}"
 
 
 def command_of(test: TestCase, python: str) -> list[str]:
@@ -191,20 +188,23 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
         outcome, reason = Outcome.CRASH, core_evidence.summary.splitlines()[0].split(", core kept")[0]
     leaked = ending.leaked
     if leaked:
-        (box.run_dir / "leaked.txt").write_text("\n".join(leaked) + "\n", encoding="utf-8")
+        (box.run_dir / LEAKED).write_text("\n".join(leaked) + "\n", encoding="utf-8")
     if outcome is Outcome.PASS and not leaked:
         box.discard()
         return Result(run, Outcome.PASS, "", duration, cpu_s=ending.cpu_s)
-    box.keep()
+    notes = [e.summary for e in (ending.evidence, core_evidence) if e is not None and e.summary]
+    try:
+        box.keep()
+    except (OSError, subprocess.CalledProcessError) as exc:  # the verdict stands whatever its TEST_DIR does
+        notes.append(f"TEST_DIR not kept: {exc}")
     if diff:
-        (box.run_dir / "diff.txt").write_text(diff + "\n", encoding="utf-8")
-    _write_reproducer(box.run_dir / "reproduce.sh", run.test.path.parent, iotests_env, argv)
-    attachments = [f"{rel}/{output.name}"] + [f"{rel}/diff.txt"] * bool(diff) + [f"{rel}/leaked.txt"] * bool(leaked)
+        (box.run_dir / DIFF).write_text(diff + "\n", encoding="utf-8")
+    _write_reproducer(box.run_dir / REPRODUCER, run.test.path.parent, iotests_env, argv)
+    attachments = [f"{rel}/{output.name}"] + [f"{rel}/{DIFF}"] * bool(diff) + [f"{rel}/{LEAKED}"] * bool(leaked)
     if ending.evidence is not None:
         attachments += [f"{rel}/diagnostics/{f}" for f in ending.evidence.files]
     if core_evidence is not None:
         attachments += [f"{rel}/cores/{f}" for f in core_evidence.files]
-    notes = [e.summary for e in (ending.evidence, core_evidence) if e is not None and e.summary]
     return Result(run, outcome, reason, duration, diff=diff, artifacts=rel, output_tail=_tail(output),
                   diagnostics="\n".join(notes),
                   attachments=tuple(attachments), leaked=leaked, cpu_s=ending.cpu_s)

@@ -1,67 +1,76 @@
 """`iotests-run merge OUT DIR...`: join the results folders of CI shards into one.
 
-Reads each shard's results.json, copies its runs/ artifacts, and writes one
-junit.xml, results.json and summary.txt in OUT, exactly as a single run would.
+Every input is read and checked, and OUT is checked against them, before anything is
+written; then OUT is claimed (results_folder.claim), the shards' runs/ artifacts are copied
+in, and one junit.xml, results.json and summary.txt are written there, as a single run would.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from iotests_run.errors import SetupError, UsageError
-from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.model import Result
+from iotests_run.results_folder import RUNS, Claim, Recorded, claim, read_results
 
 
-def _load(folder: Path) -> dict[str, Any]:
-    try:
-        data: dict[str, Any] = json.loads((folder / "results.json").read_text())
-        if not isinstance(data.get("runs"), list):
-            raise ValueError("no runs list")
-        return data
-    except (OSError, ValueError, AttributeError) as exc:
-        raise UsageError(f"not a results folder: {folder} ({exc})") from None
+@dataclass
+class Merged:
+    results: list[Result]
+    meta: dict[str, Any]
+    claim: Claim
 
 
-def _result(record: dict[str, Any], iotests: Path, out: Path) -> Result:
-    key = record.get("key") or record["test"]
-    run = Run(TestCase(key=key, path=iotests / key, groups=frozenset()), record["format"], record["protocol"])
-    artifacts = record.get("artifacts")
-    diff = ""
-    if artifacts and (out / artifacts / "diff.txt").is_file():
-        diff = (out / artifacts / "diff.txt").read_text(encoding="utf-8", errors="replace").rstrip("\n")
-    return Result(run, Outcome(record["outcome"]), record.get("reason", ""), float(record.get("duration_s", 0)),
-                  diff=diff, artifacts=artifacts, diagnostics=record.get("diagnostics", ""),
-                  attachments=tuple(record.get("attachments", ())), leaked=tuple(record.get("leaked", ())),
-                  cpu_s=None if record.get("cpu_s") is None else float(record["cpu_s"]))
+def _meta_number(shard: Recorded, name: str, default: float) -> float:
+    value = shard.meta.get(name, default)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise UsageError(f"merge: {shard.folder / 'results.json'}: {name}: expected a number")
+    return float(value)
 
 
-def merge_folders(out: Path, inputs: list[Path]) -> tuple[list[Result], dict[str, Any]]:
+def _check_folders(out: Path, inputs: list[Path]) -> None:
+    target = out.resolve()
+    seen: dict[Path, Path] = {}
+    for folder in inputs:
+        real = folder.resolve()
+        if real in seen:
+            raise UsageError(f"merge: {folder} is named twice (as {seen[real]})")
+        seen[real] = folder
+        if real == target or real in target.parents or target in real.parents:
+            raise UsageError(f"merge: OUT {out} overlaps the input {folder}: name a folder outside every input")
+
+
+def merge_folders(out: Path, inputs: list[Path]) -> Merged:
     if not inputs:
         raise UsageError("merge needs at least one results folder")
-    shards = [_load(folder) for folder in inputs]
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        for folder in inputs:
-            if (folder / "runs").is_dir() and folder.resolve() != out.resolve():
-                shutil.copytree(folder / "runs", out / "runs", symlinks=True, dirs_exist_ok=True)
-    except OSError as exc:
-        raise SetupError(f"cannot write merged results to {out}: {exc}") from None
-    results: list[Result] = []
-    seen: set[tuple[str, str]] = set()
-    for data in shards:
-        iotests = Path(data.get("qemu", {}).get("source", ".")) / "tests" / "qemu-iotests"
-        for record in data["runs"]:
-            ident = (f"{record['format']}-{record['protocol']}", record.get("key") or record["test"])
+    _check_folders(out, inputs)
+    shards = [read_results(folder, "merge") for folder in inputs]
+    seen: dict[tuple[str, str, str], Path] = {}
+    for shard in shards:
+        for ident in shard.idents():
             if ident in seen:
-                raise UsageError(f"run {ident[0]} {ident[1]} appears in more than one shard")
-            seen.add(ident)
-            results.append(_result(record, iotests, out))
-    meta = {k: v for k, v in shards[0].items() if k != "runs"}
+                raise UsageError(f"merge: run {ident[1]}-{ident[2]} {ident[0]} is in both {seen[ident]} "
+                                 f"and {shard.folder}")
+            seen[ident] = shard.folder
+    meta = dict(shards[0].meta)
     meta["merged_from"] = [str(f) for f in inputs]
-    meta["complete"] = all(d.get("complete", False) for d in shards)
-    meta["planned"] = sum(int(d.get("planned", 0)) for d in shards)
-    meta["wall_s"] = max(float(d.get("wall_s", 0.0)) for d in shards)  # shards run side by side
-    return results, meta
+    meta["complete"] = all(s.meta.get("complete") is True for s in shards)
+    meta["strict_flaky"] = any(s.meta.get("strict_flaky") is True for s in shards)
+    meta["planned"] = int(sum(_meta_number(s, "planned", 0) for s in shards))
+    meta["wall_s"] = max(_meta_number(s, "wall_s", 0.0) for s in shards)  # shards run side by side
+    held = claim(out, "merge OUT")
+    try:
+        for folder in inputs:
+            if (folder / RUNS).is_dir():
+                shutil.copytree(folder / RUNS, held.path / RUNS, symlinks=True, dirs_exist_ok=True)
+    except (OSError, shutil.Error) as exc:
+        raise SetupError(f"cannot write merged results to {out}: {exc}") from None
+    results = []
+    for shard in shards:
+        source = shard.meta.get("qemu", {}).get("source") if isinstance(shard.meta.get("qemu"), dict) else None
+        iotests = Path(source if isinstance(source, str) else ".") / "tests" / "qemu-iotests"
+        results += [shard.result(record, iotests, held.path) for record in shard.records]
+    return Merged(results, meta, held)

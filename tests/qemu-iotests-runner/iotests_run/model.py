@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,3 +73,10 @@ class Result:
     attachments: tuple[str, ...] = ()  # files relative to the results folder (diagnostics, diff, output)
     leaked: tuple[str, ...] = ()  # processes the run left behind ("PID command"), killed by the runner
     cpu_s: float | None = None  # CPU time of the run's processes, when a cgroup counted it
+    quarantined: bool = False  # a failure --quarantine excuses: reported, but the job does not fail for it
+
+
+def fails_the_job(results: Iterable[Result], strict_flaky: bool) -> bool:
+    """The one rule, for a run and for a merge of shards: a failure not quarantined, or flaky under --strict-flaky."""
+    return any((r.outcome.is_failure and not r.quarantined) or (strict_flaky and r.outcome is Outcome.FLAKY)
+               for r in results)

@@ -12,8 +12,11 @@ from iotests_run.environment import NON_GENERIC_FORMATS
 from iotests_run.errors import UsageError
 from iotests_run.history import history_key
 from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.text import printable
 from iotests_run.verdict import reference_output
 
+# GitLab's `parallel:` allows 200 jobs; far more shards than runs only spread nothing thinner.
+MAX_SHARDS = 1000
 # Estimate for a run never seen before: about the median quick iotest.
 UNKNOWN_ESTIMATE_S = 1.0
 
@@ -56,8 +59,8 @@ class Shard:
     @staticmethod
     def parse(text: str) -> Shard:
         m = re.fullmatch(r"(\d+)/(\d+)", text.strip())
-        if not m or not 1 <= int(m.group(1)) <= int(m.group(2)):
-            raise UsageError(f"bad shard: {text} (expected I/N with 1 <= I <= N)")
+        if not m or not 1 <= int(m.group(1)) <= int(m.group(2)) <= MAX_SHARDS:
+            raise UsageError(f"bad shard: {printable(text)} (expected I/N with 1 <= I <= N <= {MAX_SHARDS})")
         return Shard(int(m.group(1)), int(m.group(2)))
 
 

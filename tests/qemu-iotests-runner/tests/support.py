@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -57,11 +58,43 @@ class Completed:
 
 
 def run_cli(args: Sequence[str], cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 600) -> Completed:
-    """The real command, in a child process, as a user would run it."""
-    proc = subprocess.run([sys.executable, "-m", "iotests_run", *args], cwd=cwd, env=env,
+            timeout: float = 600, as_nobody: bool = False) -> Completed:
+    """The real command, in a child process, as a user would run it (as_nobody: as an unprivileged user)."""
+    python = sys.executable
+    if as_nobody and os.geteuid() == 0:
+        python, env = _unprivileged_python(env)
+    proc = subprocess.run([python, "-m", "iotests_run", *args], cwd=cwd, env=env,
+                          user=NOBODY if as_nobody and os.geteuid() == 0 else None,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
     return Completed(proc.returncode, proc.stdout, proc.stderr)
+
+
+NOBODY = 65534
+
+
+def _unprivileged_python(env: dict[str, str] | None) -> tuple[str, dict[str, str]]:
+    """An interpreter of this Python version that an unprivileged user may run, finding the installed runner.
+
+    A pyenv interpreter under /root is out of reach for other users; the system's one of the
+    same version loads the runner and its dependencies from this environment's site-packages.
+    """
+    import pytest
+
+    import iotests_run
+
+    site = str(Path(iotests_run.__file__).resolve().parents[1])
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = site
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (sys.executable, f"/usr/bin/{version}", f"/usr/local/bin/{version}"):
+        try:
+            probe = subprocess.run([python, "-c", "import iotests_run, psutil"], user=NOBODY, env=env, cwd="/",
+                                   capture_output=True, stdin=subprocess.DEVNULL)
+        except OSError:
+            continue
+        if probe.returncode == 0:
+            return python, env
+    pytest.skip(f"no {version} that an unprivileged user can run with the runner installed")
 
 
 @dataclass

@@ -86,10 +86,24 @@ def test_malloc_perturb_from_environment_or_random() -> None:
 
 def test_tests_do_not_see_the_pythonpath_that_found_the_runner() -> None:
     import iotests_run
-    from iotests_run.cli import environment_for_tests
+    from iotests_run.environment import environment_for_tests
 
     ours = Path(iotests_run.__file__).resolve().parents[1]
     env = environment_for_tests({"PYTHONPATH": f"{ours}:{ours}/_deps:/home/me/lib", "HOME": "/home/me"})
-    assert env == {"PYTHONPATH": "/home/me/lib", "HOME": "/home/me"}
-    assert "PYTHONPATH" not in environment_for_tests({"PYTHONPATH": f"{ours}/_deps/"})
-    assert environment_for_tests({"X": "1"}) == {"X": "1"}
+    assert env.variables == {"PYTHONPATH": "/home/me/lib", "HOME": "/home/me"}
+    assert "PYTHONPATH" not in environment_for_tests({"PYTHONPATH": f"{ours}/_deps/"}).variables
+    assert environment_for_tests({"X": "1"}).variables == {"X": "1"}
+
+
+def test_tests_do_not_get_credentials_but_keep_checks_variables() -> None:
+    from iotests_run.environment import environment_for_tests
+
+    user = {"CI_JOB_TOKEN": "t", "GITLAB_TOKEN": "g", "AWS_SECRET_ACCESS_KEY": "a", "REGISTRY_PASSWORD": "r",
+            "MY_PASSWD": "p", "GOOGLE_APPLICATION_CREDENTIALS": "c", "OPENAI_API_KEY": "o", "SSH_PRIVATE": "s",
+            "HTTP_AUTHORIZATION": "h", "CI_JOB_JWT_V2": "j", "ci_job_token": "lower",
+            "IMGKEYSECRET": "123456", "HOME": "/root", "PATH": "/bin", "CI_JOB_ID": "42"}
+    env = environment_for_tests(user)
+    assert env.variables == {"IMGKEYSECRET": "123456", "HOME": "/root", "PATH": "/bin", "CI_JOB_ID": "42"}
+    assert set(env.withheld) == set(user) - set(env.variables)
+    kept = environment_for_tests(user, pass_env=["GITLAB_TOKEN"])
+    assert kept.variables["GITLAB_TOKEN"] == "g" and "GITLAB_TOKEN" not in kept.withheld

@@ -211,7 +211,7 @@ def test_shards_cover_the_plan_once_and_merge_joins_them(fake_tree: FakeTree, tm
     page = (merged / "report.html").read_text()
     assert page.count('class="cell o-pass"') == 6 and 'href="runs/qcow2-file/003/diff.txt"' in page
     bad = run_cli(["merge", str(tmp_path / "m2"), str(tmp_path / "nowhere")])
-    assert bad.returncode == 2 and "not a results folder" in bad.stderr
+    assert bad.returncode == 2 and "merge: no results.json in" in bad.stderr
 
 
 def test_retry_makes_a_fail_then_pass_flaky_and_keeps_every_attempt(fake_tree: FakeTree, tmp_path: Path) -> None:
@@ -264,7 +264,7 @@ def test_last_failed_and_quarantine(fake_tree: FakeTree, tmp_path: Path) -> None
     assert bad.returncode == 2 and "quarantine:1" in bad.stderr
     empty = tmp_path / "empty-results"
     bad = run_cli(["--last-failed", *fake_tree.args(empty)])
-    assert bad.returncode == 2 and "no previous results.json" in bad.stderr
+    assert bad.returncode == 2 and "--last-failed: no results.json in" in bad.stderr
 
 
 def test_patchew_script_puts_the_summary_first(fake_tree: FakeTree, tmp_path: Path) -> None:

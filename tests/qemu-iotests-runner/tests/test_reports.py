@@ -58,11 +58,11 @@ def test_junit_text_is_bounded() -> None:
 
 def test_results_json_contract() -> None:
     data = json.loads(results_json(RESULTS, {"complete": True}))
-    assert data["complete"] is True
+    assert data["complete"] is True and data["schema"] == 2
     run = next(r for r in data["runs"] if r["test"] == "002")
     assert run == {"test": "002", "format": "qcow2", "protocol": "file", "outcome": "fail",
                    "reason": "output mismatch", "duration_s": 2.0, "cpu_s": None, "artifacts": "runs/qcow2-file/002",
-                   "leaked": [], "key": "002", "diagnostics": "", "attachments": []}
+                   "leaked": [], "key": "002", "diagnostics": "", "attachments": [], "quarantined": False}
     assert {r["outcome"] for r in data["runs"]} == {"pass", "fail", "not-run", "interrupted"}
 
 
@@ -133,16 +133,52 @@ def test_history_is_kept_per_tree_and_bounded(tmp_path: Path) -> None:
     assert len({old_tree, new_tree, fake}) == 3
     assert history.tree_identity("7.2.0", ["041", "001"]) == old_tree  # wherever the tree lies
     run = matrix([case("041")], ["qcow2"], ["file"])[0]
-    history.save(path, old_tree, {}, [Result(run, Outcome.PASS, duration_s=40.0)])
-    history.save(path, fake, {}, [Result(run, Outcome.PASS, duration_s=0.03)])
-    assert history.load(path, old_tree) == {"qcow2-file/041": 40.0}  # the fake tree did not overwrite it
-    assert history.load(path, new_tree) == {}
+    history.save(path, old_tree, [Result(run, Outcome.PASS, duration_s=40.0)])
+    history.save(path, fake, [Result(run, Outcome.PASS, duration_s=0.03)])
+    assert history.load(path, old_tree) == ({"qcow2-file/041": 40.0}, None)  # the fake tree did not overwrite it
+    assert history.load(path, new_tree) == ({}, None)
     for i in range(history.MAX_TREES + 3):
-        history.save(path, f"tree {i}", {}, [])
-    assert history.load(path, old_tree) == {}  # the least recently used trees are dropped
+        history.save(path, f"tree {i}", [])
+    assert history.load(path, old_tree) == ({}, None)  # the least recently used trees are dropped
     assert len(json.loads(path.read_text())["trees"]) == history.MAX_TREES
-    path.write_text("{not json")
-    assert history.load(path, old_tree) == {}
+
+
+def test_history_refuses_a_file_that_is_not_one_and_ignores_bad_durations(tmp_path: Path) -> None:
+    from iotests_run import history
+    from iotests_run.errors import UsageError
+
+    run = matrix([case("041")], ["qcow2"], ["file"])[0]
+    for text in ("{not json", "my thesis\n", '{"other": 1}', "[1, 2]", "[" * 100_000):
+        path = tmp_path / "notes.txt"
+        path.write_text(text)
+        with pytest.raises(UsageError, match="not an iotests-run duration history"):
+            history.check_usable(path)
+        history.save(path, "tree", [Result(run, Outcome.PASS, duration_s=4.0)])
+        assert path.read_text() == text  # never overwritten
+    with pytest.raises(UsageError, match="not an iotests-run duration history"):
+        history.check_usable(tmp_path)  # a folder
+    empty = tmp_path / "empty.json"
+    empty.write_text("")
+    history.check_usable(empty)  # mktemp's empty file is fine
+    history.check_usable(tmp_path / "absent.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"trees": {"t": {"used": 1, "durations": {"qcow2-file/041": NaN, "qcow2-file/001": 2}}}}')
+    history.check_usable(bad)
+    durations, warning = history.load(bad, "t")
+    assert durations == {} and warning is not None and "not all durations are finite" in warning
+    history.save(bad, "t", [Result(run, Outcome.PASS, duration_s=4.0)])
+    assert history.load(bad, "t") == ({"qcow2-file/041": 4.0}, None)  # the bad entry gave way
+
+
+def test_history_saves_of_two_invocations_both_land(tmp_path: Path) -> None:
+    """Each save re-reads the file under a lock: a run that loaded it earlier does not drop another's durations."""
+    from iotests_run import history
+
+    path = tmp_path / "durations.json"
+    a, b = (matrix([case(n)], ["qcow2"], ["file"])[0] for n in ("001", "002"))
+    history.save(path, "t", [Result(a, Outcome.PASS, duration_s=1.0)])
+    history.save(path, "t", [Result(b, Outcome.PASS, duration_s=2.0)])
+    assert history.load(path, "t") == ({"qcow2-file/001": 1.0, "qcow2-file/002": 2.0}, None)
 
 
 def test_result_files_follow_finished_runs_within_a_second(tmp_path: Path) -> None:

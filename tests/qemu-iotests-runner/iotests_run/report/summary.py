@@ -34,7 +34,7 @@ def _counts_table(results: Sequence[Result]) -> str:
     return _table(rows, ["format-protocol", *used, "runs", "test time s"])
 
 
-def summary_text(results: Sequence[Result], title: str, wall_s: float, quarantined: Sequence[Result] = ()) -> str:
+def summary_text(results: Sequence[Result], title: str, wall_s: float) -> str:
     parts = [title, "", _counts_table(results)]
     bad = [r for r in results if r.outcome.is_failure or r.outcome is Outcome.INTERRUPTED]
     if bad:
@@ -54,6 +54,7 @@ def summary_text(results: Sequence[Result], title: str, wall_s: float, quarantin
     if ran:
         rows = [[r.run.combo, r.run.test.name, f"{r.duration_s:.1f}"] for r in ran]
         parts += ["", "Slowest runs:", _table(rows, ["format-protocol", "test", "s"])]
+    quarantined = [r for r in results if r.quarantined]
     if quarantined:
         parts += ["", "Quarantined (reported, not failing the job): " + ", ".join(r.run.label for r in quarantined)]
     parts += ["", f"Wall time {wall_s:.1f} s", closing_line(results)]

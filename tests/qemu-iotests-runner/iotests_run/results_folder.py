@@ -1,0 +1,257 @@
+"""The results folder: what iotests-run owns there, how it claims and locks it, how it reads it back.
+
+A folder is iotests-run's when it holds the MARKER file, written the first time a run or a
+merge uses it. Nothing in a folder is removed or replaced unless the folder is ours, new or
+empty; a results folder from before the marker existed (only our files, a results.json we
+wrote) is taken over. The marker is also the lock: an invocation holds an exclusive flock on
+it from its claim to its exit, so a second one on the same folder stops at once, naming it.
+
+Layout (a contract for CI and tools): junit.xml, results.json, summary.txt, report.html, and
+runs/FORMAT-PROTOCOL/TEST/ with the artifacts of every run that did not pass cleanly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from iotests_run.discovery import TEST_NAME
+from iotests_run.errors import UsageError
+from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.sandbox import remove_tree
+from iotests_run.text import printable
+
+MARKER = ".iotests-run"
+RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
+RUNS = "runs"
+# Files of a run's artifacts folder.
+DIFF, LEAKED, REPRODUCER = "diff.txt", "leaked.txt", "reproduce.sh"
+SCHEMA = 2  # results.json's "schema": 2 added it and each run's "quarantined"
+# How much of a recorded diff.txt merge reads back (the full file stays in the artifacts).
+DIFF_READ_BYTES = 1 << 20
+
+
+def run_folder(run: Run) -> str:
+    """The run's artifacts folder, relative to the results folder."""
+    return f"{RUNS}/{run.combo}/{run.test.name}"
+
+
+# Claiming ------------------------------------------------------------------------------------------
+
+@dataclass
+class Claim:
+    """An exclusive hold on a results folder, released when the invocation exits (or on close)."""
+
+    path: Path
+    fd: int
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def _is_previous_results(folder: Path, entries: list[str]) -> bool:
+    """A folder written by an iotests-run from before the marker: only our names, our results.json."""
+    ours = {*RESULT_FILES, RUNS}
+    if not all(e in ours or any(e.startswith(f".{f}.") for f in RESULT_FILES) for e in entries):
+        return False
+    try:
+        data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        return str(data.get("tool", "")).startswith("iotests-run ")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        return False
+
+
+def _holder(marker: Path) -> str:
+    try:
+        for line in marker.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("pid "):
+                return f" (pid {line[4:].strip()})"
+    except OSError:
+        pass
+    return ""
+
+
+def claim(folder: Path, what: str) -> Claim:
+    """Make the folder ours and lock it, then remove the previous run's results from it.
+
+    Refused (UsageError, nothing touched): a path that is not a folder, a non-empty folder
+    that is not ours, a folder another invocation holds.
+    """
+    folder = folder.resolve()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{what} is not a folder: {folder}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        entries = os.listdir(folder)
+    except OSError as exc:
+        raise UsageError(f"{what} is not writable: {folder} ({exc.strerror or exc})") from None
+    marker = folder / MARKER
+    if MARKER not in entries and entries and not _is_previous_results(folder, entries):
+        raise UsageError(f"{what} {folder} is not empty and not an iotests-run results folder (no {MARKER} "
+                         "in it): nothing in it was touched; name a new or empty folder")
+    try:
+        fd = os.open(marker, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise UsageError(f"{what} is not usable: {marker} ({exc.strerror or exc})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise UsageError(f"{what} {folder} is in use by another iotests-run{_holder(marker)}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"iotests-run's results folder: its next run here replaces what is in it.\npid {os.getpid()}\n"
+             .encode())
+    remove_tree(folder / RUNS)
+    for name in RESULT_FILES:
+        (folder / name).unlink(missing_ok=True)
+    return Claim(folder, fd)
+
+
+def check_outside(path: Path, folder: Path, what: str) -> None:
+    """Refuse a path that lies in (or is) a results folder, which every run empties."""
+    real, results = path.resolve(), folder.resolve()
+    if real == results or results in real.parents:
+        raise UsageError(f"{what} {path} is inside the results folder {folder}, which each run empties")
+
+
+# Records: written by each run, read back by merge and --last-failed --------------------------------
+
+def run_record(result: Result) -> dict[str, Any]:
+    return {
+        "test": result.run.test.name,
+        "format": result.run.format,
+        "protocol": result.run.protocol,
+        "outcome": result.outcome.value,
+        "reason": result.reason,
+        "duration_s": result.duration_s,
+        "cpu_s": result.cpu_s,
+        "artifacts": result.artifacts,
+        "leaked": list(result.leaked),
+        "key": result.run.test.key,
+        "diagnostics": result.diagnostics,
+        "attachments": list(result.attachments),
+        "quarantined": result.quarantined,
+    }
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _word(value: Any) -> bool:
+    return isinstance(value, str) and bool(value) and all(c.isalnum() or c in "_.+-" for c in value)
+
+
+def _seconds(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def _inside(value: Any) -> bool:
+    """A path relative to the results folder that stays in its runs/ folder."""
+    if not isinstance(value, str) or not value.startswith(f"{RUNS}/") or "\\" in value:
+        return False
+    parts = PurePosixPath(value).parts
+    return ".." not in parts and all(p.isprintable() for p in parts)
+
+
+def _texts(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _paths(value: Any) -> bool:
+    return isinstance(value, list) and all(_inside(v) for v in value)
+
+
+# field: (required, accepts, what it must be)
+_FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
+    "test": (True, lambda v: isinstance(v, str) and bool(TEST_NAME.fullmatch(v)), "a test name"),
+    "format": (True, _word, "a format name"),
+    "protocol": (True, _word, "a protocol name"),
+    "outcome": (True, lambda v: v in {o.value for o in Outcome}, f"one of {', '.join(o.value for o in Outcome)}"),
+    "key": (False, lambda v: isinstance(v, str) and bool(TEST_NAME.fullmatch(v.removeprefix("tests/"))),
+            "a test key"),
+    "reason": (False, _text, "text"),
+    "diagnostics": (False, _text, "text"),
+    "duration_s": (False, _seconds, "seconds (a finite number, 0 or more)"),
+    "cpu_s": (False, lambda v: v is None or _seconds(v), "seconds or null"),
+    "artifacts": (False, lambda v: v is None or _inside(v), "null or a folder under runs/"),
+    "attachments": (False, _paths, "a list of files under runs/"),
+    "leaked": (False, _texts, "a list of text"),
+    "quarantined": (False, lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def _checked(record: Any, where: str) -> dict[str, Any]:
+    if not isinstance(record, dict):
+        raise UsageError(f"{where}: expected an object")
+    for name, (required, accepts, wanted) in _FIELDS.items():
+        if name not in record:
+            if required:
+                raise UsageError(f"{where}: no {name!r}")
+        elif not accepts(record[name]):
+            raise UsageError(f"{where}.{name}: expected {wanted}, found {printable(json.dumps(record[name]))[:80]}")
+    return record
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number results.json may hold")
+
+
+@dataclass(frozen=True)
+class Recorded:
+    folder: Path
+    meta: dict[str, Any]
+    records: list[dict[str, Any]]  # each checked against _FIELDS
+
+    def idents(self) -> list[tuple[str, str, str]]:
+        """(test key, format, protocol) of each run."""
+        return [(r.get("key") or r["test"], r["format"], r["protocol"]) for r in self.records]
+
+    def result(self, record: dict[str, Any], iotests: Path, artifacts_in: Path) -> Result:
+        """The Result a record describes; its diff read back from the artifacts under artifacts_in."""
+        key, fmt, proto = record.get("key") or record["test"], record["format"], record["protocol"]
+        folder = record.get("artifacts")
+        return Result(Run(TestCase(key=key, path=iotests / key, groups=frozenset()), fmt, proto),
+                      Outcome(record["outcome"]), record.get("reason", ""), float(record.get("duration_s", 0)),
+                      diff=_read_diff(artifacts_in / folder / DIFF) if folder else "", artifacts=folder,
+                      diagnostics=record.get("diagnostics", ""), attachments=tuple(record.get("attachments", ())),
+                      leaked=tuple(record.get("leaked", ())), cpu_s=record.get("cpu_s"),
+                      quarantined=record.get("quarantined", False))
+
+
+def _read_diff(path: Path) -> str:
+    """A recorded diff.txt: a regular file only (never a link a merged folder planted), bounded."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return ""
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return f.read(DIFF_READ_BYTES).decode("utf-8", errors="replace").rstrip("\n")
+
+
+def read_results(folder: Path, what: str) -> Recorded:
+    """A results folder's results.json, every run record checked; anything else is one UsageError line."""
+    path = folder / "results.json"
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
+    except FileNotFoundError:
+        raise UsageError(f"{what}: no results.json in {folder}") from None
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"{what}: {path} is not a results.json ({printable(str(exc))[:120]})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
+        raise UsageError(f"{what}: {path} is not a results.json (no runs list)")
+    records = [_checked(r, f"{what}: {path}: runs[{i}]") for i, r in enumerate(data["runs"])]
+    return Recorded(folder, {k: v for k, v in data.items() if k != "runs"}, records)
