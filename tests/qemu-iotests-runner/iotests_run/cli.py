@@ -49,7 +49,7 @@ from iotests_run.results_folder import check_outside, claim
 from iotests_run.sandbox import LiveRun, Registry, ShortRoot, default_scratch
 from iotests_run.services import unavailable
 from iotests_run.supervise import Limits
-from iotests_run.text import printable, terminal_safe
+from iotests_run.text import printable
 from iotests_run.tracking import CgroupRoot
 from iotests_run.watchdog import start as start_watchdog
 
@@ -559,7 +559,7 @@ def merge_main(argv: Sequence[str]) -> int:
     text = summary_text(results, title, meta["wall_s"])
     write_atomically(out / "summary.txt", text)
     write_html(out, results, meta, title)
-    print(terminal_safe(text), end="")
+    print(text, end="")
     return exit_status(results, complete=meta["complete"], strict_flaky=meta["strict_flaky"])
 
 

@@ -28,6 +28,9 @@ from iotests_run.sandbox import LiveRun, Registry
 from iotests_run.tracking import Tracker, kill_all
 
 TICK_S = 1.0
+# A process the test told to stop just before it exited (nbd-qemu-allocation's qemu-nbd gets
+# SIGTERM and the test does not wait) is not a leak: leftovers get this long to go by themselves.
+LEAK_GRACE_S = 2.0
 # Below this average CPU use (fraction of one core) a process tree counts as idle.
 IDLE_CPU_RATE = 0.005
 
@@ -59,6 +62,16 @@ def _describe_all(pids: list[int]) -> tuple[str, ...]:
         except psutil.Error:
             continue
     return tuple(out)
+
+
+def _leftovers(tracker: Tracker, test_pid: int, grace_s: float) -> list[int]:
+    """The run's processes still there once the test exited, after up to grace_s for those on their way out."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        left = [p for p in tracker.members() if p != test_pid]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
 
 
 def _wait_exit(pidfd: int, timeout: float) -> bool:
@@ -128,8 +141,7 @@ def supervise(argv: list[str], cwd: Path, env: Mapping[str, str], output: Path, 
         if stopped:
             _terminate(proc, tracker, limits.grace_s if stopped != "interrupted" else 1.0)
         returncode = proc.wait()
-        leftovers = [p for p in tracker.members() if p != proc.pid]
-        leaked = _describe_all(leftovers) if leftovers and not stopped else ()
+        leaked = () if stopped else _describe_all(_leftovers(tracker, proc.pid, LEAK_GRACE_S))
         cpu = tracker.run_cpu_seconds()
         cpu_s = None if cpu is None else round(cpu, 3)
         return Ending(returncode, stopped, detail, evidence, leaked, cpu_s)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import importlib.machinery
 import json
 import os
@@ -148,9 +149,12 @@ def test_real_qemu_hang_and_daemon_leak(reference_tree: ReferenceTree, tmp_path:
     tree.add_test("003", '"$QEMU_IMG_PROG" create -f raw "$TEST_DIR/r.img" 1M >/dev/null\n'
                          '"$QEMU_IO_PROG" -f raw -c "sigraise 11" "$TEST_DIR/r.img"\n', out="")
     results = tmp_path / "results"
+    secrets = {"CI_JOB_TOKEN": "ci-job-token-0451", "GITLAB_TOKEN": "glpat-0451", "REGISTRY_PASSWORD": "hunter0451",
+               "AWS_SECRET_ACCESS_KEY": "aws-secret-0451"}
     proc = run_cli(["--qemu-source", str(tree.source), "--qemu-build", str(reference_tree.build),
-                    "--results", str(results), "--hang-timeout", "3"])
+                    "--results", str(results), "--hang-timeout", "3"], env=dict(os.environ, **secrets))
     assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "withheld from the tests" in proc.stdout and "CI_JOB_TOKEN" in proc.stdout
     runs = {r["test"]: r for r in json.loads((results / "results.json").read_text())["runs"]}
     assert runs["001"]["outcome"] == "hang"
     gdb = next((results / "runs/qcow2-file/001/diagnostics").glob("gdb-*-qemu-system-x86_64.txt")).read_text()
@@ -167,10 +171,23 @@ def test_real_qemu_hang_and_daemon_leak(reference_tree: ReferenceTree, tmp_path:
         backtrace = (results / "runs/qcow2-file/003/cores/core-1-qemu-io-backtrace.txt").read_text()
         assert "sigraise_f" in backtrace and "qemuio_command" in backtrace
         assert "qemu-io died of SIGSEGV" in runs["003"]["diagnostics"]
+        core = gzip.decompress((results / "runs/qcow2-file/003/cores/core-1.gz").read_bytes())
+        assert b"QEMU_IO_PROG=" in core  # the environment is in the core ...
+        assert not [v for v in secrets.values() if v.encode() in core]  # ... but no credential
     else:
         assert "no core dumps: " in proc.stdout
+    everything = b"".join(p.read_bytes() for p in results.rglob("*") if p.is_file() and p.suffix != ".gz")
+    assert not [v for v in secrets.values() if v.encode() in everything]
     assert not list(tree.iotests.glob("core*"))
     assert subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True).stdout == b""
+
+
+def test_a_daemon_stopped_as_its_test_ends_is_no_leak(reference_tree: ReferenceTree, tmp_path: Path) -> None:
+    """nbd-qemu-allocation sends its qemu-nbd SIGTERM and exits at once; run alone under check nothing survives."""
+    proc = run_cli(["nbd-qemu-allocation", "-f", "qcow2", *reference_tree.args(tmp_path / "results")])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = json.loads((tmp_path / "results" / "results.json").read_text())["runs"][0]
+    assert (run["outcome"], run["leaked"]) == ("pass", [])
 
 
 FUSE_SAMPLE = ["001", "002", "004", "007", "308"]

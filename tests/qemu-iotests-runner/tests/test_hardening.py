@@ -215,3 +215,65 @@ def test_locked_folders_a_test_leaves_do_not_change_its_verdict(fake_tree: FakeT
             if d.is_dir() and not d.is_symlink():
                 d.chmod(0o700)
         shutil.rmtree(top, ignore_errors=True)
+
+
+# Names, files and text from tests ------------------------------------------------------------------
+
+def test_a_test_named_with_markup_is_refused(tree: FakeTree, tmp_path: Path) -> None:
+    tree.add_test('tests/x"><img src=x onerror=alert(1)>', "echo hi\n", out="hi\n")
+    expect_usage_error(tmp_path, tree_args(tree, tmp_path / "r"), "refused test", "letters, digits and -_.")
+    (tree.iotests / 'tests/x"><img src=x onerror=alert(1)>').unlink()
+    tree.add_test("tests/ok\nok 99 forged", "echo hi\n", out="hi\n")
+    expect_usage_error(tmp_path, tree_args(tree, tmp_path / "r"), "refused test", "ok\\nok 99 forged")
+
+
+def test_folders_and_dangling_links_named_like_tests_are_no_tests(tree: FakeTree, tmp_path: Path) -> None:
+    (tree.iotests / "003").mkdir()
+    (tree.iotests / "004").symlink_to(tree.iotests / "gone")
+    (tree.iotests / "tests").mkdir(exist_ok=True)
+    (tree.iotests / "tests" / "dir").mkdir()
+    Path(f"{tree.iotests}/tests/dir.out").write_text("")
+    proc = run_cli(tree_args(tree, tmp_path / "r", "-g", "quick"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.rstrip().endswith("1 passed, 1 failed, 0 skipped")
+
+
+def test_bad_files_and_values_named_on_the_command_line(tree: FakeTree, tmp_path: Path) -> None:
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes(b"002 qcow2-file # caf\xe9\n")
+    expect_usage_error(tmp_path, tree_args(tree, tmp_path / "r", "--quarantine", str(latin)), "not UTF-8")
+    expect_usage_error(tmp_path, tree_args(tree, tmp_path / "r", "--quarantine", "/dev/zero"), "not a regular file")
+    expect_usage_error(tmp_path, tree_args(tree, tmp_path / "r", "--shard", "1/1000000000"), "bad shard")
+    env = dict(os.environ, IOTESTS_RUN_JOBS="abc")
+    expect_usage_error(tmp_path, tree_args(tree, tmp_path / "r"), "IOTESTS_RUN_JOBS: abc", env=env)
+    env = dict(os.environ, IOTESTS_RUN_ARGS="-f raw")
+    proc = run_cli(tree_args(tree, tmp_path / "r", "001", "-f", "qcow2"), env=env)
+    assert proc.returncode == 0 and "qcow2-file" in proc.stdout and "raw-file" not in proc.stdout, proc.stdout
+
+
+def test_escape_sequences_from_tests_are_shown_not_obeyed(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", r"""printf 'skip\033]0;pwned\007\033[2J' > "$TEST_DIR/001.notrun"
+""", out="")
+    fake_tree.add_test("002", r"""printf 'bad\033[31m red\n'
+""", out="good\n")
+    proc = run_cli(tree_args(fake_tree, tmp_path / "r", "-v"))
+    assert proc.returncode == 1
+    out = proc.stdout + (tmp_path / "r" / "summary.txt").read_text()
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[31m red" in proc.stdout  # the -v diff, shown
+
+
+def test_merge_exits_as_the_shards_did_when_their_failures_were_quarantined(tree: FakeTree, tmp_path: Path) -> None:
+    quarantine = tmp_path / "known-flaky.txt"
+    quarantine.write_text("002\n")
+    shards = []
+    for i in (1, 2):
+        shards.append(tmp_path / f"shard{i}")
+        proc = run_cli(tree_args(tree, shards[-1], "--shard", f"{i}/2", "--quarantine", str(quarantine)))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_cli(["merge", str(tmp_path / "merged"), *map(str, shards)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Quarantined (reported, not failing the job): qcow2-file 002" in proc.stdout
+    proc = run_cli(tree_args(tree, tmp_path / "plain"))
+    assert proc.returncode == 1
+    assert run_cli(["merge", str(tmp_path / "merged2"), str(tmp_path / "plain")]).returncode == 1

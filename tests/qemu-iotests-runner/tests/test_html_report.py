@@ -122,3 +122,39 @@ def test_big_diffs_are_trimmed_and_every_outcome_has_a_colour() -> None:
     assert "diff.txt</a>" not in page  # files that are not there are not linked
     assert "INCOMPLETE" in page
     assert set(PRESENTATION) == set(Outcome)
+
+
+HOSTILE = 'x"><img src=x onerror=alert(1)><script>alert(2)</script>\x1b[31m'
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        self.attrs += [(k, v or "") for k, v in attrs]
+
+
+def test_no_markup_from_test_names_output_or_merged_files_reaches_the_page(tmp_path: Path) -> None:
+    """Names, reasons, diffs and meta of a hostile (merged) results.json are text in the browser's DOM, never markup."""
+    run = Run(TestCase(f"tests/{HOSTILE}", Path(HOSTILE), frozenset()), HOSTILE, "file")
+    result = Result(run, Outcome.FAIL, HOSTILE, 1.0, diff=HOSTILE + "\n" + "y" * 10_000_000,
+                    artifacts=f"runs/{HOSTILE}", diagnostics=HOSTILE, leaked=(HOSTILE,),
+                    attachments=("javascript:alert(3)", "/etc/passwd", "runs/../../x", f"runs/{HOSTILE}/diff.txt"))
+    page = html_report([result], {"command": [HOSTILE], "qemu": {"version": HOSTILE, "source": HOSTILE}},
+                       HOSTILE, exists=lambda rel: True)
+    assert len(page) < 200_000  # the 10 MB line is cut
+    path = tmp_path / "report.html"
+    path.write_text(page)
+    dom = _browser(path, tmp_path / "profile", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    tags = _Tags()
+    tags.feed(dom.stdout)
+    assert "img" not in tags.tags and tags.tags.count("script") == 1  # only the page's own script
+    assert not [k for k, _ in tags.attrs if k.startswith("on")]
+    hrefs = [v for k, v in tags.attrs if k == "href"]
+    assert hrefs and all(h.startswith(("#run-", "runs/")) for h in hrefs), hrefs
+    assert all(re.fullmatch(r"run-[A-Za-z0-9_.-]+", v) for k, v in tags.attrs if k == "id" and v.startswith("run-"))

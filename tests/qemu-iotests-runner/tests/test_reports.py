@@ -56,6 +56,27 @@ def test_junit_text_is_bounded() -> None:
     assert len(junit_xml([huge])) < 200_000
 
 
+def test_junit_is_bounded_in_total_not_only_per_run() -> None:
+    """660 failing runs with 1 MB diffs (qcow2+raw+qed quick all failing) stay under GitLab's 30 MB."""
+    diff = "+" + "y" * 1_000_000
+    many = [result(f"{i:03}", Outcome.FAIL, fmt=fmt, reason="output mismatch", diff=diff, output_tail="o" * 4096)
+            for fmt in ("qcow2", "raw", "qed") for i in range(220)]
+    xml = junit_xml(many)
+    assert len(xml.encode()) < 20_000_000
+    assert len(ET.fromstring(xml).findall(".//failure")) == 660
+    few = ET.fromstring(junit_xml(many[:3])).find(".//failure")
+    assert few is not None and len(few.text or "") > 60_000  # a few failures still get their full share
+
+
+def test_control_characters_never_reach_tap_or_the_summary() -> None:
+    nasty = result("005", Outcome.NOT_RUN, reason="skip\nok 99 forged\x1b]0;title\x07\x1b[2J # SKIP")
+    line = tap_line(7, nasty)
+    assert "\n" not in line and "\x1b" not in line and "\x07" not in line
+    assert line.startswith("ok 7 qcow2-file 005 # SKIP skip ok 99 forged\\x1b]0;title")
+    text = summary_text([nasty, result("006", Outcome.FAIL, reason="\x1b[31mred\x9b")], "t", 1.0)
+    assert "\x1b" not in text and "\x9b" not in text and "\\x1b[31mred" in text
+
+
 def test_results_json_contract() -> None:
     data = json.loads(results_json(RESULTS, {"complete": True}))
     assert data["complete"] is True and data["schema"] == 2

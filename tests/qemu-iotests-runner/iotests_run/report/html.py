@@ -10,15 +10,20 @@ the run's files (output, diff, diagnostics, leaked processes, reproducer).
 from __future__ import annotations
 
 import html
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 from iotests_run.model import Outcome, Result
 from iotests_run.report.outcomes import PRESENTATION
 from iotests_run.report.summary import closing_line
 
 DIFF_LINES = 200
+# Characters, not only lines: one 10 MB line would otherwise land whole in the page.
+DIFF_CHARS = 20_000
+TEXT_CHARS = 4_000  # a reason, a diagnostics summary, the leaked list
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #202124; }
@@ -65,7 +70,19 @@ def _notable(result: Result) -> bool:
 
 
 def _anchor(result: Result) -> str:
-    return f"run-{result.run.combo}-{result.run.test.key}".replace("/", "-")
+    """An id made of plain characters whatever the run's names hold (a merged results.json is input too)."""
+    return "run-" + re.sub(r"[^A-Za-z0-9_.-]", "-", f"{result.run.combo}-{result.run.test.key}")
+
+
+def _trimmed(text: str, limit: int, where: str) -> str:
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n... {len(text) - limit} more characters{where}"
+
+
+def _linkable(path: str) -> bool:
+    """A file inside the results folder: relative, no scheme (javascript:, http:), no way up."""
+    return not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:|/", path) and ".." not in path.split("/")
 
 
 def _cell(result: Result | None) -> str:
@@ -75,12 +92,12 @@ def _cell(result: Result | None) -> str:
     cpu = f", {result.cpu_s:.1f} s CPU" if result.cpu_s is not None else ""
     tip = f"{result.run.label}: {PRESENTATION[result.outcome].column}, {result.duration_s:.1f} s{cpu}"
     if result.reason:
-        tip += f" - {result.reason.splitlines()[0]}"
+        tip += f" - {result.reason.splitlines()[0][:300]}"
     if result.leaked:
         text, tip = f"{text} +leak", f"{tip} - left {len(result.leaked)} process(es) running, killed"
     inner = html.escape(text)
     if _notable(result):
-        inner = f'<a href="#{_anchor(result)}">{inner}</a>'
+        inner = f'<a href="#{html.escape(_anchor(result))}">{inner}</a>'
     leak = " leaked" if result.leaked else ""
     return f'<td class="cell o-{result.outcome.value}{leak}" title="{html.escape(tip)}">{inner}</td>'
 
@@ -89,24 +106,26 @@ def _details(result: Result, exists: Callable[[str], bool]) -> str:
     files = list(result.attachments)
     if result.artifacts:
         files.append(f"{result.artifacts}/reproduce.sh")
-    links = " ".join(f'<a href="{html.escape(f)}">{html.escape(f.rsplit("/", 1)[-1])}</a>'
-                     for f in dict.fromkeys(files) if exists(f))
-    parts = [f'<div class="run" id="{_anchor(result)}">',
+    links = " ".join(f'<a href="{html.escape(quote(f))}">{html.escape(f.rsplit("/", 1)[-1])}</a>'
+                     for f in dict.fromkeys(files) if _linkable(f) and exists(f))
+    parts = [f'<div class="run" id="{html.escape(_anchor(result))}">',
              f"<h3>{html.escape(result.run.label)}: {html.escape(PRESENTATION[result.outcome].column)}"
              f" ({result.duration_s:.1f} s)</h3>",
-             f"<div>{html.escape(result.reason)}</div>"]
+             f"<div>{html.escape(_trimmed(result.reason, TEXT_CHARS, ''))}</div>"]
     if links:
         parts.append(f"<div>Files: {links}</div>")
     if result.diff:
         lines = result.diff.splitlines()
         shown = "\n".join(lines[:DIFF_LINES])
+        shown = _trimmed(shown, DIFF_CHARS, " in diff.txt")
         if len(lines) > DIFF_LINES:
             shown += f"\n... {len(lines) - DIFF_LINES} more lines in diff.txt"
         parts.append(f"<pre>{html.escape(shown)}</pre>")
     if result.diagnostics:
-        parts.append(f"<pre>{html.escape(result.diagnostics)}</pre>")
+        parts.append(f"<pre>{html.escape(_trimmed(result.diagnostics, TEXT_CHARS, ''))}</pre>")
     if result.leaked:
-        parts.append(f"<div>Leaked (killed): {html.escape(', '.join(result.leaked))}</div>")
+        leaked = _trimmed(", ".join(result.leaked), TEXT_CHARS, " in leaked.txt")
+        parts.append(f"<div>Leaked (killed): {html.escape(leaked)}</div>")
     parts.append("</div>")
     return "\n".join(parts)
 

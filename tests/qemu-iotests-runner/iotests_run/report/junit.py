@@ -14,8 +14,11 @@ from iotests_run.report.outcomes import PRESENTATION
 
 # XML 1.0 forbids these; junit-xml raises on some of them, so they become U+FFFD.
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
-# Keep the file well under GitLab's 30 MB limit whatever the tests print.
+# Keep the file well under GitLab's 30 MB limit whatever the tests print: each text at most
+# MAX_TEXT, and all of them together about TOTAL_TEXT (each run's share, down to MIN_TEXT).
 MAX_TEXT = 64 * 1024
+MIN_TEXT = 2 * 1024
+TOTAL_TEXT = 16 * 1024 * 1024
 
 
 def xml_text(text: str, limit: int = MAX_TEXT) -> str:
@@ -28,9 +31,19 @@ def classname(result: Result) -> str:
     return f"iotests.{result.run.combo}"
 
 
+def text_limit(failing: int) -> int:
+    """Each failing run's share of TOTAL_TEXT (two texts each), a power of two so that the cached cases
+    of earlier rewrites stay valid while failures accumulate."""
+    share = TOTAL_TEXT // max(2 * failing, 1)
+    limit = MAX_TEXT
+    while limit > MIN_TEXT and limit > share:
+        limit //= 2
+    return limit
+
+
 @functools.cache
-def _case(result: Result, tree_root: str, attachment_base: str) -> TestCase:
-    """One testcase, built once per result: junit.xml is rewritten after every run."""
+def _case(result: Result, tree_root: str, attachment_base: str, limit: int) -> TestCase:
+    """One testcase, built once per result and limit: junit.xml is rewritten as runs finish."""
     run = result.run
     case = TestCase(name=run.test.name, classname=classname(result), elapsed_sec=result.duration_s,
                     file=f"{tree_root}/{run.test.key}")
@@ -43,9 +56,9 @@ def _case(result: Result, tree_root: str, attachment_base: str) -> TestCase:
     if result.artifacts:
         text += f"\nartifacts: {result.artifacts}"
     if element == "failure":
-        case.add_failure_info(message=xml_text(result.reason, 1024), output=xml_text(text))
+        case.add_failure_info(message=xml_text(result.reason, 1024), output=xml_text(text, limit))
     elif element == "error":
-        case.add_error_info(message=xml_text(result.reason, 1024), output=xml_text(text))
+        case.add_error_info(message=xml_text(result.reason, 1024), output=xml_text(text, limit))
     elif element == "skipped":
         case.add_skipped_info(message=xml_text(result.reason, 1024), output=xml_text(result.reason))
     out = []
@@ -56,17 +69,19 @@ def _case(result: Result, tree_root: str, attachment_base: str) -> TestCase:
     # GitLab links [[ATTACHMENT|path]] lines of a testcase's system-out to artifact files.
     out += [f"[[ATTACHMENT|{attachment_base}/{path}]]" for path in result.attachments]
     if out:
-        case.stdout = xml_text("\n".join(out))
+        case.stdout = xml_text("\n".join(out), limit)
     if result.leaked:
-        case.stderr = xml_text("leaked processes (killed by iotests-run):\n" + "\n".join(result.leaked))
+        case.stderr = xml_text("leaked processes (killed by iotests-run):\n" + "\n".join(result.leaked), limit)
     return case
 
 
 def junit_xml(results: Iterable[Result], tree_root: str = "tests/qemu-iotests", attachment_base: str = ".") -> str:
     """attachment_base: the results folder as GitLab should resolve it (relative to the job's folder)."""
+    ordered = sorted(results, key=lambda r: (r.run.combo, r.run.test.key))
+    limit = text_limit(sum(PRESENTATION[r.outcome].junit in ("failure", "error") for r in ordered))
     suites: dict[str, list[TestCase]] = {}
-    for result in sorted(results, key=lambda r: (r.run.combo, r.run.test.key)):
-        suites.setdefault(classname(result), []).append(_case(result, tree_root, attachment_base))
+    for result in ordered:
+        suites.setdefault(classname(result), []).append(_case(result, tree_root, attachment_base, limit))
     # junit-xml builds each suite; the document is serialised by ElementTree directly,
     # without junit-xml's pretty-printing pass, which costs more than everything else.
     root = ET.Element("testsuites")

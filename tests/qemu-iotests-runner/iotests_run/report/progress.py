@@ -19,6 +19,7 @@ from typing import TextIO
 from iotests_run.model import Outcome, Result
 from iotests_run.report.outcomes import PRESENTATION, tally
 from iotests_run.sandbox import LiveRun
+from iotests_run.text import terminal_safe
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 QUIET_NOTICE_S = 30.0  # default of --still-running-every
@@ -81,8 +82,10 @@ class Progress:
 
     # lines that stay
     def note(self, text: str, *, quiet_too: bool = False) -> None:
+        """A line that stays; control characters from tests (escape sequences) are shown, not obeyed."""
         if self.level == QUIET and not quiet_too:
             return
+        text = terminal_safe(text)
         prefix = CLEAR_LINE if self._status else ""
         print(prefix + text, file=self.stream, flush=not self._status)
         if self._status:

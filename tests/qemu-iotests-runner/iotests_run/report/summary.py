@@ -9,6 +9,7 @@ from tabulate import tabulate
 
 from iotests_run.model import Outcome, Result
 from iotests_run.report.outcomes import COLUMNS, PRESENTATION, tally
+from iotests_run.text import terminal_safe
 
 
 def _table(rows: Sequence[Sequence[object]], headers: list[str]) -> str:
@@ -58,4 +59,4 @@ def summary_text(results: Sequence[Result], title: str, wall_s: float) -> str:
     if quarantined:
         parts += ["", "Quarantined (reported, not failing the job): " + ", ".join(r.run.label for r in quarantined)]
     parts += ["", f"Wall time {wall_s:.1f} s", closing_line(results)]
-    return "\n".join(parts) + "\n"
+    return terminal_safe("\n".join(parts) + "\n")  # it is printed, and cat in CI logs

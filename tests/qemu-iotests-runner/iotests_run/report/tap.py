@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from iotests_run.model import Outcome, Result
 from iotests_run.report.outcomes import PRESENTATION
+from iotests_run.text import terminal_safe
 
 HEADER = "TAP version 13"
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    """A reason on the result's own line: no line break (it would forge TAP lines), no control character."""
+    return " ".join(terminal_safe(text).split())
 
 
 def tap_line(number: int, result: Result) -> str:
