@@ -22,6 +22,7 @@ from types import FrameType
 from typing import Any, NoReturn, TextIO
 
 from iotests_run import __version__, history, plan, reruns
+from iotests_run.adoption import Adopter
 from iotests_run.cpu import Admission, Cpus
 from iotests_run.discovery import discover
 from iotests_run.environment import (
@@ -368,16 +369,24 @@ def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], re
     short_root = ShortRoot(scratch)
     marker = short_root.path.name
     watchdog = start_watchdog(marker, short_root.path, cgroups.path if cgroups else None)
+    adopter = None if cgroups else Adopter.start()
+    if adopter is not None:
+        adopter.ignore(watchdog.pid)
     registry = Registry()
     ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
                   user_env=user_env, malloc_perturb=perturb, limits=limits_for(args),
-                  isolation=isolation, cgroups=cgroups, marker=marker, retries=args.retry)
+                  isolation=isolation, cgroups=cgroups, marker=marker, retries=args.retry, adopter=adopter)
     try:
         execute_all(runs, ctx, admission, reporter.finished, on_tick=lambda: reporter.tick(registry.live()))
         return False
     except KeyboardInterrupt:
         return True
     finally:
+        orphans = adopter.close() if adopter is not None else []
+        if orphans:
+            reporter.meta["orphans"] = orphans
+            reporter.progress.note(f"iotests-run: killed {len(orphans)} process(es) left by runs that cannot be "
+                                   f"told apart without cgroups: {'; '.join(orphans)}", quiet_too=True)
         short_root.close()
         if cgroups is not None:
             cgroups.close()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
+from iotests_run.adoption import Adopter
 from iotests_run.cpu import Admission
 from iotests_run.diagnostics import core_files, examine_cores
 from iotests_run.environment import Settings, child_environment, iotests_environment
@@ -52,11 +53,12 @@ class Context:
     settings: Settings = field(default_factory=Settings)
 
     retries: int = 0
+    adopter: Adopter | None = None  # without cgroups: the runner as subreaper of the runs' orphans
 
     def tracker(self, slot: str) -> Tracker:
         if self.cgroups is not None:
             return self.cgroups.run_cgroup(f"run-{slot}")
-        return MarkerTracker(f"{self.marker}/{slot}")
+        return MarkerTracker(f"{self.marker}/{slot}", self.adopter, slot)
 
 
 STOPPED = {"timeout": Outcome.TIMEOUT, "hang": Outcome.HANG, "interrupted": Outcome.INTERRUPTED}

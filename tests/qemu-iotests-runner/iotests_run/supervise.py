@@ -127,9 +127,9 @@ def supervise(argv: list[str], cwd: Path, env: Mapping[str, str], output: Path, 
     live = registry.add(key, label)
     try:
         with output.open("wb") as out:
-            proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT,
-                                    preexec_fn=child_setup(isolation, tracker.cgroup_procs, overlay))
+            proc = tracker.start(lambda: subprocess.Popen(
+                argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                preexec_fn=child_setup(isolation, tracker.cgroup_procs, overlay)), label)
         pidfd = os.pidfd_open(proc.pid)
         try:
             stopped, detail = _watch(pidfd, output, tracker, limits, registry, live)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import psutil
 
+from iotests_run.adoption import Adopter
 from iotests_run.isolation import cgroup_works
 
 MARKER = "IOTESTS_RUN_SANDBOX"
@@ -25,6 +28,9 @@ MARKER = "IOTESTS_RUN_SANDBOX"
 
 class Tracker(Protocol):
     cgroup_procs: Path | None
+
+    def start(self, spawn: Callable[[], subprocess.Popen[bytes]], label: str) -> subprocess.Popen[bytes]:
+        """Start the run's test process (spawn does), telling whoever must know its pid before anyone looks."""
 
     def members(self) -> list[int]: ...
 
@@ -132,6 +138,9 @@ class CgroupTracker:
         self.path = path
         self.cgroup_procs: Path | None = path / "cgroup.procs"
 
+    def start(self, spawn: Callable[[], subprocess.Popen[bytes]], label: str) -> subprocess.Popen[bytes]:
+        return spawn()
+
     def members(self) -> list[int]:
         try:
             pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
@@ -183,15 +192,29 @@ def marked_processes(value: bytes, prefix: bool = False) -> list[int]:
 
 
 class MarkerTracker:
-    """Fallback: the processes whose environment carries this run's marker."""
+    """Fallback: the processes whose environment carries this run's marker, and (with an Adopter) the
+    orphans without it that came back to the runner and can only be this run's."""
 
     cgroup_procs: Path | None = None
 
-    def __init__(self, marker: str) -> None:
+    def __init__(self, marker: str, adopter: Adopter | None = None, key: str = "") -> None:
         self.marker = f"{MARKER}={marker}".encode()
+        self.adopter = adopter
+        self.key = key
+
+    def start(self, spawn: Callable[[], subprocess.Popen[bytes]], label: str) -> subprocess.Popen[bytes]:
+        if self.adopter is None:
+            return spawn()
+        with self.adopter.lock:
+            proc = spawn()
+            self.adopter.started(self.key, label, proc.pid)
+        return proc
 
     def members(self) -> list[int]:
-        return [p for p in marked_processes(self.marker) if not _is_zombie(p)]
+        found = [p for p in marked_processes(self.marker) if not _is_zombie(p)]
+        if self.adopter is not None:
+            found += [p for p in self.adopter.members(self.key) if p not in found]
+        return found
 
     def cpu_seconds(self) -> float:
         total = 0.0
@@ -208,3 +231,5 @@ class MarkerTracker:
 
     def close(self) -> None:
         kill_all(self)
+        if self.adopter is not None:
+            self.adopter.ended(self.key)
