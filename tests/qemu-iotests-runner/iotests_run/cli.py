@@ -1,58 +1,47 @@
-"""iotests-run's command line: find tests -> plan runs -> execute in sandboxes -> judge -> report."""
+"""iotests-run's command line: the parser, the stages of a run in order, the exit status.
+
+    find tests -> plan runs -> (--list) -> claim the results folder -> execute in sandboxes,
+    judging each run as it ends -> report
+
+Each stage is a short function here that hands its work to the module of its concern
+(discovery, plan, results_folder, invocation/execute, report.writer); `merge` is a
+sub-command with its own parser.
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
-import py_compile
 import re
-import resource
 import shlex
 import signal
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn, TextIO
+from typing import Any, NoReturn
 
 from iotests_run import __version__, history, plan, reruns
-from iotests_run.adoption import Adopter
 from iotests_run.cpu import Admission, Cpus
 from iotests_run.discovery import discover
-from iotests_run.environment import (
-    IOTESTS_VARIABLES,
-    VARIABLE_NAME,
-    environment_for_tests,
-    iotests_environment,
-    malloc_perturb,
-)
+from iotests_run.environment import VARIABLE_NAME, environment_for_tests, malloc_perturb, public_environment
 from iotests_run.errors import SetupError, UsageError
-from iotests_run.execute import Context, execute_all
-from iotests_run.isolation import probe
+from iotests_run.invocation import Hooks, LimitOptions, cpu_seconds, limits_for, run_in_sandboxes
 from iotests_run.merge import merge_folders
-from iotests_run.model import Outcome, Result, Run, fails_the_job
+from iotests_run.model import Result, Run, TestCase, fails_the_job
 from iotests_run.qemu import QemuTree, open_tree, reference_cache
-from iotests_run.report.files import write_atomically
-from iotests_run.report.html import html_report
-from iotests_run.report.junit import junit_xml
 from iotests_run.report.progress import NORMAL, QUIET, QUIET_NOTICE_S, VERBOSE, Eta, Progress
-from iotests_run.report.results_json import results_json
-from iotests_run.report.summary import closing_line, summary_text
-from iotests_run.report.tap import HEADER, tap_line, tap_plan
+from iotests_run.report.summary import closing_line
+from iotests_run.report.tap import HEADER, tap_plan
+from iotests_run.report.writer import Reporter, relative_to_cwd, write_machine_reports, write_people_reports
 from iotests_run.reruns import Quarantine
-from iotests_run.results_folder import check_outside, claim
-from iotests_run.sandbox import LiveRun, Registry, ShortRoot, default_scratch
+from iotests_run.results_folder import Claim, check_outside, claim
+from iotests_run.sandbox import ShortRoot, default_scratch
 from iotests_run.services import unavailable
-from iotests_run.supervise import Limits
 from iotests_run.text import printable
-from iotests_run.tracking import CgroupRoot
-from iotests_run.watchdog import start as start_watchdog
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # No healthy quick iotest comes near these (the slowest take about 16 s on 2 busy cores).
@@ -205,244 +194,41 @@ def _check_choices(kind: str, asked: list[str], known: Sequence[str], version: s
     return list(dict.fromkeys(asked))
 
 
-def _writable_folder(path: Path, what: str) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".iotests-run-probe"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise SetupError(f"{what} is not writable: {path} ({exc.strerror or exc})") from None
-    return path
+# The stages of a run ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Selection:
+    """Found: the tree, the tests, the formats and protocols asked (or --last-failed's runs)."""
+
+    tree: QemuTree
+    all_tests: Mapping[str, TestCase]
+    tests: list[TestCase]
+    formats: list[str]
+    protocols: list[str]
+    again: set[tuple[str, str, str]] | None  # --last-failed: (test key, format, protocol)
+    scratch: Path
 
 
-def check_junit_copy(path: Path) -> Path:
-    """--junit FILE: a new file, or one holding JUnit XML already; never a folder or another file."""
-    path = path.resolve()
-    if path.is_dir():
-        raise UsageError(f"--junit {path} is a folder; name a file")
-    if path.exists():
-        try:
-            with path.open("rb") as f:
-                head = f.read(512) if path.is_file() else b""
-        except OSError as exc:
-            raise UsageError(f"--junit {path} cannot be replaced ({exc.strerror or exc})") from None
-        if head.strip() and b"<testsuite" not in head:
-            raise UsageError(f"--junit {path} exists and is not a JUnit XML file; it is left as it is")
-    _writable_folder(path.parent, "folder of --junit")
-    return path
+@dataclass(frozen=True)
+class Planned:
+    skipped: list[Result]  # known not to apply, without starting them
+    runs: list[Run]  # to start, longest first
+    cost: dict[Run, float]  # predicted seconds
+    history_file: Path
+    tree_id: str
+
+    @property
+    def count(self) -> int:
+        return len(self.skipped) + len(self.runs)
 
 
-def _relative_to_cwd(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd())) or "."
-    except ValueError:
-        return str(path)
-
-
-# While runs finish, results.json and junit.xml are rewritten at most this often (and at the end):
-# each rewrite serialises every result so far, and after every run that cost the runner more CPU
-# than everything else it does (660 runs of qcow2+raw+qed quick: about 55% of its own CPU).
-WRITE_EVERY_S = 1.0
-
-
-@dataclass
-class Reporter:
-    """Streams every finished run to the terminal and rewrites the result files.
-
-    A result reaches the files at once when the last rewrite is WRITE_EVERY_S old, else at the
-    next tick (the pool ticks every second): never more than about a second late.
-    """
-
-    results_dir: Path
-    junit_copy: Path | None
-    meta: dict[str, Any]
-    progress: Progress
-    tap: bool
-    results: list[Result]
-    quarantine: Quarantine = field(default_factory=lambda: Quarantine(frozenset()))
-    clock: Callable[[], float] = time.monotonic
-    written_at: float = -math.inf
-    unwritten: bool = False
-
-    def write_files(self) -> None:
-        write_machine_reports(self.results_dir, self.results, self.meta, self.junit_copy)
-        self.written_at, self.unwritten = self.clock(), False
-
-    def record(self, result: Result) -> None:
-        result = self.quarantine.mark(result)
-        self.results.append(result)
-        self.progress.finished(result)
-        if self.tap:
-            print(tap_line(len(self.results), result), flush=True)
-
-    def finished(self, result: Result) -> None:
-        self.record(result)
-        self.unwritten = True
-        self.flush(at_most_every=WRITE_EVERY_S)
-
-    def flush(self, at_most_every: float = 0.0) -> None:
-        """Write what is not written yet, unless the last write is younger than at_most_every."""
-        if self.unwritten and self.clock() - self.written_at >= at_most_every:
-            self.write_files()
-
-    def tick(self, live: Sequence[LiveRun]) -> None:
-        self.flush()
-        self.progress.tick(live)
-
-
-def write_machine_reports(folder: Path, results: Sequence[Result], meta: Mapping[str, Any],
-                          junit_copy: Path | None = None) -> None:
-    """results.json and junit.xml (and its copy where --junit asked), each replaced atomically."""
-    write_atomically(folder / "results.json", results_json(results, meta))
-    xml = junit_xml(results, attachment_base=_relative_to_cwd(folder.resolve()))
-    write_atomically(folder / "junit.xml", xml)
-    if junit_copy is not None:
-        write_atomically(junit_copy, xml)
-
-
-def precompile(iotests: Path, environ: Mapping[str, str]) -> None:
-    """Bytecode for the iotests folder's modules (iotests.py, ...), as check's first Python test leaves it.
-
-    Each run sees that folder through its own overlay, so bytecode a test writes there is gone
-    with the run and every Python test would compile iotests.py again. Nothing is written when
-    the user asked Python not to write bytecode.
-    """
-    if environ.get("PYTHONDONTWRITEBYTECODE"):
-        return
-    for module in sorted(iotests.glob("*.py")):
-        try:
-            py_compile.compile(str(module), doraise=True)
-        except (OSError, py_compile.PyCompileError):
-            continue
-
-
-def write_html(folder: Path, results: Sequence[Result], meta: Mapping[str, Any], title: str) -> None:
-    page = html_report(results, meta, title, exists=lambda rel: (folder / rel).is_file())
-    write_atomically(folder / "report.html", page)
-
-
-def _public_environment(tree: QemuTree, formats: list[str], protocols: list[str], perturb: str,
-                        user_env: Mapping[str, str]) -> dict[str, Any]:
-    """The iotests variables per format-protocol, for results.json (never the user's other variables)."""
-    out: dict[str, Any] = {}
-    for fmt in formats:
-        for proto in protocols:
-            env = iotests_environment(tree, fmt, proto, python=sys.executable, test_dir=Path("<TEST_DIR>"),
-                                      sock_dir=Path("<SOCK_DIR>"), malloc_perturb=perturb, user_env=user_env)
-            names = (*IOTESTS_VARIABLES, *(k for k, _ in tree.check_sets))
-            out[f"{fmt}-{proto}"] = {k: env[k] for k in names if k in env}
-    return out
-
-
-def cpu_seconds() -> dict[str, float]:
-    """CPU time of the runner itself and of the test processes it waited for."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"runner": round(own.ru_utime + own.ru_stime, 2), "children": round(kids.ru_utime + kids.ru_stime, 2)}
-
-
-def _on_sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
-
-
-def limits_for(args: argparse.Namespace) -> Callable[[Run], Limits]:
-    """Each run's limits: --timeout or the shipped per-test override, times the multiplier."""
-    table = json.loads(resources.files("iotests_run").joinpath("timeouts.json").read_text())["tests"]
-
-    def limits(run: Run) -> Limits:
-        timeout = float(table.get(run.test.key, args.timeout)) * args.timeout_multiplier
-        return Limits(timeout_s=timeout, hang_timeout_s=args.hang_timeout, grace_s=args.grace)
-
-    return limits
-
-
-def _execute_stage(args: argparse.Namespace, tree: QemuTree, runs: list[Run], results_dir: Path, scratch: Path,
-                   perturb: str, user_env: Mapping[str, str], reporter: Reporter, admission: Admission) -> bool:
-    """Run everything in sandboxes with a watchdog behind them; True when interrupted."""
-    isolation = probe(wanted=not args.no_isolation, iotests=tree.iotests, scratch=scratch)
-    cgroups = None if args.no_isolation else CgroupRoot.create()
-    if isolation.cores:
-        precompile(tree.iotests, os.environ)
-    reporter.progress.note(f"iotests-run: isolation: {isolation.describe()}; "
-                           f"{'a cgroup per run' if cgroups else 'processes tracked by environment marker'}")
-    short_root = ShortRoot(scratch)
-    marker = short_root.path.name
-    watchdog = start_watchdog(marker, short_root.path, cgroups.path if cgroups else None)
-    adopter = None if cgroups else Adopter.start()
-    if adopter is not None:
-        adopter.ignore(watchdog.pid)
-    registry = Registry()
-    ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
-                  user_env=user_env, malloc_perturb=perturb, limits=limits_for(args),
-                  isolation=isolation, cgroups=cgroups, marker=marker, retries=args.retry, adopter=adopter)
-    try:
-        execute_all(runs, ctx, admission, reporter.finished, on_tick=lambda: reporter.tick(registry.live()))
-        return False
-    except KeyboardInterrupt:
-        return True
-    finally:
-        orphans = adopter.close() if adopter is not None else []
-        if orphans:
-            reporter.meta["orphans"] = orphans
-            reporter.progress.note(f"iotests-run: killed {len(orphans)} process(es) left by runs that cannot be "
-                                   f"told apart without cgroups: {'; '.join(orphans)}", quiet_too=True)
-        short_root.close()
-        if cgroups is not None:
-            cgroups.close()
-        if watchdog.stdin is not None:
-            watchdog.stdin.close()
-        watchdog.wait()
-
-
-def _shard_from_ci(environ: Mapping[str, str]) -> plan.Shard | None:
-    """GitLab's `parallel:` sets CI_NODE_INDEX and CI_NODE_TOTAL."""
-    index, total = environ.get("CI_NODE_INDEX"), environ.get("CI_NODE_TOTAL")
-    if index and total:
-        try:
-            return plan.Shard.parse(f"{index}/{total}")
-        except UsageError:
-            raise UsageError(f"bad shard from CI_NODE_INDEX={index} CI_NODE_TOTAL={total}") from None
-    return None
-
-
-def _take_shard(shard: plan.Shard, skipped: list[Result], to_run: list[Run], to_run_cost: Mapping[Run, float],
-                out: TextIO) -> tuple[list[Result], list[Run]]:
-    cost = {**to_run_cost, **{r.run: 0.0 for r in skipped}}
-    shards = plan.split(list(cost), cost, shard.total)
-    mine = set(shards[shard.index - 1])
-    loads = [sum(cost[r] for r in s) for s in shards]
-    mean = sum(loads) / len(loads)
-    print(f"iotests-run: shard {shard.index}/{shard.total}: {len(mine)} of {len(cost)} runs, predicted "
-          f"{loads[shard.index - 1]:.1f} s (mean {mean:.1f} s, largest {max(loads):.1f} s)", file=out, flush=True)
-    return [r for r in skipped if r.run in mine], [r for r in to_run if r in mine]
-
-
-def _without_missing_services(protocols: list[str], build: Path, skipped: list[Result],
-                              to_run: list[Run]) -> tuple[list[Result], list[Run]]:
-    """Runs over a protocol whose driver or service is missing here are not run, with the reason."""
-    missing = {p: why for p in protocols if (why := unavailable(p, build))}
-    if not missing:
-        return skipped, to_run
-    return (skipped + [Result(r, Outcome.NOT_RUN, missing[r.protocol]) for r in to_run if r.protocol in missing],
-            [r for r in to_run if r.protocol not in missing])
-
-
-def _print_plan(skipped: list[Result], runs: list[Run]) -> None:
-    rows = [(r.run, f"skip: {r.reason}") for r in skipped] + [(r, "run") for r in runs]
-    for run, what in sorted(rows, key=lambda row: (row[0].combo, row[0].test.key)):
-        print(f"{run.test.name}\t{run.format}\t{run.protocol}\t{what}")
-
-
-def run(args: argparse.Namespace, cpus: Cpus) -> int:
-    started = time.monotonic()
-    # find tests
+def find_tests(args: argparse.Namespace) -> Selection | None:
+    """The tree and what to run in it; None when --last-failed finds nothing to run again."""
     tree = open_tree(args.qemu_source, args.qemu_build, os.environ, Path.cwd())
-    quarantine = Quarantine.read(args.quarantine) if args.quarantine else Quarantine(frozenset())
     again = reruns.last_failed(Path(args.results)) if args.last_failed else None
     if again is not None and not again:
         print(f"iotests-run: nothing failed in the previous run in {printable(args.results)}")
-        return EXIT_OK
+        return None
     formats = _check_choices("format", sorted({f for _, f, _ in again}) if again else args.format,
                              tree.formats, tree.version)
     protocols = _check_choices("protocol", sorted({p for _, _, p in again}) if again else args.protocol,
@@ -459,93 +245,143 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
     problem = ShortRoot.check_base(scratch)
     if problem:
         raise UsageError(f"--scratch {scratch} {problem}")
-    # plan runs
+    return Selection(tree, catalog.tests, tests, formats, protocols, again, scratch)
+
+
+def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
+    """The matrix, less what is known not to apply, this shard's part, longest first."""
+    tree = found.tree
     history_file = args.history or reference_cache() / "durations.json"
     history.check_usable(history_file)
-    tree_id = history.tree_identity(tree.version, catalog.tests)
+    tree_id = history.tree_identity(tree.version, found.all_tests)
     durations, warning = history.load(history_file, tree_id)
     if warning:
         print(f"iotests-run: warning: {printable(warning)}", file=sys.stderr)
-    wanted = [r for r in plan.matrix(tests, formats, protocols)
-              if again is None or (r.test.key, r.format, r.protocol) in again]
+    wanted = [r for r in plan.matrix(found.tests, found.formats, found.protocols)
+              if found.again is None or (r.test.key, r.format, r.protocol) in found.again]
     skipped, to_run = plan.static_verdicts(wanted, tree.default_machine, "writeback",
                                            read_declarations=not args.no_static_skip)
-    skipped, to_run = _without_missing_services(protocols, tree.build, skipped, to_run)
+    missing = {p: why for p in found.protocols if (why := unavailable(p, tree.build))}
+    skipped, to_run = plan.without_protocols(missing, skipped, to_run)
     cost = plan.costs(to_run, durations)
-    shard = args.shard or _shard_from_ci(os.environ)
+    shard = args.shard or plan.shard_from_ci(os.environ)
     if shard is not None:
-        notes = sys.stderr if args.list or args.tap else sys.stdout
-        skipped, to_run = _take_shard(shard, skipped, to_run, cost, notes)
-    runs: list[Run] = plan.longest_first(to_run, cost)
-    planned = [r.run for r in skipped] + runs
-    if args.list:
-        _print_plan(skipped, runs)
-        return EXIT_OK
+        skipped, to_run, note = plan.take_shard(shard, skipped, to_run, cost)
+        print(note, file=sys.stderr if args.list or args.tap else sys.stdout, flush=True)
+    return Planned(skipped, plan.longest_first(to_run, cost), cost, history_file, tree_id)
 
-    # Every output path is checked before the results folder is claimed (which empties it).
-    junit_copy = check_junit_copy(Path(args.junit)) if args.junit else None
-    held = claim(Path(args.results), "results folder")
-    results_dir = held.path
 
-    # execute in sandboxes, judging each run as it ends, reporting as runs finish
-    perturb = malloc_perturb(os.environ)
-    tests_env = environment_for_tests(os.environ, args.pass_env)
-    user_env = tests_env.variables
+def check_junit_copy(path: Path) -> Path:
+    """--junit FILE: a new file, or one holding JUnit XML already; never a folder or another file."""
+    path = path.resolve()
+    if path.is_dir():
+        raise UsageError(f"--junit {path} is a folder; name a file")
+    if path.exists():
+        try:
+            with path.open("rb") as f:
+                head = f.read(512) if path.is_file() else b""
+        except OSError as exc:
+            raise UsageError(f"--junit {path} cannot be replaced ({exc.strerror or exc})") from None
+        if head.strip() and b"<testsuite" not in head:
+            raise UsageError(f"--junit {path} exists and is not a JUnit XML file; it is left as it is")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SetupError(f"folder of --junit is not writable: {path.parent} ({exc.strerror or exc})") from None
+    return path
+
+
+def start_reporting(args: argparse.Namespace, cpus: Cpus, found: Selection, planned: Planned,
+                    held: Claim, junit_copy: Path | None, user_env: Mapping[str, str], withheld: Sequence[str],
+                    perturb: str) -> tuple[Reporter, Admission]:
+    """The writer of the results folder and the terminal, fed the runs known not to apply at once."""
+    tree = found.tree
     meta: dict[str, Any] = {
         "tool": f"iotests-run {__version__}",
         "qemu": {"version": tree.version, "source": str(tree.source), "build": str(tree.build)},
         "command": ["iotests-run", *sys.argv[1:]],
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "jobs": args.jobs,
-        "planned": len(planned),
-        "skipped_without_starting": len(skipped),
-        "environment": _public_environment(tree, formats, protocols, perturb, user_env),
-        "withheld_from_tests": list(tests_env.withheld),
+        "planned": planned.count,
+        "skipped_without_starting": len(planned.skipped),
+        "environment": public_environment(tree, found.formats, found.protocols, perturb, user_env),
+        "withheld_from_tests": list(withheld),
         "strict_flaky": args.strict_flaky,
         "complete": False,
     }
-    out = sys.stderr if args.tap else sys.stdout
     admission = Admission(args.jobs, cpus.count, cpus.busy_clock(), fixed=args.fixed_jobs)
     # The durations in the history were taken about this many at a time (runs beyond it mostly wait).
-    eta = Eta({r.label: cost[r] for r in runs}, admission.floor)
+    eta = Eta({r.label: planned.cost[r] for r in planned.runs}, admission.floor)
     live = False if args.tap else None  # TAP owns the terminal: no status line redrawn beside it
-    progress = Progress(len(planned), out, level=args.level, eta=eta, live=live,
-                        quiet_notice_s=args.still_running_every)
-    reporter = Reporter(results_dir, junit_copy, meta, progress, args.tap, [], quarantine)
+    progress = Progress(planned.count, sys.stderr if args.tap else sys.stdout, level=args.level, eta=eta,
+                        live=live, quiet_notice_s=args.still_running_every)
+    quarantine = Quarantine.read(args.quarantine) if args.quarantine else Quarantine(frozenset())
+    reporter = Reporter(held.path, junit_copy, meta, progress, args.tap, [], quarantine.mark)
     if args.tap:
         print(HEADER, flush=True)
-    reporter.progress.note(f"iotests-run: {len(planned)} runs of QEMU {tree.version} iotests ({tree.source}), "
-                           f"{len(skipped)} known not to apply, {admission.describe()}, results in {results_dir}")
-    if tests_env.withheld:
-        reporter.progress.note(f"iotests-run: withheld from the tests (names look like credentials; --pass-env NAME "
-                               f"keeps one): {', '.join(tests_env.withheld)}")
-    for result in skipped:
+    progress.note(f"iotests-run: {planned.count} runs of QEMU {tree.version} iotests ({tree.source}), "
+                  f"{len(planned.skipped)} known not to apply, {admission.describe()}, results in {held.path}")
+    if withheld:
+        progress.note(f"iotests-run: withheld from the tests (names look like credentials; --pass-env NAME "
+                      f"keeps one): {', '.join(withheld)}")
+    for result in planned.skipped:
         reporter.record(result)
     reporter.write_files()
-    interrupted = _execute_stage(args, tree, runs, results_dir, scratch, perturb, user_env, reporter, admission)
+    return reporter, admission
 
-    # report
-    results = reporter.results
-    meta["complete"] = not interrupted
+
+def finish(args: argparse.Namespace, found: Selection, planned: Planned, reporter: Reporter, complete: bool,
+           started: float) -> int:
+    """The closing files and lines; the exit status."""
+    results, meta = reporter.results, reporter.meta
+    meta["complete"] = complete
     meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta["wall_s"] = round(time.monotonic() - started, 2)
     meta["cpu_s"] = cpu_seconds()
     reporter.write_files()
-    if not interrupted:
-        history.save(history_file, tree_id, results)
-    title = f"iotests-run {__version__}: QEMU {tree.version} ({tree.source})"
-    text = summary_text(results, title, time.monotonic() - started)
-    write_atomically(results_dir / "summary.txt", text)
-    write_html(results_dir, results, meta, title)
+    if complete:
+        history.save(planned.history_file, planned.tree_id, results)
+    title = f"iotests-run {__version__}: QEMU {found.tree.version} ({found.tree.source})"
+    text = write_people_reports(reporter.results_dir, results, meta, title, meta["wall_s"])
     if args.tap:
         print(tap_plan(len(results)), flush=True)
     reporter.progress.close()
+    out = sys.stderr if args.tap else sys.stdout
     if args.level == QUIET:
-        print(f"{closing_line(results)} (summary: {_relative_to_cwd(results_dir / 'summary.txt')})", file=out)
+        print(f"{closing_line(results)} (summary: {relative_to_cwd(reporter.results_dir / 'summary.txt')})",
+              file=out)
     else:
-        print(f"HTML report: {_relative_to_cwd(results_dir / 'report.html')}", file=out)
+        print(f"HTML report: {relative_to_cwd(reporter.results_dir / 'report.html')}", file=out)
         print("\n" + text, end="", file=out, flush=True)
-    return exit_status(results, complete=not interrupted, strict_flaky=args.strict_flaky)
+    return exit_status(results, complete=complete, strict_flaky=args.strict_flaky)
+
+
+def run(args: argparse.Namespace, cpus: Cpus) -> int:
+    started = time.monotonic()
+    found = find_tests(args)
+    if found is None:
+        return EXIT_OK
+    planned = plan_runs(args, found)
+    if args.list:
+        print(plan.listing(planned.skipped, planned.runs), end="")
+        return EXIT_OK
+    # Every output path is checked before the results folder is claimed (which empties it).
+    junit_copy = check_junit_copy(Path(args.junit)) if args.junit else None
+    held = claim(Path(args.results), "results folder")
+    tests_env = environment_for_tests(os.environ, args.pass_env)
+    perturb = malloc_perturb(os.environ)
+    reporter, admission = start_reporting(args, cpus, found, planned, held, junit_copy, tests_env.variables,
+                                          tests_env.withheld, perturb)
+    limits = limits_for(LimitOptions(args.timeout, args.timeout_multiplier, args.hang_timeout, args.grace))
+    ended = run_in_sandboxes(planned.runs, found.tree, results_dir=held.path, scratch=found.scratch,
+                             isolate=not args.no_isolation, perturb=perturb, user_env=tests_env.variables,
+                             environ=os.environ, limits=limits, retries=args.retry, admission=admission,
+                             hooks=Hooks(reporter.finished, reporter.tick, reporter.progress.note))
+    if ended.orphans:
+        reporter.meta["orphans"] = ended.orphans
+        reporter.progress.note(f"iotests-run: killed {len(ended.orphans)} process(es) left by runs that cannot be "
+                               f"told apart without cgroups: {'; '.join(ended.orphans)}", quiet_too=True)
+    return finish(args, found, planned, reporter, not ended.interrupted, started)
 
 
 def exit_status(results: Sequence[Result], complete: bool, strict_flaky: bool) -> int:
@@ -565,11 +401,12 @@ def merge_main(argv: Sequence[str]) -> int:
     out, results, meta = merged.claim.path, merged.results, merged.meta
     write_machine_reports(out, results, meta)
     title = f"iotests-run {__version__}: merged {len(args.inputs)} results folders"
-    text = summary_text(results, title, meta["wall_s"])
-    write_atomically(out / "summary.txt", text)
-    write_html(out, results, meta, title)
-    print(text, end="")
+    print(write_people_reports(out, results, meta, title, meta["wall_s"]), end="")
     return exit_status(results, complete=meta["complete"], strict_flaky=meta["strict_flaky"])
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,3 +166,16 @@ def environment_for_tests(environ: Mapping[str, str], pass_env: Sequence[str] = 
         else:
             del env["PYTHONPATH"]
     return TestsEnvironment(env, withheld)
+
+
+def public_environment(tree: QemuTree, formats: Sequence[str], protocols: Sequence[str], perturb: str,
+                       user_env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """The iotests variables per format-protocol, for results.json (never the user's other variables)."""
+    out: dict[str, dict[str, str]] = {}
+    for fmt in formats:
+        for proto in protocols:
+            env = iotests_environment(tree, fmt, proto, python=sys.executable, test_dir=Path("<TEST_DIR>"),
+                                      sock_dir=Path("<SOCK_DIR>"), malloc_perturb=perturb, user_env=user_env)
+            names = (*IOTESTS_VARIABLES, *(k for k, _ in tree.check_sets))
+            out[f"{fmt}-{proto}"] = {k: env[k] for k in names if k in env}
+    return out

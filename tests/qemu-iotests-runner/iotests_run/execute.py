@@ -24,8 +24,9 @@ from iotests_run.environment import Settings, child_environment, iotests_environ
 from iotests_run.isolation import Isolation, Overlay
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.qemu import QemuTree
+from iotests_run.registry import Registry
 from iotests_run.results_folder import DIFF, LEAKED, REPRODUCER, run_folder
-from iotests_run.sandbox import Registry, ShortRoot
+from iotests_run.sandbox import ShortRoot
 from iotests_run.services import HOST_NETWORK_PROTOCOLS
 from iotests_run.supervise import Limits, supervise
 from iotests_run.tracking import MARKER, CgroupRoot, MarkerTracker, Tracker
@@ -62,8 +63,6 @@ class Context:
 
 
 STOPPED = {"timeout": Outcome.TIMEOUT, "hang": Outcome.HANG, "interrupted": Outcome.INTERRUPTED}
-# Outcomes worth another attempt with --retry.
-RETRYABLE = frozenset({Outcome.FAIL, Outcome.TIMEOUT, Outcome.HANG, Outcome.CRASH})
 
 
 def command_of(test: TestCase, python: str) -> list[str]:
@@ -104,7 +103,7 @@ def execute_run(run: Run, index: int, ctx: Context) -> Result:
     for attempt in range(1, ctx.retries + 2):
         result = _attempt(run, str(index) if attempt == 1 else f"{index}-{attempt}", ctx)
         last = attempt == ctx.retries + 1 or ctx.registry.stopping.is_set()
-        if result.outcome not in RETRYABLE or last:
+        if not result.outcome.is_failure or last:
             return _with_earlier_attempts(result, earlier)
         earlier.append(_set_aside(result, attempt, ctx.results))
     raise AssertionError("unreachable")

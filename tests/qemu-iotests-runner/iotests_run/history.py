@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from iotests_run.errors import UsageError
-from iotests_run.model import Outcome, Result, Run
+from iotests_run.model import Result, Run
 from iotests_run.report.files import write_atomically
 
 MAX_TREES = 16
@@ -97,7 +97,7 @@ def load(path: Path, tree: str) -> tuple[dict[str, float], str | None]:
 def save(path: Path, tree: str, results: Iterable[Result]) -> None:
     """Add the durations of runs that really ran; a failed save is not an error (the file is a cache)."""
     learnt = {history_key(r.run): round(r.duration_s, 2) for r in results
-              if r.outcome in (Outcome.PASS, Outcome.FAIL, Outcome.NOT_RUN, Outcome.FLAKY) and r.duration_s > 0}
+              if r.outcome.ran_to_its_end and r.duration_s > 0}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)

@@ -18,13 +18,33 @@ class Outcome(enum.Enum):
     FLAKY = "flaky"
     INTERRUPTED = "interrupted"
 
+    # Every grouping of outcomes lives here; nothing else keeps a set of them.
     @property
     def is_failure(self) -> bool:
-        """Whether this outcome makes the job red."""
-        return self in FAILING
+        """Makes the job red (unless quarantined), and is tried again with --retry."""
+        return self in (Outcome.FAIL, Outcome.TIMEOUT, Outcome.HANG, Outcome.CRASH)
 
+    @property
+    def is_notable(self) -> bool:
+        """Wants a reader's eye: its own progress line and report.html entry; run again by --last-failed."""
+        return self.is_failure or self in (Outcome.FLAKY, Outcome.INTERRUPTED)
 
-FAILING = frozenset({Outcome.FAIL, Outcome.TIMEOUT, Outcome.HANG, Outcome.CRASH})
+    @property
+    def is_bad(self) -> bool:
+        """Listed under "Failures" in the summary: a failure, or a run the runner cut short."""
+        return self.is_failure or self is Outcome.INTERRUPTED
+
+    @property
+    def ran_to_its_end(self) -> bool:
+        """The test ended by itself, so its duration is worth remembering for scheduling."""
+        return self in (Outcome.PASS, Outcome.FAIL, Outcome.NOT_RUN, Outcome.FLAKY)
+
+    @property
+    def tally(self) -> str:
+        """The closing line's bucket: passed (flaky too), failed, or skipped (not run, interrupted)."""
+        if self.is_failure:
+            return "failed"
+        return "passed" if self in (Outcome.PASS, Outcome.FLAKY) else "skipped"
 
 
 @dataclass(frozen=True)
@@ -58,6 +78,15 @@ class Run:
     @property
     def label(self) -> str:
         return f"{self.combo} {self.test.name}"
+
+
+@dataclass
+class LiveRun:
+    """A run in flight, as progress shows it (its supervisor updates last_activity)."""
+
+    label: str
+    started: float
+    last_activity: float
 
 
 @dataclass(frozen=True)

@@ -104,3 +104,44 @@ def static_verdicts(runs: Sequence[Run], default_machine: str, cachemode: str,
         else:
             known.append(Result(run, Outcome.NOT_RUN, reason))
     return known, to_run
+
+
+def shard_from_ci(environ: Mapping[str, str]) -> Shard | None:
+    """GitLab's `parallel:` sets CI_NODE_INDEX and CI_NODE_TOTAL."""
+    index, total = environ.get("CI_NODE_INDEX"), environ.get("CI_NODE_TOTAL")
+    if index and total:
+        try:
+            return Shard.parse(f"{index}/{total}")
+        except UsageError:
+            raise UsageError(f"bad shard from CI_NODE_INDEX={printable(index)} "
+                             f"CI_NODE_TOTAL={printable(total)}") from None
+    return None
+
+
+def take_shard(shard: Shard, skipped: list[Result], to_run: list[Run],
+               to_run_cost: Mapping[Run, float]) -> tuple[list[Result], list[Run], str]:
+    """This shard's part of the plan, and a line saying how its load compares."""
+    cost = {**to_run_cost, **{r.run: 0.0 for r in skipped}}
+    shards = split(list(cost), cost, shard.total)
+    mine = set(shards[shard.index - 1])
+    loads = [sum(cost[r] for r in s) for s in shards]
+    mean = sum(loads) / len(loads)
+    note = (f"iotests-run: shard {shard.index}/{shard.total}: {len(mine)} of {len(cost)} runs, predicted "
+            f"{loads[shard.index - 1]:.1f} s (mean {mean:.1f} s, largest {max(loads):.1f} s)")
+    return [r for r in skipped if r.run in mine], [r for r in to_run if r in mine], note
+
+
+def without_protocols(missing: Mapping[str, str], skipped: list[Result],
+                      to_run: list[Run]) -> tuple[list[Result], list[Run]]:
+    """Runs over a protocol whose driver or service is missing here are not run, with the reason."""
+    if not missing:
+        return skipped, to_run
+    return (skipped + [Result(r, Outcome.NOT_RUN, missing[r.protocol]) for r in to_run if r.protocol in missing],
+            [r for r in to_run if r.protocol not in missing])
+
+
+def listing(skipped: list[Result], runs: list[Run]) -> str:
+    """--list: one line per run, tab-separated: test, format, protocol, `run` or `skip: REASON`."""
+    rows = [(r.run, f"skip: {r.reason}") for r in skipped] + [(r, "run") for r in runs]
+    return "".join(f"{run.test.name}\t{run.format}\t{run.protocol}\t{what}\n"
+                   for run, what in sorted(rows, key=lambda row: (row[0].combo, row[0].test.key)))

@@ -15,15 +15,12 @@ from iotests_run.model import Outcome, Result, Run
 from iotests_run.results_folder import read_results
 from iotests_run.text import printable, read_small_text
 
-RERUN = frozenset({Outcome.FAIL, Outcome.TIMEOUT, Outcome.HANG, Outcome.CRASH, Outcome.FLAKY,
-                   Outcome.INTERRUPTED})
-
 
 def last_failed(results: Path) -> set[tuple[str, str, str]]:
     """(test key, format, protocol) of every run that failed (or was flaky or interrupted) last time."""
     recorded = read_results(results, "--last-failed")
     return {ident for ident, record in zip(recorded.idents(), recorded.records, strict=True)
-            if Outcome(record["outcome"]) in RERUN}
+            if Outcome(record["outcome"]).is_notable}
 
 
 @dataclass(frozen=True)

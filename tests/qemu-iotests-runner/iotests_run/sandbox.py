@@ -1,10 +1,9 @@
-"""Process control: every test process starts here, and every one is ended here.
+"""A run's folders: where they live, how they are made, kept and removed.
 
-Each run gets its own folders (TEST_DIR, SOCK_DIR and TMPDIR under a short
-scratch root on the build folder's file system; TEST_DIR moves into the results folder when
-the run did not pass)
-and its own session, so the whole process group can be killed. A registry of live
-process groups lets an interrupted runner end everything it started.
+Each run gets its own TEST_DIR, SOCK_DIR and TMPDIR under a short per-invocation scratch
+root on the build folder's file system; TEST_DIR moves into the results folder when the run
+did not pass. Removal never follows a link out of a folder or crosses into another mount.
+(Processes start and stop in supervise.py; the live runs are in registry.py.)
 """
 
 from __future__ import annotations
@@ -16,8 +15,6 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -252,38 +249,3 @@ class ShortRoot:
 
     def close(self) -> None:
         remove_tree(self.path)
-
-
-@dataclass
-class LiveRun:
-    label: str
-    started: float
-    last_activity: float
-
-
-class Registry:
-    """The live runs, so that progress can name the quiet ones and an interrupt stops them all."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._live: dict[str, LiveRun] = {}
-        self.stopping = threading.Event()
-
-    def add(self, key: str, label: str) -> LiveRun:
-        now = time.monotonic()
-        live = LiveRun(label, now, now)
-        with self._lock:
-            self._live[key] = live
-        return live
-
-    def discard(self, key: str) -> None:
-        with self._lock:
-            self._live.pop(key, None)
-
-    def live(self) -> list[LiveRun]:
-        with self._lock:
-            return list(self._live.values())
-
-    def stop(self) -> None:
-        """Ask every live run to end now; each worker kills its own run's processes."""
-        self.stopping.set()

@@ -24,7 +24,8 @@ import psutil
 
 from iotests_run.diagnostics import Evidence, collect
 from iotests_run.isolation import Isolation, Overlay, child_setup
-from iotests_run.sandbox import LiveRun, Registry
+from iotests_run.model import LiveRun
+from iotests_run.registry import Registry
 from iotests_run.tracking import Tracker, kill_all
 
 TICK_S = 1.0

@@ -9,7 +9,7 @@ import pytest
 from iotests_run import execute
 from iotests_run.cpu import Admission
 from iotests_run.model import Outcome, Result, Run, TestCase
-from iotests_run.sandbox import Registry
+from iotests_run.registry import Registry
 
 pytestmark = pytest.mark.unit
 

@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 from support import FakeTree, run_cli
 
-from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.model import LiveRun, Outcome, Result, Run, TestCase
 from iotests_run.report.progress import CLEAR_LINE, NORMAL, QUIET, Eta, Progress
-from iotests_run.sandbox import LiveRun
 
 
 def _run(name: str) -> Run:

@@ -206,8 +206,8 @@ def test_result_files_follow_finished_runs_within_a_second(tmp_path: Path) -> No
     """Runs finishing in a burst rewrite the files once, not once each; nothing waits past a tick."""
     import io
 
-    from iotests_run.cli import WRITE_EVERY_S, Reporter
     from iotests_run.report.progress import Progress
+    from iotests_run.report.writer import WRITE_EVERY_S, Reporter
 
     now = [10.0]
     reporter = Reporter(tmp_path, None, {"complete": False}, Progress(9, io.StringIO(), live=False), False, [],

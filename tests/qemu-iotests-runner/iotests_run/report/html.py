@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
-from iotests_run.model import Outcome, Result
+from iotests_run.model import Result
 from iotests_run.report.outcomes import PRESENTATION
 from iotests_run.report.summary import closing_line
 
@@ -66,7 +66,7 @@ apply();
 
 def _notable(result: Result) -> bool:
     """A run worth its own entry below the matrix: anything but a clean pass or a not-run."""
-    return result.outcome not in (Outcome.PASS, Outcome.NOT_RUN) or bool(result.leaked)
+    return result.outcome.is_notable or bool(result.leaked)
 
 
 def _anchor(result: Result) -> str:

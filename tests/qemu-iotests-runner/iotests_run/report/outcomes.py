@@ -29,12 +29,5 @@ PRESENTATION: dict[Outcome, Presentation] = {
     Outcome.INTERRUPTED: Presentation("error", False, "", "interrupted", "interrupted", "stopped", "#aecbfa"),
 }
 
-
-def tally(outcome: Outcome) -> str:
-    """The closing line's bucket: passed (flaky too), failed, or skipped (not run, interrupted)."""
-    if outcome.is_failure:
-        return "failed"
-    return "passed" if outcome in (Outcome.PASS, Outcome.FLAKY) else "skipped"
-
 # Summary table columns, in order.
 COLUMNS = tuple(dict.fromkeys(p.column for p in PRESENTATION.values()))

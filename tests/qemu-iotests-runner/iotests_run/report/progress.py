@@ -16,9 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from iotests_run.model import Outcome, Result
-from iotests_run.report.outcomes import PRESENTATION, tally
-from iotests_run.sandbox import LiveRun
+from iotests_run.model import LiveRun, Outcome, Result
+from iotests_run.report.outcomes import PRESENTATION
 from iotests_run.text import terminal_safe
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
@@ -94,12 +93,11 @@ class Progress:
 
     def finished(self, result: Result) -> None:
         self.done += 1
-        self.counts[tally(result.outcome)] += 1
+        self.counts[result.outcome.tally] += 1
         self._flight = [r for r in self._flight if r.label != result.run.label]
         if self.eta is not None:
             self.eta.finished(result)
-        notable = result.outcome.is_failure or result.outcome in (Outcome.FLAKY, Outcome.INTERRUPTED)
-        if notable or self.level == VERBOSE or (self.level == NORMAL and not self.live):
+        if result.outcome.is_notable or self.level == VERBOSE or (self.level == NORMAL and not self.live):
             word = PRESENTATION[result.outcome].word
             line = (f"[{self.done:>{self.width}}/{self.total}] {word:<11} {result.run.combo:<12} "
                     f"{result.run.test.name:<28} {result.duration_s:6.1f} s")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from tabulate import tabulate
 
 from iotests_run.model import Outcome, Result
-from iotests_run.report.outcomes import COLUMNS, PRESENTATION, tally
+from iotests_run.report.outcomes import COLUMNS, PRESENTATION
 from iotests_run.text import terminal_safe
 
 
@@ -20,7 +20,7 @@ SLOWEST = 10
 
 def closing_line(results: Sequence[Result]) -> str:
     """`N passed, N failed, N skipped`: the line CI log readers look for."""
-    count = Counter(tally(r.outcome) for r in results)
+    count = Counter(r.outcome.tally for r in results)
     return f"{count['passed']} passed, {count['failed']} failed, {count['skipped']} skipped"
 
 
@@ -37,7 +37,7 @@ def _counts_table(results: Sequence[Result]) -> str:
 
 def summary_text(results: Sequence[Result], title: str, wall_s: float) -> str:
     parts = [title, "", _counts_table(results)]
-    bad = [r for r in results if r.outcome.is_failure or r.outcome is Outcome.INTERRUPTED]
+    bad = [r for r in results if r.outcome.is_bad]
     if bad:
         rows = [[r.run.combo, r.run.test.name, PRESENTATION[r.outcome].column, r.reason, r.artifacts or ""]
                 for r in sorted(bad, key=lambda r: (r.run.combo, r.run.test.key))]

@@ -1,0 +1,121 @@
+"""What one invocation sets up around all its runs, and tears down after them.
+
+The isolation the machine allows (probed once), a cgroup root or, without one, the runner as
+subreaper of the runs' orphans; the short scratch root; the watchdog that outlives a killed
+runner; each run's limits. execute.execute_all runs the pool inside all that.
+"""
+
+from __future__ import annotations
+
+import json
+import py_compile
+import resource
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from iotests_run.adoption import Adopter
+from iotests_run.cpu import Admission
+from iotests_run.execute import Context, execute_all
+from iotests_run.isolation import probe
+from iotests_run.model import LiveRun, Result, Run
+from iotests_run.qemu import QemuTree
+from iotests_run.registry import Registry
+from iotests_run.sandbox import ShortRoot
+from iotests_run.supervise import Limits
+from iotests_run.tracking import CgroupRoot
+from iotests_run.watchdog import start as start_watchdog
+
+
+@dataclass(frozen=True)
+class LimitOptions:
+    timeout_s: float  # --timeout, unless timeouts.json names the test
+    multiplier: float  # --timeout-multiplier
+    hang_timeout_s: float
+    grace_s: float
+
+
+def limits_for(options: LimitOptions) -> Callable[[Run], Limits]:
+    """Each run's limits: --timeout or the shipped per-test override, times the multiplier."""
+    table = json.loads(resources.files("iotests_run").joinpath("timeouts.json").read_text())["tests"]
+
+    def limits(run: Run) -> Limits:
+        timeout = float(table.get(run.test.key, options.timeout_s)) * options.multiplier
+        return Limits(timeout_s=timeout, hang_timeout_s=options.hang_timeout_s, grace_s=options.grace_s)
+
+    return limits
+
+
+def precompile(iotests: Path, environ: Mapping[str, str]) -> None:
+    """Bytecode for the iotests folder's modules (iotests.py, ...), as check's first Python test leaves it.
+
+    Each run sees that folder through its own overlay, so bytecode a test writes there is gone
+    with the run and every Python test would compile iotests.py again. Nothing is written when
+    the user asked Python not to write bytecode.
+    """
+    if environ.get("PYTHONDONTWRITEBYTECODE"):
+        return
+    for module in sorted(iotests.glob("*.py")):
+        try:
+            py_compile.compile(str(module), doraise=True)
+        except (OSError, py_compile.PyCompileError):
+            continue
+
+
+def cpu_seconds() -> dict[str, float]:
+    """CPU time of the runner itself and of the test processes it waited for."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"runner": round(own.ru_utime + own.ru_stime, 2), "children": round(kids.ru_utime + kids.ru_stime, 2)}
+
+
+@dataclass(frozen=True)
+class Ended:
+    interrupted: bool
+    orphans: list[str]  # processes no single run could be blamed for (no cgroups), killed at the end
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """How the pool talks to the reporting side."""
+
+    finished: Callable[[Result], None]
+    tick: Callable[[Sequence[LiveRun]], None]
+    note: Callable[[str], None]
+
+
+def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scratch: Path, isolate: bool,
+                     perturb: str, user_env: Mapping[str, str], environ: Mapping[str, str],
+                     limits: Callable[[Run], Limits], retries: int, admission: Admission, hooks: Hooks) -> Ended:
+    """Run everything in sandboxes, with a watchdog behind them, and clean up whatever happens."""
+    isolation = probe(wanted=isolate, iotests=tree.iotests, scratch=scratch)
+    cgroups = CgroupRoot.create() if isolate else None
+    if isolation.cores:
+        precompile(tree.iotests, environ)
+    hooks.note(f"iotests-run: isolation: {isolation.describe()}; "
+               f"{'a cgroup per run' if cgroups else 'processes tracked by environment marker'}")
+    short_root = ShortRoot(scratch)
+    marker = short_root.path.name
+    watchdog = start_watchdog(marker, short_root.path, cgroups.path if cgroups else None)
+    adopter = None if cgroups else Adopter.start()
+    if adopter is not None:
+        adopter.ignore(watchdog.pid)
+    registry = Registry()
+    ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
+                  user_env=user_env, malloc_perturb=perturb, limits=limits,
+                  isolation=isolation, cgroups=cgroups, marker=marker, retries=retries, adopter=adopter)
+    interrupted = False
+    try:
+        execute_all(runs, ctx, admission, hooks.finished, on_tick=lambda: hooks.tick(registry.live()))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        orphans = adopter.close() if adopter is not None else []
+        short_root.close()
+        if cgroups is not None:
+            cgroups.close()
+        if watchdog.stdin is not None:
+            watchdog.stdin.close()
+        watchdog.wait()
+    return Ended(interrupted, orphans)

@@ -1,0 +1,106 @@
+"""The results folder's files, written as runs finish and at the end (the stateful writer).
+
+Every other module in report/ is a pure function of the results; this one keeps the list of
+finished runs, decides when the files are rewritten and writes them atomically. Where they
+live is results_folder's business.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from iotests_run.model import LiveRun, Result
+from iotests_run.report.files import write_atomically
+from iotests_run.report.html import html_report
+from iotests_run.report.junit import junit_xml
+from iotests_run.report.progress import Progress
+from iotests_run.report.results_json import results_json
+from iotests_run.report.summary import summary_text
+from iotests_run.report.tap import tap_line
+
+# While runs finish, results.json and junit.xml are rewritten at most this often (and at the end):
+# each rewrite serialises every result so far, and after every run that cost the runner more CPU
+# than everything else it does (660 runs of qcow2+raw+qed quick: about 55% of its own CPU).
+WRITE_EVERY_S = 1.0
+
+
+def relative_to_cwd(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd())) or "."
+    except ValueError:
+        return str(path)
+
+
+def _unchanged(result: Result) -> Result:
+    return result
+
+
+@dataclass
+class Reporter:
+    """Streams every finished run to the terminal and rewrites the result files.
+
+    A result reaches the files at once when the last rewrite is WRITE_EVERY_S old, else at the
+    next tick (the pool ticks every second): never more than about a second late. `mark` may
+    amend a result before it is recorded (--quarantine marks the failures it excuses).
+    """
+
+    results_dir: Path
+    junit_copy: Path | None
+    meta: dict[str, Any]
+    progress: Progress
+    tap: bool
+    results: list[Result]
+    mark: Callable[[Result], Result] = _unchanged
+    clock: Callable[[], float] = time.monotonic
+    written_at: float = -math.inf
+    unwritten: bool = False
+
+    def write_files(self) -> None:
+        write_machine_reports(self.results_dir, self.results, self.meta, self.junit_copy)
+        self.written_at, self.unwritten = self.clock(), False
+
+    def record(self, result: Result) -> None:
+        result = self.mark(result)
+        self.results.append(result)
+        self.progress.finished(result)
+        if self.tap:
+            print(tap_line(len(self.results), result), flush=True)
+
+    def finished(self, result: Result) -> None:
+        self.record(result)
+        self.unwritten = True
+        self.flush(at_most_every=WRITE_EVERY_S)
+
+    def flush(self, at_most_every: float = 0.0) -> None:
+        """Write what is not written yet, unless the last write is younger than at_most_every."""
+        if self.unwritten and self.clock() - self.written_at >= at_most_every:
+            self.write_files()
+
+    def tick(self, live: Sequence[LiveRun]) -> None:
+        self.flush()
+        self.progress.tick(live)
+
+
+def write_machine_reports(folder: Path, results: Sequence[Result], meta: Mapping[str, Any],
+                          junit_copy: Path | None = None) -> None:
+    """results.json and junit.xml (and its copy where --junit asked), each replaced atomically."""
+    write_atomically(folder / "results.json", results_json(results, meta))
+    xml = junit_xml(results, attachment_base=relative_to_cwd(folder.resolve()))
+    write_atomically(folder / "junit.xml", xml)
+    if junit_copy is not None:
+        write_atomically(junit_copy, xml)
+
+
+def write_people_reports(folder: Path, results: Sequence[Result], meta: Mapping[str, Any], title: str,
+                         wall_s: float) -> str:
+    """summary.txt and report.html, at the end of a run or a merge; returns the summary's text."""
+    text = summary_text(results, title, wall_s)
+    write_atomically(folder / "summary.txt", text)
+    page = html_report(results, meta, title, exists=lambda rel: (folder / rel).is_file())
+    write_atomically(folder / "report.html", page)
+    return text
