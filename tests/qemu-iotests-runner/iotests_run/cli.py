@@ -27,7 +27,13 @@ from typing import Any, NoReturn
 from iotests_run import __version__, history, plan, reruns
 from iotests_run.cpu import Admission, Cpus
 from iotests_run.discovery import discover
-from iotests_run.environment import VARIABLE_NAME, environment_for_tests, malloc_perturb, public_environment
+from iotests_run.environment import (
+    VARIABLE_NAME,
+    Settings,
+    environment_for_tests,
+    malloc_perturb,
+    public_environment,
+)
 from iotests_run.errors import SetupError, UsageError
 from iotests_run.invocation import Hooks, LimitOptions, cpu_seconds, limits_for, run_in_sandboxes
 from iotests_run.merge import merge_folders
@@ -47,6 +53,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # No healthy quick iotest comes near these (the slowest take about 16 s on 2 busy cores).
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_HANG_TIMEOUT_S = 120.0
+# What QEMU accepts for cache= and aio= (check passes them on as CACHEMODE and AIOMODE).
+CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
+AIO_MODES = ("threads", "native", "io_uring")
 
 
 def default_jobs(environ: Mapping[str, str], cores: int) -> int:
@@ -129,6 +138,16 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
     p.add_argument("-p", "--protocol", type=_csv, default=["file"], help="protocols, comma separated")
     p.add_argument("-g", "--groups", type=_csv, default=[], help="include tests of these groups")
     p.add_argument("-x", "--exclude-groups", type=_csv, default=[], help="exclude tests of these groups")
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("-c", "--cache", metavar="MODE", dest="cachemode", choices=CACHE_MODES,
+                       help=f"cache mode, as check's -c ({', '.join(CACHE_MODES)}; default: writeback, "
+                            "with CACHEMODE_IS_DEFAULT=true)")
+    cache.add_argument("--nocache", dest="cachemode", action="store_const", const="none",
+                       help="cache mode none (O_DIRECT), as check's -nocache")
+    p.add_argument("-i", "--aio", metavar="MODE", dest="aiomode", default="threads", choices=AIO_MODES,
+                   help=f"AIO mode, as check's -i ({', '.join(AIO_MODES)}; default: %(default)s)")
+    p.add_argument("-o", "--imgopts", metavar="OPTIONS",
+                   help="image creation options (IMGOPTS), as check's -o")
     p.add_argument("-j", "--jobs", type=_jobs, default=default_jobs(os.environ, (cpus or Cpus.here()).count),
                    help="at most this many runs at once (default: %(default)s: IOTESTS_RUN_JOBS, else make's -jN, "
                         "else 4 x the usable cores); beyond cores + 1, a run starts only while cores idle")
@@ -222,6 +241,11 @@ class Planned:
         return len(self.skipped) + len(self.runs)
 
 
+def settings_of(args: argparse.Namespace) -> Settings:
+    """check's own test-environment options: -c/-nocache, -i, -o."""
+    return Settings(aiomode=args.aiomode, cachemode=args.cachemode, imgopts=args.imgopts)
+
+
 def find_tests(args: argparse.Namespace) -> Selection | None:
     """The tree and what to run in it; None when --last-failed finds nothing to run again."""
     tree = open_tree(args.qemu_source, args.qemu_build, os.environ, Path.cwd())
@@ -259,7 +283,7 @@ def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
         print(f"iotests-run: warning: {printable(warning)}", file=sys.stderr)
     wanted = [r for r in plan.matrix(found.tests, found.formats, found.protocols)
               if found.again is None or (r.test.key, r.format, r.protocol) in found.again]
-    skipped, to_run = plan.static_verdicts(wanted, tree.default_machine, "writeback",
+    skipped, to_run = plan.static_verdicts(wanted, tree.default_machine, settings_of(args).cache,
                                            read_declarations=not args.no_static_skip)
     missing = {p: why for p in found.protocols if (why := unavailable(p, tree.build))}
     skipped, to_run = plan.without_protocols(missing, skipped, to_run)
@@ -304,7 +328,8 @@ def start_reporting(args: argparse.Namespace, cpus: Cpus, found: Selection, plan
         "jobs": args.jobs,
         "planned": planned.count,
         "skipped_without_starting": len(planned.skipped),
-        "environment": public_environment(tree, found.formats, found.protocols, perturb, user_env),
+        "environment": public_environment(tree, found.formats, found.protocols, perturb, user_env,
+                                          settings_of(args)),
         "withheld_from_tests": list(withheld),
         "strict_flaky": args.strict_flaky,
         "complete": False,
@@ -376,6 +401,7 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
     ended = run_in_sandboxes(planned.runs, found.tree, results_dir=held.path, scratch=found.scratch,
                              isolate=not args.no_isolation, perturb=perturb, user_env=tests_env.variables,
                              environ=os.environ, limits=limits, retries=args.retry, admission=admission,
+                             settings=settings_of(args),
                              hooks=Hooks(reporter.finished, reporter.tick, reporter.progress.note))
     if ended.orphans:
         reporter.meta["orphans"] = ended.orphans

@@ -41,11 +41,16 @@ MACHINE_FOR_TARGET = {
 
 @dataclass(frozen=True)
 class Settings:
-    """What a check command line would choose (check's defaults)."""
+    """What check's own options choose (-c/-nocache, -i, -o); its defaults when not given."""
 
     aiomode: str = "threads"
-    cachemode: str | None = None  # None: check's default, writeback
+    cachemode: str | None = None  # None: check's default, writeback (and CACHEMODE_IS_DEFAULT=true)
     imgopts: str | None = None
+
+    @property
+    def cache(self) -> str:
+        """The cache mode the tests run with."""
+        return self.cachemode or "writeback"
 
 
 def _add_option(opts: str | None, key: str, value: str) -> str:
@@ -62,9 +67,8 @@ def iotests_environment(tree: QemuTree, fmt: str, proto: str, *, python: str,
     """The iotests variables (only those) check would set for this run."""
     settings = settings or Settings()
     b = tree.binaries
-    cachemode = settings.cachemode or "writeback"
     imgopts = settings.imgopts
-    io_options = f"--cache {cachemode} --aio {settings.aiomode}"
+    io_options = f"--cache {settings.cache} --aio {settings.aiomode}"
     env = {
         "PYTHONPATH": os.pathsep.join(filter(None, (str(tree.iotests), str(tree.python_dir.resolve()),
                                                      user_env.get("PYTHONPATH")))),
@@ -81,7 +85,7 @@ def iotests_environment(tree: QemuTree, fmt: str, proto: str, *, python: str,
         "IMGFMT": fmt,
         "IMGPROTO": proto,
         "AIOMODE": settings.aiomode,
-        "CACHEMODE": cachemode,
+        "CACHEMODE": settings.cache,
         "CACHEMODE_IS_DEFAULT": "true" if settings.cachemode is None else "false",
         "IMGFMT_GENERIC": "false" if fmt in NON_GENERIC_FORMATS else "true",
         "QEMU_DEFAULT_MACHINE": tree.default_machine,
@@ -169,13 +173,14 @@ def environment_for_tests(environ: Mapping[str, str], pass_env: Sequence[str] = 
 
 
 def public_environment(tree: QemuTree, formats: Sequence[str], protocols: Sequence[str], perturb: str,
-                       user_env: Mapping[str, str]) -> dict[str, dict[str, str]]:
+                       user_env: Mapping[str, str], settings: Settings) -> dict[str, dict[str, str]]:
     """The iotests variables per format-protocol, for results.json (never the user's other variables)."""
     out: dict[str, dict[str, str]] = {}
     for fmt in formats:
         for proto in protocols:
             env = iotests_environment(tree, fmt, proto, python=sys.executable, test_dir=Path("<TEST_DIR>"),
-                                      sock_dir=Path("<SOCK_DIR>"), malloc_perturb=perturb, user_env=user_env)
+                                      sock_dir=Path("<SOCK_DIR>"), malloc_perturb=perturb, user_env=user_env,
+                                      settings=settings)
             names = (*IOTESTS_VARIABLES, *(k for k, _ in tree.check_sets))
             out[f"{fmt}-{proto}"] = {k: env[k] for k in names if k in env}
     return out

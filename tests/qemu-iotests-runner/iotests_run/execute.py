@@ -33,6 +33,7 @@ from iotests_run.tracking import MARKER, CgroupRoot, MarkerTracker, Tracker
 from iotests_run.verdict import crash_reason, judge, reference_output
 
 OUTPUT_TAIL_BYTES = 4096
+CASENOTRUN_BYTES = 64 * 1024
 CORE_BUDGET_S = 60.0  # gdb on every core a run left
 TICK_S = 1.0
 ADMIT_POLL_S = 0.1  # how often the pool asks whether one more run may start
@@ -92,6 +93,15 @@ def _write_reproducer(path: Path, cwd: Path, iotests_env: Mapping[str, str], arg
     path.chmod(0o755)
 
 
+def _read_casenotrun(path: Path) -> str:
+    """The cases a Python test skipped (iotests.case_notrun appends a line each), as check reads them."""
+    try:
+        with path.open("rb") as f:
+            return f.read(CASENOTRUN_BYTES).decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 def _isolation_for(run: Run, isolation: Isolation) -> Isolation:
     """ssh, nfs and rbd reach their service over the machine's network: no network namespace for them."""
     return replace(isolation, network=False) if run.protocol in HOST_NETWORK_PROTOCOLS else isolation
@@ -148,8 +158,7 @@ def _with_earlier_attempts(final: Result, earlier: list[Result]) -> Result:
 
 def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     tree = ctx.tree
-    cachemode = ctx.settings.cachemode or "writeback"
-    reference = reference_output(run.test.path, run.format, tree.default_machine, cachemode)
+    reference = reference_output(run.test.path, run.format, tree.default_machine, ctx.settings.cache)
     if ctx.registry.stopping.is_set():
         return Result(run, Outcome.INTERRUPTED, "not started: the runner was interrupted")
 
@@ -187,12 +196,13 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     core_evidence = examine_cores(cores, box.run_dir / "cores", run.test.path.parent, CORE_BUDGET_S) if cores else None
     if core_evidence is not None and outcome is Outcome.FAIL:
         outcome, reason = Outcome.CRASH, core_evidence.summary.splitlines()[0].split(", core kept")[0]
+    casenotrun = _read_casenotrun(box.test_dir / f"{run.test.name}.casenotrun")
     leaked = ending.leaked
     if leaked:
         (box.run_dir / LEAKED).write_text("\n".join(leaked) + "\n", encoding="utf-8")
     if outcome is Outcome.PASS and not leaked:
         box.discard()
-        return Result(run, Outcome.PASS, "", duration, cpu_s=ending.cpu_s)
+        return Result(run, Outcome.PASS, "", duration, cpu_s=ending.cpu_s, casenotrun=casenotrun)
     notes = [e.summary for e in (ending.evidence, core_evidence) if e is not None and e.summary]
     try:
         box.keep()
@@ -208,7 +218,7 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
         attachments += [f"{rel}/cores/{f}" for f in core_evidence.files]
     return Result(run, outcome, reason, duration, diff=diff, artifacts=rel, output_tail=_tail(output),
                   diagnostics="\n".join(notes),
-                  attachments=tuple(attachments), leaked=leaked, cpu_s=ending.cpu_s)
+                  attachments=tuple(attachments), leaked=leaked, cpu_s=ending.cpu_s, casenotrun=casenotrun)
 
 
 def execute_all(runs: list[Run], ctx: Context, admission: Admission,

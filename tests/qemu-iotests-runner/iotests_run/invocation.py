@@ -17,6 +17,7 @@ from pathlib import Path
 
 from iotests_run.adoption import Adopter
 from iotests_run.cpu import Admission
+from iotests_run.environment import Settings
 from iotests_run.execute import Context, execute_all
 from iotests_run.isolation import probe
 from iotests_run.model import LiveRun, Result, Run
@@ -87,7 +88,8 @@ class Hooks:
 
 def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scratch: Path, isolate: bool,
                      perturb: str, user_env: Mapping[str, str], environ: Mapping[str, str],
-                     limits: Callable[[Run], Limits], retries: int, admission: Admission, hooks: Hooks) -> Ended:
+                     limits: Callable[[Run], Limits], retries: int, admission: Admission, hooks: Hooks,
+                     settings: Settings) -> Ended:
     """Run everything in sandboxes, with a watchdog behind them, and clean up whatever happens."""
     isolation = probe(wanted=isolate, iotests=tree.iotests, scratch=scratch)
     cgroups = CgroupRoot.create() if isolate else None
@@ -104,7 +106,8 @@ def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scra
     registry = Registry()
     ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
                   user_env=user_env, malloc_perturb=perturb, limits=limits,
-                  isolation=isolation, cgroups=cgroups, marker=marker, retries=retries, adopter=adopter)
+                  isolation=isolation, cgroups=cgroups, marker=marker, retries=retries, adopter=adopter,
+                  settings=settings)
     interrupted = False
     try:
         execute_all(runs, ctx, admission, hooks.finished, on_tick=lambda: hooks.tick(registry.live()))

@@ -103,6 +103,7 @@ class Result:
     leaked: tuple[str, ...] = ()  # processes the run left behind ("PID command"), killed by the runner
     cpu_s: float | None = None  # CPU time of the run's processes, when a cgroup counted it
     quarantined: bool = False  # a failure --quarantine excuses: reported, but the job does not fail for it
+    casenotrun: str = ""  # the cases a test skipped inside itself (its TEST.casenotrun file), as check shows them
 
 
 def fails_the_job(results: Iterable[Result], strict_flaky: bool) -> bool:

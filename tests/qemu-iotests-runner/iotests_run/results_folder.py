@@ -33,7 +33,7 @@ RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
 RUNS = "runs"
 # Files of a run's artifacts folder.
 DIFF, LEAKED, REPRODUCER = "diff.txt", "leaked.txt", "reproduce.sh"
-SCHEMA = 2  # results.json's "schema": 2 added it and each run's "quarantined"
+SCHEMA = 2  # results.json's "schema": 2 added it and each run's "quarantined" and "casenotrun"
 # How much of a recorded diff.txt merge reads back (the full file stays in the artifacts).
 DIFF_READ_BYTES = 1 << 20
 
@@ -140,6 +140,7 @@ def run_record(result: Result) -> dict[str, Any]:
         "diagnostics": result.diagnostics,
         "attachments": list(result.attachments),
         "quarantined": result.quarantined,
+        "casenotrun": result.casenotrun,
     }
 
 
@@ -187,6 +188,7 @@ _FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "attachments": (False, _paths, "a list of files under runs/"),
     "leaked": (False, _texts, "a list of text"),
     "quarantined": (False, lambda v: isinstance(v, bool), "true or false"),
+    "casenotrun": (False, _text, "text"),
 }
 
 
@@ -225,7 +227,7 @@ class Recorded:
                       diff=_read_diff(artifacts_in / folder / DIFF) if folder else "", artifacts=folder,
                       diagnostics=record.get("diagnostics", ""), attachments=tuple(record.get("attachments", ())),
                       leaked=tuple(record.get("leaked", ())), cpu_s=record.get("cpu_s"),
-                      quarantined=record.get("quarantined", False))
+                      quarantined=record.get("quarantined", False), casenotrun=record.get("casenotrun", ""))
 
 
 def _read_diff(path: Path) -> str:

@@ -99,6 +99,28 @@ def test_environment_equals_checks(any_reference_tree: ReferenceTree, tmp_path: 
     assert set(added) - set(ours) <= {"PWD", "OLDPWD", "TEST_DIR", "SOCK_DIR", "MALLOC_PERTURB_", "SHLVL", "_"}
 
 
+def test_checks_own_environment_options_equal_checks(any_reference_tree: ReferenceTree, tmp_path: Path) -> None:
+    """-nocache/-c, -i and -o as check's: `check -qcow2 -nocache -i native -o ... -- env -0` against ours."""
+    from iotests_run.cli import make_parser, settings_of
+    from iotests_run.cpu import Cpus
+
+    user_env = dict(os.environ, TEST_DIR=str(tmp_path / "t"), SOCK_DIR=str(tmp_path / "s"), MALLOC_PERTURB_="17")
+    for check_args, our_args in ((["-nocache", "-i", "native", "-o", "compat=0.10"],
+                                  ["--nocache", "-i", "native", "-o", "compat=0.10"]),
+                                 (["-c", "writethrough"], ["-c", "writethrough"])):
+        dump = tmp_path / "env"
+        subprocess.run([sys.executable, "check", "-qcow2", *check_args, "--", "sh", "-c", f"env -0 > {dump}"],
+                       cwd=any_reference_tree.build / "tests" / "qemu-iotests", env=user_env,
+                       capture_output=True, check=True)
+        theirs = dict(item.split("=", 1) for item in dump.read_text().split("\0") if "=" in item)
+        tree = open_tree(str(any_reference_tree.source), str(any_reference_tree.build), {}, Path("/"))
+        settings = settings_of(make_parser(Cpus(2, None)).parse_args(our_args))
+        ours = iotests_environment(tree, "qcow2", "file", python=sys.executable, test_dir=tmp_path / "t",
+                                   sock_dir=tmp_path / "s", malloc_perturb="17", user_env=user_env,
+                                   settings=settings)
+        assert {k: theirs.get(k) for k in ours} == ours
+
+
 def test_tree_found_from_inside_the_build(reference_tree: ReferenceTree, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("QEMU_SOURCE", "QEMU_BUILD")}
     env["IOTESTS_RUN_CACHE"] = str(tmp_path / "no-cache")
@@ -188,6 +210,26 @@ def test_a_daemon_stopped_as_its_test_ends_is_no_leak(reference_tree: ReferenceT
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run = json.loads((tmp_path / "results" / "results.json").read_text())["runs"][0]
     assert (run["outcome"], run["leaked"]) == ("pass", [])
+
+
+def test_cases_not_run_are_kept_as_check_shows_them(reference_tree: ReferenceTree, tmp_path: Path) -> None:
+    """297 skips its linter cases where pylint and mypy are missing (iotests.case_notrun): check prints them.
+
+    On 7.2 only: 10.0's 297 runs the linters as modules of $PYTHON, which is the runner's own
+    interpreter (with this project's mypy) here and the system's under check.
+    """
+    any_reference_tree = reference_tree
+    env = {k: v for k, v in os.environ.items() if k != "PATH"}
+    env["PATH"] = "/usr/bin:/bin"  # the system's Python, without this project's pylint or mypy
+    check = subprocess.run(["./check", "-qcow2", "297"], cwd=any_reference_tree.build / "tests" / "qemu-iotests",
+                           env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    cases = [line for line in check.stdout.splitlines() if "[case not run]" in line]
+    assert cases, check.stdout
+    results = tmp_path / "results"
+    proc = run_cli(["297", "-f", "qcow2", *any_reference_tree.args(results)], env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = json.loads((results / "results.json").read_text())["runs"][0]
+    assert run["outcome"] == "pass" and run["casenotrun"].splitlines() == cases
 
 
 FUSE_SAMPLE = ["001", "002", "004", "007", "308"]

@@ -361,3 +361,24 @@ def test_cpu_time_only_where_a_cgroup_counted_it(fake_tree: FakeTree, tmp_path: 
     if "a cgroup per run" in proc.stdout:
         cpu_s = runs_by_test(tmp_path / "cgroup")[("qcow2", "001")]["cpu_s"]
         assert isinstance(cpu_s, float) and cpu_s >= 0.2
+
+
+def test_checks_environment_options_and_skipped_cases(fake_tree: FakeTree, tmp_path: Path) -> None:
+    """-c/--nocache, -i and -o set what check's own options set; .casenotrun is kept and shown as check shows it."""
+    body = 'echo "$CACHEMODE $CACHEMODE_IS_DEFAULT $AIOMODE $IMGOPTS $QEMU_IO_OPTIONS_NO_FMT"\n'
+    fake_tree.add_test("001", body, out="writeback true threads  --cache writeback --aio threads\n")
+    Path(f"{fake_tree.iotests}/001.out.nocache").write_text("none false native a=b --cache none --aio native\n")
+    fake_tree.add_test("002", 'echo "    [case not run] no pylint here" >> "$TEST_DIR/002.casenotrun"\necho ok\n',
+                       out="ok\n")
+    results = tmp_path / "results"
+    assert run_cli(["001", *fake_tree.args(results)]).returncode == 0
+    proc = run_cli(["001", "--nocache", "-i", "native", "-o", "a=b", *fake_tree.args(results)])
+    assert proc.returncode == 0, proc.stdout  # judged against 001.out.nocache
+    proc = run_cli(["002", "--tap", *fake_tree.args(results)])
+    assert proc.returncode == 0, proc.stderr
+    assert "ok 1 qcow2-file 002\n#    [case not run] no pylint here\n" in proc.stdout
+    run = runs_by_test(results)[("qcow2", "002")]
+    assert (run["outcome"], run["casenotrun"]) == ("pass", "    [case not run] no pylint here\n")
+    assert "no pylint here" in (results / "summary.txt").read_text()
+    case = next(c for c in ET.parse(results / "junit.xml").getroot().iter("testcase") if c.get("name") == "002")
+    assert "[case not run] no pylint here" in (case.findtext("system-out") or "")

@@ -64,6 +64,8 @@ def _case(result: Result, tree_root: str, attachment_base: str, limit: int) -> T
     out = []
     if element is None and result.reason:  # flaky: passed, but say how
         out.append(f"{result.outcome.value}: {result.reason}")
+    if result.casenotrun:
+        out.append("cases not run:\n" + result.casenotrun.rstrip("\n"))
     if result.output_tail and element in ("failure", "error"):
         out.append(result.output_tail)
     # GitLab links [[ATTACHMENT|path]] lines of a testcase's system-out to artifact files.

@@ -55,6 +55,11 @@ def summary_text(results: Sequence[Result], title: str, wall_s: float) -> str:
     if ran:
         rows = [[r.run.combo, r.run.test.name, f"{r.duration_s:.1f}"] for r in ran]
         parts += ["", "Slowest runs:", _table(rows, ["format-protocol", "test", "s"])]
+    skipped_cases = [r for r in results if r.casenotrun.strip()]
+    if skipped_cases:
+        rows = [[r.run.combo, r.run.test.name, line.strip()] for r in skipped_cases
+                for line in r.casenotrun.splitlines() if line.strip()]
+        parts += ["", "Cases not run (inside tests that ran):", _table(rows, ["format-protocol", "test", "case"])]
     quarantined = [r for r in results if r.quarantined]
     if quarantined:
         parts += ["", "Quarantined (reported, not failing the job): " + ", ".join(r.run.label for r in quarantined)]
