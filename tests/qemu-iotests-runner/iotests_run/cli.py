@@ -12,24 +12,20 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shlex
 import signal
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 from iotests_run import __version__, history, plan, reruns
 from iotests_run.cpu import Admission, Cpus
 from iotests_run.discovery import discover
 from iotests_run.environment import (
-    VARIABLE_NAME,
-    Settings,
     environment_for_tests,
     malloc_perturb,
     public_environment,
@@ -38,8 +34,9 @@ from iotests_run.errors import SetupError, UsageError
 from iotests_run.invocation import Hooks, LimitOptions, cpu_seconds, limits_for, run_in_sandboxes
 from iotests_run.merge import merge_folders
 from iotests_run.model import Result, Run, TestCase, fails_the_job
+from iotests_run.options import Parser, make_parser, parse_arguments, settings_of
 from iotests_run.qemu import QemuTree, open_tree, reference_cache
-from iotests_run.report.progress import NORMAL, QUIET, QUIET_NOTICE_S, VERBOSE, Eta, Progress
+from iotests_run.report.progress import QUIET, Eta, Progress
 from iotests_run.report.summary import closing_line
 from iotests_run.report.tap import HEADER, tap_plan
 from iotests_run.report.writer import Reporter, relative_to_cwd, write_machine_reports, write_people_reports
@@ -50,160 +47,6 @@ from iotests_run.services import unavailable
 from iotests_run.text import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-# No healthy quick iotest comes near these (the slowest take about 16 s on 2 busy cores).
-DEFAULT_TIMEOUT_S = 600.0
-DEFAULT_HANG_TIMEOUT_S = 120.0
-# What QEMU accepts for cache= and aio= (check passes them on as CACHEMODE and AIOMODE).
-CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
-AIO_MODES = ("threads", "native", "io_uring")
-
-
-def default_jobs(environ: Mapping[str, str], cores: int) -> int:
-    """IOTESTS_RUN_JOBS, else make's -jN (MAKEFLAGS, under make check-block), else 4 x the usable cores (README).
-
-    A ceiling, not a target: beyond cores + 1, runs start only while cores idle (cpu.Admission).
-    """
-    value = environ.get("IOTESTS_RUN_JOBS", "")
-    if value:  # set and not empty
-        if not value.strip().isdigit() or int(value) < 1:
-            raise UsageError(f"bad IOTESTS_RUN_JOBS: {printable(value)} (expected a number of at least 1)")
-        return int(value)
-    make = re.search(r"(?:^|\s)-j\s*(\d+)(?:\s|$)", environ.get("MAKEFLAGS", ""))
-    if make and int(make.group(1)) > 0:
-        return int(make.group(1))
-    return 4 * cores
-
-
-def extra_arguments(environ: Mapping[str, str]) -> list[str]:
-    """IOTESTS_RUN_ARGS: options for runs started where the command line is not ours (make check-block)."""
-    try:
-        return shlex.split(environ.get("IOTESTS_RUN_ARGS", ""))
-    except ValueError as exc:
-        raise UsageError(f"bad IOTESTS_RUN_ARGS: {exc}") from None
-
-
-def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str],
-                    environ: Mapping[str, str]) -> argparse.Namespace:
-    """The command line over IOTESTS_RUN_ARGS: what the environment sets is only a default."""
-    extra = extra_arguments(environ)
-    if extra:
-        try:
-            defaults = parser.parse_args(extra)
-        except UsageError as exc:
-            raise UsageError(f"IOTESTS_RUN_ARGS: {exc}") from None
-        parser.set_defaults(**vars(defaults))
-    return parser.parse_args(argv)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
-
-
-def _number(convert: Callable[[str], float], minimum: float, strict: bool, wording: str) -> Callable[[str], Any]:
-    """An argparse type: a number of the given kind above (strict) or at least minimum."""
-
-    def parse(value: str) -> Any:
-        try:
-            n = convert(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {value}") from None
-        if not n >= minimum or (strict and n == minimum):  # "not >=" also refuses nan
-            raise argparse.ArgumentTypeError(f"must be {wording}: {value}")
-        return n
-
-    return parse
-
-
-_jobs = _number(int, 1, False, "at least 1")
-_count = _number(int, 0, False, "0 or more")
-_seconds = _number(float, 0, True, "more than 0")
-
-
-def _variable_name(value: str) -> str:
-    if not VARIABLE_NAME.fullmatch(value):
-        raise argparse.ArgumentTypeError(f"not a variable name: {value}")
-    return value
-
-
-def _csv(value: str) -> list[str]:
-    return [v for v in value.split(",") if v]
-
-
-def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
-    p = _Parser(prog="iotests-run", description="Run QEMU's iotests in parallel sandboxes, "
-                "judged exactly as QEMU's check judges them.")
-    p.add_argument("tests", nargs="*", metavar="TEST", help="tests to run (040, 1, backing-file-invalidation)")
-    p.add_argument("-f", "--format", type=_csv, default=["qcow2"], help="image formats, comma separated")
-    p.add_argument("-p", "--protocol", type=_csv, default=["file"], help="protocols, comma separated")
-    p.add_argument("-g", "--groups", type=_csv, default=[], help="include tests of these groups")
-    p.add_argument("-x", "--exclude-groups", type=_csv, default=[], help="exclude tests of these groups")
-    cache = p.add_mutually_exclusive_group()
-    cache.add_argument("-c", "--cache", metavar="MODE", dest="cachemode", choices=CACHE_MODES,
-                       help=f"cache mode, as check's -c ({', '.join(CACHE_MODES)}; default: writeback, "
-                            "with CACHEMODE_IS_DEFAULT=true)")
-    cache.add_argument("--nocache", dest="cachemode", action="store_const", const="none",
-                       help="cache mode none (O_DIRECT), as check's -nocache")
-    p.add_argument("-i", "--aio", metavar="MODE", dest="aiomode", default="threads", choices=AIO_MODES,
-                   help=f"AIO mode, as check's -i ({', '.join(AIO_MODES)}; default: %(default)s)")
-    p.add_argument("-o", "--imgopts", metavar="OPTIONS",
-                   help="image creation options (IMGOPTS), as check's -o")
-    p.add_argument("-j", "--jobs", type=_jobs, default=default_jobs(os.environ, (cpus or Cpus.here()).count),
-                   help="at most this many runs at once (default: %(default)s: IOTESTS_RUN_JOBS, else make's -jN, "
-                        "else 4 x the usable cores); beyond cores + 1, a run starts only while cores idle")
-    p.add_argument("--fixed-jobs", action="store_true",
-                   help="always keep --jobs runs going, busy cores or not")
-    p.add_argument("--qemu-source", metavar="DIR", help="QEMU source tree")
-    p.add_argument("--qemu-build", metavar="DIR", help="QEMU build folder")
-    p.add_argument("--results", metavar="DIR", default="iotests-results",
-                   help="results folder (default: ./iotests-results)")
-    p.add_argument("--junit", metavar="FILE", help="also write the JUnit report here")
-    p.add_argument("--tap", action="store_true", help="print TAP 13 on stdout (progress goes to stderr)")
-    talk = p.add_mutually_exclusive_group()
-    talk.add_argument("-q", "--quiet", dest="level", action="store_const", const=QUIET, default=NORMAL,
-                      help="print only failed runs and the closing line (summary.txt still has everything)")
-    talk.add_argument("-v", "--verbose", dest="level", action="store_const", const=VERBOSE,
-                      help="a line for every finished run, on a terminal too, and each failure's diff under it")
-    p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
-                   help="hard limit per run (default: %(default)g; per-test overrides in timeouts.json)")
-    p.add_argument("--timeout-multiplier", type=_seconds, default=1.0, metavar="X",
-                   help="multiply every hard limit, for slow machines and sanitizer builds")
-    p.add_argument("--hang-timeout", type=_seconds, default=DEFAULT_HANG_TIMEOUT_S, metavar="SECONDS",
-                   help="a run whose processes used no CPU and wrote no output this long is a hang "
-                        "(default: %(default)g)")
-    p.add_argument("--grace", type=_seconds, default=3.0, metavar="SECONDS",
-                   help="between TERM and KILL when a run is stopped (default: %(default)g)")
-    p.add_argument("--retry", type=_count, default=0, metavar="N",
-                   help="try a failed, hung, timed-out or crashed run again, up to N times, in a fresh sandbox; "
-                        "one that then passes is flaky")
-    p.add_argument("--strict-flaky", action="store_true", help="flaky runs fail the job too")
-    p.add_argument("--last-failed", action="store_true",
-                   help="run again what failed, hung, timed out, crashed, was flaky or interrupted in the previous "
-                        "run recorded in the results folder")
-    p.add_argument("--quarantine", metavar="FILE", type=Path,
-                   help="known-flaky runs (lines: TEST [FORMAT-PROTOCOL]) are reported but do not fail the job")
-    p.add_argument("--still-running-every", type=_seconds, default=QUIET_NOTICE_S, metavar="SECONDS",
-                   help="name the runs still going after this long without a progress line (default: %(default)g)")
-    p.add_argument("--no-isolation", action="store_true",
-                   help="no network/mount namespaces or cgroups; processes are still tracked and killed")
-    p.add_argument("--scratch", metavar="DIR", type=Path, default=None,
-                   help="where run sandboxes live (default: /tmp, /var/tmp or /dev/shm, whichever is on the build "
-                        "folder's file system, where check's own TEST_DIR is; else /tmp)")
-    p.add_argument("--list", action="store_true",
-                   help="print the plan (test, format, protocol, run or skip: reason; tab-separated) and exit")
-    p.add_argument("--shard", metavar="I/N", type=plan.Shard.parse,
-                   help="run the I-th of N duration-balanced shards (default: CI_NODE_INDEX/CI_NODE_TOTAL if set)")
-    p.add_argument("--history", metavar="FILE", type=Path,
-                   help="duration history to read and update (default: ~/.cache/iotests-run/durations.json)")
-    p.add_argument("--pass-env", metavar="NAME", type=_variable_name, action="append", default=[],
-                   help="let the tests see this variable although its name looks like a credential "
-                        "(TOKEN, SECRET, PASSWORD, ...: those are withheld from tests); repeatable")
-    p.add_argument("--no-static-skip", action="store_true",
-                   help="start every run, even those whose test declares it cannot apply (check's behaviour)")
-    p.add_argument("--version", action="version", version=f"iotests-run {__version__}")
-    return p
-
-
 def _check_choices(kind: str, asked: list[str], known: Sequence[str], version: str) -> list[str]:
     if not asked:
         raise UsageError(f"no {kind} given")
@@ -239,11 +82,6 @@ class Planned:
     @property
     def count(self) -> int:
         return len(self.skipped) + len(self.runs)
-
-
-def settings_of(args: argparse.Namespace) -> Settings:
-    """check's own test-environment options: -c/-nocache, -i, -o."""
-    return Settings(aiomode=args.aiomode, cachemode=args.cachemode, imgopts=args.imgopts)
 
 
 def find_tests(args: argparse.Namespace) -> Selection | None:
@@ -419,7 +257,7 @@ def exit_status(results: Sequence[Result], complete: bool, strict_flaky: bool) -
 
 def merge_main(argv: Sequence[str]) -> int:
     """`iotests-run merge OUT DIR...`: one junit.xml, results.json and summary from CI shards."""
-    p = _Parser(prog="iotests-run merge", description="Join the results folders of shards into one.")
+    p = Parser(prog="iotests-run merge", description="Join the results folders of shards into one.")
     p.add_argument("out", type=Path, help="merged results folder")
     p.add_argument("inputs", type=Path, nargs="+", metavar="DIR", help="results folders of the shards")
     args = p.parse_args(argv)

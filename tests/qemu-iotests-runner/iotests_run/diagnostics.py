@@ -31,6 +31,7 @@ PER_TOOL_TIMEOUT_S = 20.0
 class Evidence:
     files: tuple[str, ...]  # names inside the diagnostics folder
     summary: str  # a few lines for the JUnit element text and the summary
+    cause: str = ""  # cores: what the first one says ended its process ("qemu-io died of SIGSEGV")
 
 
 def _read(path: str) -> str:
@@ -188,6 +189,7 @@ def examine_cores(cores: list[Path], folder: Path, cwd: Path, budget_s: float) -
     gdb = tool("gdb")
     files: list[str] = []
     summary: list[str] = []
+    causes: list[str] = []
     for n, core in enumerate(cores, 1):
         kept = folder / f"core-{n}"
         shutil.move(str(core), kept)
@@ -195,6 +197,7 @@ def examine_cores(cores: list[Path], folder: Path, cwd: Path, budget_s: float) -
         if gdb is None or left < 1:
             files.append(_compress(kept).name)
             summary.append(f"core kept: {kept.name}.gz ({'no gdb' if gdb is None else 'no time left'} for a backtrace)")
+            causes.append(summary[-1])
             continue
         program, signame = _core_origin(gdb, kept, min(PER_TOOL_TIMEOUT_S, left))
         executable = program if os.path.isabs(program) else shutil.which(program, path=str(cwd)) or program
@@ -209,6 +212,7 @@ def examine_cores(cores: list[Path], folder: Path, cwd: Path, budget_s: float) -
         # gdb shows frame #0 once when it loads the core and again in `bt`: one line per frame number
         frames = list({line.split()[0]: line for line in reversed(crashing.splitlines())
                        if line.startswith("#")}.values())[::-1]
-        summary.append(f"{name} died of {signame}, core kept ({kept.name}.gz): "
+        causes.append(f"{name} died of {signame}")
+        summary.append(f"{causes[-1]}, core kept ({kept.name}.gz): "
                        + " <- ".join(_frame_function(f) for f in frames[:7]))
-    return Evidence(tuple(files), "\n".join(summary))
+    return Evidence(tuple(files), "\n".join(summary), causes[0] if causes else "")

@@ -13,7 +13,7 @@ import random
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from iotests_run.diagnostics import DEPS
@@ -112,6 +112,25 @@ def iotests_environment(tree: QemuTree, fmt: str, proto: str, *, python: str,
         env["IMGOPTS"] = imgopts
     env.update(tree.check_sets)
     return env
+
+
+@dataclass(frozen=True)
+class TestsBase:
+    """What every run's environment starts from: the user's (as tests get it), check's options,
+    this invocation's MALLOC_PERTURB_ and interpreter."""
+
+    __test__ = False  # not a pytest class
+
+    user_env: Mapping[str, str]
+    malloc_perturb: str
+    settings: Settings = field(default_factory=Settings)
+    python: str = sys.executable
+
+    def iotests(self, tree: QemuTree, fmt: str, proto: str, test_dir: Path, sock_dir: Path) -> dict[str, str]:
+        """The iotests variables of one run."""
+        return iotests_environment(tree, fmt, proto, python=self.python, test_dir=test_dir, sock_dir=sock_dir,
+                                   malloc_perturb=self.malloc_perturb, user_env=self.user_env,
+                                   settings=self.settings)
 
 
 def malloc_perturb(user_env: Mapping[str, str]) -> str:

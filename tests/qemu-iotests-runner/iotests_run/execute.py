@@ -6,7 +6,6 @@ import queue
 import shlex
 import signal
 import subprocess
-import sys
 import threading
 import time
 import traceback
@@ -17,20 +16,19 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
-from iotests_run.adoption import Adopter
 from iotests_run.cpu import Admission
-from iotests_run.diagnostics import core_files, examine_cores
-from iotests_run.environment import Settings, child_environment, iotests_environment
+from iotests_run.diagnostics import Evidence, core_files, examine_cores
+from iotests_run.environment import TestsBase, child_environment
 from iotests_run.isolation import Isolation, Overlay
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.qemu import QemuTree
 from iotests_run.registry import Registry
 from iotests_run.results_folder import DIFF, LEAKED, REPRODUCER, run_folder
-from iotests_run.sandbox import ShortRoot
+from iotests_run.sandbox import Sandbox, ShortRoot
 from iotests_run.services import HOST_NETWORK_PROTOCOLS
-from iotests_run.supervise import Limits, supervise
-from iotests_run.tracking import MARKER, CgroupRoot, MarkerTracker, Tracker
-from iotests_run.verdict import crash_reason, judge, reference_output
+from iotests_run.supervise import Ending, Launch, Limits, Watch, supervise
+from iotests_run.tracking import MARKER, Trackers
+from iotests_run.verdict import Verdict, reference_output, run_verdict, with_core
 
 OUTPUT_TAIL_BYTES = 4096
 CASENOTRUN_BYTES = 64 * 1024
@@ -41,29 +39,17 @@ ADMIT_POLL_S = 0.1  # how often the pool asks whether one more run may start
 
 @dataclass(frozen=True)
 class Context:
+    """What every run of the invocation shares."""
+
     tree: QemuTree
-    results: Path
+    results: Path  # the results folder
     short_root: ShortRoot
     registry: Registry
-    user_env: Mapping[str, str]
-    malloc_perturb: str
+    base: TestsBase
     limits: Callable[[Run], Limits]
     isolation: Isolation = field(default_factory=Isolation)
-    cgroups: CgroupRoot | None = None
-    marker: str = "iotests-run"  # prefix of each run's IOTESTS_RUN_SANDBOX value
-    python: str = sys.executable
-    settings: Settings = field(default_factory=Settings)
-
+    trackers: Trackers = field(default_factory=Trackers)
     retries: int = 0
-    adopter: Adopter | None = None  # without cgroups: the runner as subreaper of the runs' orphans
-
-    def tracker(self, slot: str) -> Tracker:
-        if self.cgroups is not None:
-            return self.cgroups.run_cgroup(f"run-{slot}")
-        return MarkerTracker(f"{self.marker}/{slot}", self.adopter, slot)
-
-
-STOPPED = {"timeout": Outcome.TIMEOUT, "hang": Outcome.HANG, "interrupted": Outcome.INTERRUPTED}
 
 
 def command_of(test: TestCase, python: str) -> list[str]:
@@ -156,69 +142,76 @@ def _with_earlier_attempts(final: Result, earlier: list[Result]) -> Result:
                    attachments=attachments, duration_s=duration)
 
 
-def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
-    tree = ctx.tree
-    reference = reference_output(run.test.path, run.format, tree.default_machine, ctx.settings.cache)
-    if ctx.registry.stopping.is_set():
-        return Result(run, Outcome.INTERRUPTED, "not started: the runner was interrupted")
+@dataclass(frozen=True)
+class _Prepared:
+    box: Sandbox
+    iotests_env: dict[str, str]
+    launch: Launch
 
+
+def _prepare(run: Run, slot: str, ctx: Context, rel: str) -> _Prepared:
+    """The run's sandbox, environment and command."""
     box = ctx.short_root.sandbox(slot, ctx.results / rel)
     box.create()
-    iotests_env = iotests_environment(tree, run.format, run.protocol, python=ctx.python,
-                                      test_dir=box.test_dir, sock_dir=box.sock_dir,
-                                      malloc_perturb=ctx.malloc_perturb, user_env=ctx.user_env,
-                                      settings=ctx.settings)
-    env = child_environment(ctx.user_env, iotests_env, box.tmp_dir)
-    argv = command_of(run.test, ctx.python)
-    output = box.run_dir / f"{run.test.name}.out.bad"
-    notrun = box.test_dir / f"{run.test.name}.notrun"
+    iotests_env = ctx.base.iotests(ctx.tree, run.format, run.protocol, box.test_dir, box.sock_dir)
+    env = child_environment(ctx.base.user_env, iotests_env, box.tmp_dir)
+    env[MARKER] = ctx.trackers.marker_of(slot)
+    overlay = Overlay(ctx.tree.iotests, box.upper, box.work) if ctx.isolation.cores else None
+    launch = Launch(command_of(run.test, ctx.base.python), run.test.path.parent, env,
+                    box.run_dir / f"{run.test.name}.out.bad", _isolation_for(run, ctx.isolation), overlay)
+    return _Prepared(box, iotests_env, launch)
 
-    env[MARKER] = f"{ctx.marker}/{slot}"
-    qemu_gdb = tree.source / "scripts" / "qemu-gdb.py"
+
+def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
+    """Prepare, supervise, judge (verdict.py), keep the evidence: one attempt of one run."""
+    reference = reference_output(run.test.path, run.format, ctx.tree.default_machine, ctx.base.settings.cache)
+    if ctx.registry.stopping.is_set():
+        return Result(run, Outcome.INTERRUPTED, "not started: the runner was interrupted")
+    prepared = _prepare(run, slot, ctx, rel)
+    box, output = prepared.box, prepared.launch.output
+    qemu_gdb = ctx.tree.source / "scripts" / "qemu-gdb.py"
+    watch = Watch(ctx.limits(run), ctx.trackers.for_run(slot), ctx.registry, slot, run.label,
+                  box.run_dir / "diagnostics", qemu_gdb if qemu_gdb.is_file() else None)
     start = time.monotonic()
-    ending = supervise(argv, run.test.path.parent, env, output, limits=ctx.limits(run), tracker=ctx.tracker(slot),
-                       isolation=_isolation_for(run, ctx.isolation), registry=ctx.registry, key=slot,
-                       label=run.label,
-                       diagnostics_dir=box.run_dir / "diagnostics",
-                       qemu_gdb=qemu_gdb if qemu_gdb.is_file() else None,
-                       overlay=Overlay(tree.iotests, box.upper, box.work) if ctx.isolation.cores else None)
+    ending = supervise(prepared.launch, watch)
     duration = round(time.monotonic() - start, 3)
 
-    if ending.stopped:
-        outcome, reason, diff = STOPPED[ending.stopped], ending.detail, ""
-    else:
-        v = judge(ending.returncode, reference, output, notrun, str(reference), f"{rel}/{output.name}")
-        outcome, reason, diff = v.outcome, v.reason, v.diff
-        crash = crash_reason(ending.returncode, diff) if outcome is Outcome.FAIL else None
-        if crash:
-            outcome, reason = Outcome.CRASH, crash
-    cores = core_files(box.upper) if outcome is not Outcome.PASS else []
+    verdict = run_verdict(ending.stopped, ending.detail, ending.returncode, reference, output,
+                          box.test_dir / f"{run.test.name}.notrun", str(reference), f"{rel}/{output.name}")
+    cores = core_files(box.upper) if verdict.outcome is not Outcome.PASS else []
     core_evidence = examine_cores(cores, box.run_dir / "cores", run.test.path.parent, CORE_BUDGET_S) if cores else None
-    if core_evidence is not None and outcome is Outcome.FAIL:
-        outcome, reason = Outcome.CRASH, core_evidence.summary.splitlines()[0].split(", core kept")[0]
+    if core_evidence is not None:
+        verdict = with_core(verdict, core_evidence.cause)
     casenotrun = _read_casenotrun(box.test_dir / f"{run.test.name}.casenotrun")
-    leaked = ending.leaked
-    if leaked:
-        (box.run_dir / LEAKED).write_text("\n".join(leaked) + "\n", encoding="utf-8")
-    if outcome is Outcome.PASS and not leaked:
+    if verdict.outcome is Outcome.PASS and not ending.leaked:
         box.discard()
         return Result(run, Outcome.PASS, "", duration, cpu_s=ending.cpu_s, casenotrun=casenotrun)
-    notes = [e.summary for e in (ending.evidence, core_evidence) if e is not None and e.summary]
+    evidence = [e for e in (ending.evidence, core_evidence) if e is not None]
+    return _kept(run, rel, prepared, ending, verdict, evidence, duration, casenotrun)
+
+
+def _kept(run: Run, rel: str, prepared: _Prepared, ending: Ending, verdict: Verdict, evidence: list[Evidence],
+          duration: float, casenotrun: str) -> Result:
+    """A run that did not pass cleanly: its TEST_DIR, output, diff, leaks, reproducer and evidence kept."""
+    box, output, leaked = prepared.box, prepared.launch.output, ending.leaked
+    if leaked:
+        (box.run_dir / LEAKED).write_text("\n".join(leaked) + "\n", encoding="utf-8")
+    notes = [e.summary for e in evidence if e.summary]
     try:
         box.keep()
     except (OSError, subprocess.CalledProcessError) as exc:  # the verdict stands whatever its TEST_DIR does
         notes.append(f"TEST_DIR not kept: {exc}")
-    if diff:
-        (box.run_dir / DIFF).write_text(diff + "\n", encoding="utf-8")
-    _write_reproducer(box.run_dir / REPRODUCER, run.test.path.parent, iotests_env, argv)
-    attachments = [f"{rel}/{output.name}"] + [f"{rel}/{DIFF}"] * bool(diff) + [f"{rel}/{LEAKED}"] * bool(leaked)
+    if verdict.diff:
+        (box.run_dir / DIFF).write_text(verdict.diff + "\n", encoding="utf-8")
+    _write_reproducer(box.run_dir / REPRODUCER, run.test.path.parent, prepared.iotests_env, prepared.launch.argv)
+    attachments = ([f"{rel}/{output.name}"] + [f"{rel}/{DIFF}"] * bool(verdict.diff)
+                   + [f"{rel}/{LEAKED}"] * bool(leaked))
     if ending.evidence is not None:
         attachments += [f"{rel}/diagnostics/{f}" for f in ending.evidence.files]
-    if core_evidence is not None:
-        attachments += [f"{rel}/cores/{f}" for f in core_evidence.files]
-    return Result(run, outcome, reason, duration, diff=diff, artifacts=rel, output_tail=_tail(output),
-                  diagnostics="\n".join(notes),
-                  attachments=tuple(attachments), leaked=leaked, cpu_s=ending.cpu_s, casenotrun=casenotrun)
+    attachments += [f"{rel}/cores/{f}" for e in evidence if e is not ending.evidence for f in e.files]
+    return Result(run, verdict.outcome, verdict.reason, duration, diff=verdict.diff, artifacts=rel,
+                  output_tail=_tail(output), diagnostics="\n".join(notes), attachments=tuple(attachments),
+                  leaked=leaked, cpu_s=ending.cpu_s, casenotrun=casenotrun)
 
 
 def execute_all(runs: list[Run], ctx: Context, admission: Admission,

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from iotests_run.adoption import Adopter
 from iotests_run.cpu import Admission
-from iotests_run.environment import Settings
+from iotests_run.environment import Settings, TestsBase
 from iotests_run.execute import Context, execute_all
 from iotests_run.isolation import probe
 from iotests_run.model import LiveRun, Result, Run
@@ -25,7 +25,7 @@ from iotests_run.qemu import QemuTree
 from iotests_run.registry import Registry
 from iotests_run.sandbox import ShortRoot
 from iotests_run.supervise import Limits
-from iotests_run.tracking import CgroupRoot
+from iotests_run.tracking import CgroupRoot, Trackers
 from iotests_run.watchdog import start as start_watchdog
 
 
@@ -105,9 +105,8 @@ def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scra
         adopter.ignore(watchdog.pid)
     registry = Registry()
     ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
-                  user_env=user_env, malloc_perturb=perturb, limits=limits,
-                  isolation=isolation, cgroups=cgroups, marker=marker, retries=retries, adopter=adopter,
-                  settings=settings)
+                  base=TestsBase(user_env, perturb, settings), limits=limits, isolation=isolation,
+                  trackers=Trackers(cgroups, marker, adopter), retries=retries)
     interrupted = False
     try:
         execute_all(runs, ctx, admission, hooks.finished, on_tick=lambda: hooks.tick(registry.live()))

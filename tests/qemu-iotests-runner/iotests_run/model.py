@@ -47,6 +47,14 @@ class Outcome(enum.Enum):
         return "passed" if self in (Outcome.PASS, Outcome.FLAKY) else "skipped"
 
 
+class Stop(enum.Enum):
+    """Why the runner stopped a run before its test ended by itself (kept apart from the run's Outcome)."""
+
+    TIMEOUT = "timeout"
+    HANG = "hang"
+    INTERRUPTED = "interrupted"
+
+
 @dataclass(frozen=True)
 class TestCase:
     """One iotest file: `040` or `tests/backing-file-invalidation`."""

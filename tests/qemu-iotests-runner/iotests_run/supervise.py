@@ -24,7 +24,7 @@ import psutil
 
 from iotests_run.diagnostics import Evidence, collect
 from iotests_run.isolation import Isolation, Overlay, child_setup
-from iotests_run.model import LiveRun
+from iotests_run.model import LiveRun, Stop
 from iotests_run.registry import Registry
 from iotests_run.tracking import Tracker, kill_all
 
@@ -45,9 +45,34 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Launch:
+    """What to start, and how: the test's command, folder, environment, output file and isolation."""
+
+    argv: list[str]
+    cwd: Path
+    env: Mapping[str, str]
+    output: Path
+    isolation: Isolation
+    overlay: Overlay | None = None  # the run's layer over the iotests folder, where its cores land
+
+
+@dataclass(frozen=True)
+class Watch:
+    """How to watch it: limits, whose processes are the run's, where it is registered, where evidence goes."""
+
+    limits: Limits
+    tracker: Tracker
+    registry: Registry
+    key: str
+    label: str
+    diagnostics_dir: Path
+    qemu_gdb: Path | None  # the tree's scripts/qemu-gdb.py, for `qemu bt`
+
+
+@dataclass(frozen=True)
 class Ending:
     returncode: int
-    stopped: str | None = None  # "timeout", "hang" or "interrupted"; None when the test ended by itself
+    stopped: Stop | None = None  # None when the test ended by itself
     detail: str = ""
     evidence: Evidence | None = None
     leaked: tuple[str, ...] = ()
@@ -97,15 +122,15 @@ def _terminate(proc: subprocess.Popen[bytes], tracker: Tracker, grace_s: float) 
 
 
 def _watch(pidfd: int, output: Path, tracker: Tracker, limits: Limits,
-           registry: Registry, live: LiveRun) -> tuple[str | None, str]:
+           registry: Registry, live: LiveRun) -> tuple[Stop | None, str]:
     """Wait for the test; return why it must be stopped (or None when it exited)."""
     size, mark_cpu, mark_t = -1, tracker.cpu_seconds(), live.started
     while not _wait_exit(pidfd, TICK_S):
         now = time.monotonic()
         if registry.stopping.is_set():
-            return "interrupted", "the runner was interrupted"
+            return Stop.INTERRUPTED, "the runner was interrupted"
         if now - live.started >= limits.timeout_s:
-            return "timeout", f"still running after {limits.timeout_s:g} s (--timeout)"
+            return Stop.TIMEOUT, f"still running after {limits.timeout_s:g} s (--timeout)"
         try:
             new_size = output.stat().st_size
         except OSError:
@@ -117,30 +142,30 @@ def _watch(pidfd: int, output: Path, tracker: Tracker, limits: Limits,
         elif cpu - mark_cpu > IDLE_CPU_RATE * (now - mark_t) + 0.02:
             mark_cpu, mark_t = cpu, now
         elif now - max(mark_t, live.last_activity) >= limits.hang_timeout_s:
-            return "hang", (f"no CPU and no output for {limits.hang_timeout_s:g} s (--hang-timeout); "
+            return Stop.HANG, (f"no CPU and no output for {limits.hang_timeout_s:g} s (--hang-timeout); "
                             f"{cpu:.2f} s CPU in all")
     return None, ""
 
 
-def supervise(argv: list[str], cwd: Path, env: Mapping[str, str], output: Path, *, limits: Limits,
-              tracker: Tracker, isolation: Isolation, registry: Registry, key: str, label: str,
-              diagnostics_dir: Path, qemu_gdb: Path | None, overlay: Overlay | None = None) -> Ending:
-    live = registry.add(key, label)
+def supervise(launch: Launch, watch: Watch) -> Ending:
+    tracker, limits = watch.tracker, watch.limits
+    live = watch.registry.add(watch.key, watch.label)
     try:
-        with output.open("wb") as out:
+        with launch.output.open("wb") as out:
             proc = tracker.start(lambda: subprocess.Popen(
-                argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                preexec_fn=child_setup(isolation, tracker.cgroup_procs, overlay)), label)
+                launch.argv, cwd=launch.cwd, env=dict(launch.env), stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, preexec_fn=child_setup(launch.isolation, tracker.cgroup_procs,
+                                                                  launch.overlay)), watch.label)
         pidfd = os.pidfd_open(proc.pid)
         try:
-            stopped, detail = _watch(pidfd, output, tracker, limits, registry, live)
+            stopped, detail = _watch(pidfd, launch.output, tracker, limits, watch.registry, live)
         finally:
             os.close(pidfd)
         evidence = None
-        if stopped in ("timeout", "hang"):
-            evidence = collect(tracker.members(), diagnostics_dir, qemu_gdb, limits.diagnostics_budget_s)
+        if stopped in (Stop.TIMEOUT, Stop.HANG):
+            evidence = collect(tracker.members(), watch.diagnostics_dir, watch.qemu_gdb, limits.diagnostics_budget_s)
         if stopped:
-            _terminate(proc, tracker, limits.grace_s if stopped != "interrupted" else 1.0)
+            _terminate(proc, tracker, limits.grace_s if stopped is not Stop.INTERRUPTED else 1.0)
         returncode = proc.wait()
         leaked = () if stopped else _describe_all(_leftovers(tracker, proc.pid, LEAK_GRACE_S))
         cpu = tracker.run_cpu_seconds()
@@ -148,4 +173,4 @@ def supervise(argv: list[str], cwd: Path, env: Mapping[str, str], output: Path, 
         return Ending(returncode, stopped, detail, evidence, leaked, cpu_s)
     finally:
         tracker.close()
-        registry.discard(key)
+        watch.registry.discard(watch.key)

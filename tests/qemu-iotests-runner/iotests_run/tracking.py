@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -233,3 +234,21 @@ class MarkerTracker:
         kill_all(self)
         if self.adopter is not None:
             self.adopter.ended(self.key)
+
+
+@dataclass(frozen=True)
+class Trackers:
+    """How this invocation finds each run's processes: a cgroup per run, or the marker (and adopted orphans)."""
+
+    cgroups: CgroupRoot | None = None
+    marker: str = "iotests-run"  # prefix of each run's IOTESTS_RUN_SANDBOX value
+    adopter: Adopter | None = None  # without cgroups: the runner as subreaper of the runs' orphans
+
+    def for_run(self, slot: str) -> Tracker:
+        if self.cgroups is not None:
+            return self.cgroups.run_cgroup(f"run-{slot}")
+        return MarkerTracker(f"{self.marker}/{slot}", self.adopter, slot)
+
+    def marker_of(self, slot: str) -> str:
+        """The run's IOTESTS_RUN_SANDBOX value (set in cgroup mode too: the watchdog looks for it)."""
+        return f"{self.marker}/{slot}"

@@ -16,7 +16,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from iotests_run.model import Outcome
+from iotests_run.model import Outcome, Stop
 
 
 def reference_output(test: Path, fmt: str, default_machine: str, cachemode: str) -> Path:
@@ -48,6 +48,25 @@ class Verdict:
     outcome: Outcome
     reason: str
     diff: str = ""
+
+
+STOP_OUTCOME = {Stop.TIMEOUT: Outcome.TIMEOUT, Stop.HANG: Outcome.HANG, Stop.INTERRUPTED: Outcome.INTERRUPTED}
+
+
+def run_verdict(stopped: Stop | None, detail: str, returncode: int, reference: Path, output: Path,
+                notrun_file: Path, reference_label: str, output_label: str) -> Verdict:
+    """The verdict of a run: ours when the runner stopped it; else check's order (judge), and a failed
+    run whose test or one of its processes died of a signal is a crash."""
+    if stopped is not None:
+        return Verdict(STOP_OUTCOME[stopped], detail)
+    verdict = judge(returncode, reference, output, notrun_file, reference_label, output_label)
+    crash = crash_reason(returncode, verdict.diff) if verdict.outcome is Outcome.FAIL else None
+    return Verdict(Outcome.CRASH, crash, verdict.diff) if crash else verdict
+
+
+def with_core(verdict: Verdict, cause: str) -> Verdict:
+    """A failed run that left a core dump crashed; the core says what died of what."""
+    return Verdict(Outcome.CRASH, cause, verdict.diff) if verdict.outcome is Outcome.FAIL and cause else verdict
 
 
 def judge(returncode: int, reference: Path, output: Path, notrun_file: Path,

@@ -46,8 +46,8 @@ def test_scratch_sits_on_the_build_folders_file_system(tmp_path: Path) -> None:
 
 
 def test_job_count_from_the_environment_and_make() -> None:
-    from iotests_run.cli import default_jobs, extra_arguments
     from iotests_run.errors import UsageError
+    from iotests_run.options import default_jobs, extra_arguments
 
     assert default_jobs({"IOTESTS_RUN_JOBS": "3", "MAKEFLAGS": "rR -j8"}, 2) == 3
     assert default_jobs({"MAKEFLAGS": "rR -j8 --jobserver-auth=fifo:/tmp/x"}, 2) == 8  # make -j8 check-block
@@ -65,9 +65,9 @@ def test_job_count_from_the_environment_and_make() -> None:
 
 
 def test_the_command_line_wins_over_iotests_run_args() -> None:
-    from iotests_run.cli import make_parser, parse_arguments
     from iotests_run.cpu import Cpus
     from iotests_run.errors import UsageError
+    from iotests_run.options import make_parser, parse_arguments
     from iotests_run.report.progress import NORMAL, QUIET, VERBOSE
 
     def parse(argv: list[str], extra: str) -> Any:

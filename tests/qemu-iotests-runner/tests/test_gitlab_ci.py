@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from iotests_run.cli import make_parser
+from iotests_run.options import make_parser
 
 pytestmark = pytest.mark.unit
 

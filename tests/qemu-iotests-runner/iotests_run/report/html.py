@@ -19,6 +19,7 @@ from urllib.parse import quote
 from iotests_run.model import Result
 from iotests_run.report.outcomes import PRESENTATION
 from iotests_run.report.summary import closing_line
+from iotests_run.results_folder import DIFF, REPRODUCER
 
 DIFF_LINES = 200
 # Characters, not only lines: one 10 MB line would otherwise land whole in the page.
@@ -105,7 +106,7 @@ def _cell(result: Result | None) -> str:
 def _details(result: Result, exists: Callable[[str], bool]) -> str:
     files = list(result.attachments)
     if result.artifacts:
-        files.append(f"{result.artifacts}/reproduce.sh")
+        files.append(f"{result.artifacts}/{REPRODUCER}")
     links = " ".join(f'<a href="{html.escape(quote(f))}">{html.escape(f.rsplit("/", 1)[-1])}</a>'
                      for f in dict.fromkeys(files) if _linkable(f) and exists(f))
     parts = [f'<div class="run" id="{html.escape(_anchor(result))}">',
@@ -117,9 +118,9 @@ def _details(result: Result, exists: Callable[[str], bool]) -> str:
     if result.diff:
         lines = result.diff.splitlines()
         shown = "\n".join(lines[:DIFF_LINES])
-        shown = _trimmed(shown, DIFF_CHARS, " in diff.txt")
+        shown = _trimmed(shown, DIFF_CHARS, f" in {DIFF}")
         if len(lines) > DIFF_LINES:
-            shown += f"\n... {len(lines) - DIFF_LINES} more lines in diff.txt"
+            shown += f"\n... {len(lines) - DIFF_LINES} more lines in {DIFF}"
         parts.append(f"<pre>{html.escape(shown)}</pre>")
     if result.diagnostics:
         parts.append(f"<pre>{html.escape(_trimmed(result.diagnostics, TEXT_CHARS, ''))}</pre>")

@@ -18,6 +18,7 @@ from typing import TextIO
 
 from iotests_run.model import LiveRun, Outcome, Result
 from iotests_run.report.outcomes import PRESENTATION
+from iotests_run.results_folder import DIFF
 from iotests_run.text import terminal_safe
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
@@ -147,7 +148,7 @@ def _details(result: Result) -> str:
     lines = result.diff.splitlines()
     shown = lines[:VERBOSE_DIFF_LINES]
     if len(lines) > len(shown):
-        shown.append(f"... {len(lines) - len(shown)} more lines in {result.artifacts}/diff.txt")
+        shown.append(f"... {len(lines) - len(shown)} more lines in {result.artifacts}/{DIFF}")
     if result.diagnostics:
         shown += result.diagnostics.splitlines()
     return "".join(f"\n    {line}" for line in shown)
