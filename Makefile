@@ -5,7 +5,7 @@ JOBS ?=
 PYTEST_ARGS ?=
 BIN = $(VENV)/bin
 
-.PHONY: demo check check-fast check-block lint reference reference-all browser venv bench clean
+.PHONY: demo check check-fast check-block lint reference reference-all browser graphviz venv bench clean
 
 $(BIN)/iotests-run: pyproject.toml meson.build $(shell find tests/qemu-iotests-runner/iotests_run -name '*.py' -o -name '*.json' 2>/dev/null)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,12 @@ browser:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@command -v chromium >/dev/null || echo "make: chromium not installed: the HTML report's browser test is skipped"
 
+# Debian's graphviz, to render the block-layer graphs of hung and crashed QEMUs as SVG (installed as root).
+graphviz:
+	@command -v dot >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; }
+	@command -v dot >/dev/null || echo "make: graphviz not installed: block-layer graphs are kept as DOT only"
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -41,7 +47,7 @@ check-fast: venv
 	$(BIN)/pytest -m 'not e2e' $(PYTEST_ARGS)
 
 # Every tier, end-to-end tests on the reference tree included.
-check: venv reference-all browser lint
+check: venv reference-all browser graphviz lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # QEMU's iotests through meson, as upstream's `make check-block`: suite block (qcow2 auto);

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import psutil
 
+from iotests_run import blockstate
+
 QEMU_PROGRAMS = re.compile(r"^(qemu-system-.*|qemu-img|qemu-io|qemu-nbd|qemu-storage-daemon)$")
 PER_TOOL_TIMEOUT_S = 20.0
 
@@ -86,8 +88,12 @@ def _run_tool(argv: list[str], out: Path, timeout: float) -> str:
     return text
 
 
-def _gdb(gdb: str, pid: int, name: str, folder: Path, qemu_gdb: Path | None, timeout: float) -> tuple[str, str]:
-    argv = [gdb, "-p", str(pid), "-batch", "-nx", "-ex", "set pagination off", "-ex", "thread apply all bt"]
+def _gdb(gdb: str, pid: int, name: str, folder: Path, qemu_gdb: Path | None,
+         timeout: float) -> tuple[list[str], list[str]]:
+    """Every thread's backtrace, the block-layer state (blockstate.py) and `qemu bt`, in one attach."""
+    block = f"block-{pid}-{name}"
+    argv = [gdb, "-p", str(pid), "-batch", "-nx", "-ex", "set pagination off", "-ex", "thread apply all bt",
+            *blockstate.gdb_commands(folder / f"{block}.json")]
     if qemu_gdb is not None:
         argv += ["-ex", f"source {qemu_gdb}", "-ex", "echo \\n=== qemu bt (coroutine-aware) ===\\n",
                  "-ex", "qemu bt"]
@@ -96,7 +102,12 @@ def _gdb(gdb: str, pid: int, name: str, folder: Path, qemu_gdb: Path | None, tim
     # The main thread ("Thread 1", listed last) says most about a stuck QEMU.
     main = text[text.rfind("\nThread 1 "):] if "\nThread 1 " in text else text
     frames = [line for line in main.splitlines() if line.startswith("#")]
-    return file, f"{name} ({pid}) main thread: " + " <- ".join(_frame_function(f) for f in frames[:7])
+    state = blockstate.load(folder / f"{block}.json")
+    files = [file, *blockstate.write(state, folder, block, f"Block-layer state of {name} ({pid}), live")]
+    if (folder / f"{block}.json").is_file():
+        files.append(f"{block}.json")
+    return files, [f"{name} ({pid}) main thread: " + " <- ".join(_frame_function(f) for f in frames[:7]),
+                   blockstate.summary(state, f"{name} ({pid})")]
 
 
 def _frame_function(frame: str) -> str:
@@ -134,17 +145,17 @@ def collect(pids: list[int], folder: Path, qemu_gdb: Path | None, budget_s: floa
             break
         name = os.path.basename(cmd[0]) if cmd else "?"
         if QEMU_PROGRAMS.match(name) and gdb:
-            file, line = _gdb(gdb, pid, name, folder, qemu_gdb, min(PER_TOOL_TIMEOUT_S, left))
+            written, lines = _gdb(gdb, pid, name, folder, qemu_gdb, min(PER_TOOL_TIMEOUT_S, left))
         elif _is_python(cmd) and pyspy:
             file, line = _pyspy(pyspy, pid, folder, min(PER_TOOL_TIMEOUT_S, left))
+            written, lines = [file], [line]
         elif _is_python(cmd):
             os.kill(pid, signal.SIGABRT)  # iotests.py enables faulthandler: stacks go to the test output
-            file, line = "", f"python ({pid}): SIGABRT sent, faulthandler stacks in the test output"
+            written, lines = [], [f"python ({pid}): SIGABRT sent, faulthandler stacks in the test output"]
         else:
             continue
-        if file:
-            files.append(file)
-        summary.append(line)
+        files += written
+        summary += lines
     return Evidence(tuple(files), "\n".join(summary))
 
 
@@ -190,6 +201,7 @@ def examine_cores(cores: list[Path], folder: Path, cwd: Path, budget_s: float) -
     files: list[str] = []
     summary: list[str] = []
     causes: list[str] = []
+    block_lines: list[str] = []
     for n, core in enumerate(cores, 1):
         kept = folder / f"core-{n}"
         shutil.move(str(core), kept)
@@ -203,11 +215,20 @@ def examine_cores(cores: list[Path], folder: Path, cwd: Path, budget_s: float) -
         executable = program if os.path.isabs(program) else shutil.which(program, path=str(cwd)) or program
         name = os.path.basename(program) or "?"
         bt_file = f"core-{n}-{name}-backtrace.txt"
+        block = f"core-{n}-{name}-block"
         argv = [gdb, "-batch", "-nx", "-ex", "set pagination off", "-ex", "bt", "-ex", "echo \\n=== all threads ===\\n",
                 "-ex", "thread apply all bt"]
+        if QEMU_PROGRAMS.match(name):
+            argv += ["-ex", "echo \\n=== end of threads ===\\n", *blockstate.gdb_commands(folder / f"{block}.json")]
         argv += [executable, str(kept)] if executable else ["-c", str(kept)]
         text = _run_tool(argv, folder / bt_file, min(PER_TOOL_TIMEOUT_S, max(deadline - time.monotonic(), 1)))
         files += [_compress(kept).name, bt_file]
+        if QEMU_PROGRAMS.match(name):
+            state = blockstate.load(folder / f"{block}.json")
+            files += blockstate.write(state, folder, block, f"Block-layer state of {name} from {kept.name}")
+            if (folder / f"{block}.json").is_file():
+                files.append(f"{block}.json")
+            block_lines.append(blockstate.summary(state, f"{name} ({kept.name})"))
         crashing = text.split("=== all threads ===")[0]
         # gdb shows frame #0 once when it loads the core and again in `bt`: one line per frame number
         frames = list({line.split()[0]: line for line in reversed(crashing.splitlines())
@@ -215,4 +236,4 @@ def examine_cores(cores: list[Path], folder: Path, cwd: Path, budget_s: float) -
         causes.append(f"{name} died of {signame}")
         summary.append(f"{causes[-1]}, core kept ({kept.name}.gz): "
                        + " <- ".join(_frame_function(f) for f in frames[:7]))
-    return Evidence(tuple(files), "\n".join(summary), causes[0] if causes else "")
+    return Evidence(tuple(files), "\n".join(summary + block_lines), causes[0] if causes else "")

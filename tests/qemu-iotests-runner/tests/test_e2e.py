@@ -6,6 +6,7 @@ import gzip
 import importlib.machinery
 import json
 import os
+import shutil
 import subprocess
 import sys
 import types
@@ -255,3 +256,54 @@ def test_fuse_protocol_and_exports_as_check(any_reference_tree: ReferenceTree, t
     assert ours["raw-file 308"] == "pass"  # FUSE exports made and removed inside the run
     assert subprocess.run(["grep", "-c", str(tmp_path), "/proc/self/mountinfo"],
                           capture_output=True, text=True).stdout.strip() == "0"
+
+
+BLKDEBUG_IMAGE = ('json:{"driver":"qcow2","node-name":"top","file":{"driver":"blkdebug","node-name":"dbg",'
+                  '"image":{"driver":"file","node-name":"proto","filename":"\'"$TEST_DIR"\'/t.qcow2"}}}')
+# A write suspended by blkdebug, then a flush that drains and so waits for it forever.
+SUSPENDED = ('"$QEMU_IMG_PROG" create -f qcow2 "$TEST_DIR/t.qcow2" 1M >/dev/null\n'
+             '"$QEMU_IO_PROG" -c "break write_aio A" -c "aio_write 0 64k" -c "wait_break A" -c flush '
+             f"'{BLKDEBUG_IMAGE}' TAIL\n")
+
+
+def test_block_state_of_a_hung_and_of_a_crashed_qemu_io(any_reference_tree: ReferenceTree, tmp_path: Path) -> None:
+    """The graph, the request in flight and its coroutine's frames, from the live process and from its core."""
+    from support import make_fake_tree
+
+    tree = make_fake_tree(tmp_path / "tree")
+    tree.add_test("001", SUSPENDED.replace("TAIL", ""), out="")
+    tree.add_test("002", SUSPENDED.replace("TAIL", "&\npid=$!\nsleep 3\nkill -ABRT $pid\nwait $pid\n"), out="")
+    results = tmp_path / "results"
+    proc = run_cli(["--qemu-source", str(tree.source), "--qemu-build", str(any_reference_tree.build),
+                    "--results", str(results), "--hang-timeout", "3"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    runs = {r["test"]: r for r in json.loads((results / "results.json").read_text())["runs"]}
+    assert runs["001"]["outcome"] == "hang"
+    folders = {"001": results / "runs/qcow2-file/001/diagnostics"}
+    if "core dumps kept" in proc.stdout:
+        assert runs["002"]["outcome"] == "crash", runs["002"]
+        folders["002"] = results / "runs/qcow2-file/002/cores"
+    for test, folder in folders.items():
+        text = next(folder.glob("*block*.txt")).read_text()
+        assert '"top" qcow2' in text and '"dbg" blkdebug' in text and '"proto" file' in text, text
+        assert 'child file -> "dbg"' in text and 'child image -> "proto"' in text
+        assert "request write 0+65536" in text
+        request = text.split("request write 0+65536")[1]
+        assert "blkdebug_debug_event" in request or "blkdebug_co_debug_event" in request, request
+        graph = next(folder.glob("*block*.dot")).read_text()
+        assert graph.count("->") == 3 and "write 0+65536" in graph
+        assert 'block: 3 nodes, 1 request in flight: write 0+65536 on node "top" <- blkdebug' \
+            in str(runs[test]["diagnostics"]), runs[test]["diagnostics"]
+        if shutil.which("dot"):
+            assert next(folder.glob("*block*.svg")).read_text().lstrip().startswith(("<?xml", "<svg"))
+    if not shutil.which("dot"):
+        return
+    # report.html shows the graph in the hung run's entry: the node with the request in flight painted red
+    from test_html_report import _browser, _colours, _rgb
+
+    page = results / "report.html"
+    dom = _browser(page, tmp_path / "profile", "--dump-dom")
+    assert '<img src="runs/qcow2-file/001/diagnostics/block-' in dom.stdout
+    shot = tmp_path / "report.png"
+    _browser(page, tmp_path / "profile", "--window-size=1000,2400", f"--screenshot={shot}")
+    assert _rgb("#f28b82") in _colours(shot)  # no failed cell here (a hang and a crash): the graph's node

@@ -43,6 +43,7 @@ td.cell a { color: inherit; display: block; text-decoration: none; font-weight: 
 pre { background: #f8f9fa; padding: .5em; overflow-x: auto; max-height: 30em; }
 .controls { margin: 1em 0; }
 td.leaked { outline: 2px dashed #c5221f; outline-offset: -3px; }
+.graph img { max-width: 100%; border: 1px solid #dadce0; margin: .3em 0; }
 """
 STYLE += "".join(f"td.o-{o.value}, .legend .o-{o.value} {{ background: {p.colour}; }}\n"
                  for o, p in PRESENTATION.items())
@@ -115,6 +116,10 @@ def _details(result: Result, exists: Callable[[str], bool]) -> str:
              f"<div>{html.escape(_trimmed(result.reason, TEXT_CHARS, ''))}</div>"]
     if links:
         parts.append(f"<div>Files: {links}</div>")
+    # the block graphs of the run's hung or crashed QEMU processes (an <img> runs no script of the SVG's)
+    parts += [f'<div class="graph"><img src="{html.escape(quote(f))}" alt="{html.escape(f.rsplit("/", 1)[-1])}">'
+              "</div>" for f in dict.fromkeys(files) if f.endswith(".svg") and "block" in f.rsplit("/", 1)[-1]
+              and _linkable(f) and exists(f)]
     if result.diff:
         lines = result.diff.splitlines()
         shown = "\n".join(lines[:DIFF_LINES])

@@ -1,0 +1,205 @@
+"""QEMU's block-layer state, read from a hung process or a core by gdb, rendered for people.
+
+gdbscripts/block_state.py runs inside gdb (in the same session that takes the backtraces) and
+writes JSON; this module turns that into block-*.txt (readable), block-*.dot (graphviz: backends,
+jobs and nodes as distinct shapes; nodes with requests in flight or quiesced marked; edges with
+the child's name and permissions) and block-*.svg (rendered by graphviz's `dot` where it is
+installed), and a one-line summary for results.json, JUnit, the summary and report.html.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+GDB_SCRIPT = Path(__file__).resolve().parent / "gdbscripts" / "block_state.py"
+SWITCH_FRAMES = {"qemu_coroutine_switch", "qemu_coroutine_yield"}
+DOT_TIMEOUT_S = 20.0
+# BdrvChildRole and BlockPermission bits (include/block/block-common.h)
+ROLES = ((1, "data"), (2, "metadata"), (4, "filtered"), (8, "cow"), (16, "primary"))
+PERMS = ((1, "consistent-read"), (2, "write"), (4, "write-unchanged"), (8, "resize"))
+SHORT_PERMS = {"consistent-read": "R", "write": "W", "write-unchanged": "w", "resize": "s"}
+
+
+def gdb_commands(json_out: Path) -> list[str]:
+    """What to add to a gdb command line (attached to a process or opened on a core) to get the JSON."""
+    return ["-ex", f"source {GDB_SCRIPT}", "-ex", f"iotests-block-state {json_out}"]
+
+
+def load(path: Path) -> dict[str, Any]:
+    """The walker's document; {"error": ...} when gdb wrote none or it is unreadable."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return {"error": f"no block state from gdb ({exc.__class__.__name__})"}
+    return data if isinstance(data, dict) else {"error": "no block state from gdb"}
+
+
+def _bits(value: int | None, table: Iterable[tuple[int, str]]) -> list[str]:
+    return [name for bit, name in table if value and value & bit]
+
+
+def _node_label(node: dict[str, Any]) -> str:
+    return f'"{node.get("node_name") or "?"}"' if node.get("node_name") else f"#{node.get('address')}"
+
+
+def _frames(backtrace: list[dict[str, Any]], count: int) -> list[str]:
+    names = [f.get("function") or f.get("pc", "?") for f in backtrace if "error" not in f]
+    return [n for n in names if n not in SWITCH_FRAMES][:count]
+
+
+def requests(state: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(node, request) for every tracked request in flight."""
+    return [(node, req) for node in state.get("nodes", []) for req in node.get("requests", [])]
+
+
+def summary(state: dict[str, Any], who: str) -> str:
+    """One line: the graph's size and the first request in flight with the innermost frames of its coroutine."""
+    if "error" in state:
+        return f"{who} block: {state['error']}"
+    nodes, reqs = state.get("nodes", []), requests(state)
+    line = f"{who} block: {len(nodes)} node{'s' * (len(nodes) != 1)}"
+    jobs = state.get("jobs", [])
+    if jobs:
+        line += ", " + ", ".join(f"job {j.get('id')} ({j.get('type')}, {j.get('status')})" for j in jobs[:3])
+    if not reqs:
+        quiesced = [n for n in nodes if n.get("quiesce_counter")]
+        return line + (f", no request in flight, {len(quiesced)} quiesced" if quiesced else ", no request in flight")
+    node, req = reqs[0]
+    line += (f", {len(reqs)} request{'s' * (len(reqs) != 1)} in flight: {req.get('type')} "
+             f"{req.get('offset')}+{req.get('bytes')} on node {_node_label(node)}")
+    frames = _frames(req.get("backtrace", []), 5)
+    return line + ("".join(f" <- {f}" for f in frames) if frames else "")
+
+
+def _context(address: str | None, main: str | None) -> str:
+    return "main" if address is not None and address == main else (address or "?")
+
+
+def text(state: dict[str, Any], title: str) -> str:
+    """The readable dump."""
+    out = [title, ""]
+    if "error" in state:
+        return "\n".join([*out, f"no block state: {state['error']}", ""])
+    names = {n.get("address"): _node_label(n) for n in state.get("nodes", [])}
+    main = state.get("main_aio_context")
+    out.append(f"bdrv_drain_all nesting: {state.get('drain_all_count')}"
+               + (f"; graph lock writer: {'yes' if state['graph_writer'] else 'no'}"
+                  if state.get("graph_writer") is not None else ""))
+    out += ["", f"Nodes ({len(state.get('nodes', []))}):"]
+    for node in state.get("nodes", []):
+        out.append(f"  {_node_label(node)} {node.get('driver') or '?'} {node.get('filename') or ''}".rstrip())
+        out.append(f"      refcnt {node.get('refcnt')}, AioContext {_context(node.get('aio_context'), main)}, "
+                   f"in_flight {node.get('in_flight')}, quiesce_counter {node.get('quiesce_counter')}")
+        for child in node.get("children", []):
+            out.append(f"      child {child.get('name')} -> {names.get(child.get('node'), child.get('node'))}"
+                       f" (role {'|'.join(_bits(child.get('role'), ROLES)) or '-'}; perm "
+                       f"{'|'.join(_bits(child.get('perm'), PERMS)) or '-'}; shared "
+                       f"{'|'.join(_bits(child.get('shared_perm'), PERMS)) or '-'})"
+                       + (" frozen" if child.get("frozen") else ""))
+        for req in node.get("requests", []):
+            waits = f", waiting for request {req['waiting_for']}" if req.get("waiting_for") else ""
+            out.append(f"      request {req.get('type')} {req.get('offset')}+{req.get('bytes')} "
+                       f"(coroutine {req.get('co')}{waits}):")
+            out += [f"          {_frame_line(f)}" for f in req.get("backtrace", [])]
+    out += ["", f"Block backends ({len(state.get('backends', []))}):"]
+    for blk in state.get("backends", []):
+        out.append(f"  {blk.get('name') or '(anonymous)'} -> {names.get(blk.get('root'), blk.get('root'))}, "
+                   f"device {'attached' if blk.get('device') else 'none'}, in_flight {blk.get('in_flight')}, "
+                   f"quiesce_counter {blk.get('quiesce_counter')}, queued requests {blk.get('queued_requests')}")
+    out += ["", f"Jobs ({len(state.get('jobs', []))}):"]
+    for job in state.get("jobs", []):
+        flags = [f for f in ("busy", "paused", "cancelled") if job.get(f)]
+        out.append(f"  {job.get('id')}: {job.get('type')}, {job.get('status')}, pause_count {job.get('pause_count')}"
+                   f", ret {job.get('ret')}{', ' + ', '.join(flags) if flags else ''}; nodes "
+                   + ", ".join(f"{c.get('name')} -> {names.get(c.get('node'), c.get('node'))}"
+                               for c in job.get("nodes", [])))
+    out += ["", "Threads:"]
+    for thread in state.get("threads", []):
+        out.append(f"  thread {thread.get('num')} ({thread.get('name') or '?'}): current coroutine "
+                   f"{thread.get('current') or 'none (not in a coroutine)'}")
+        for caller in thread.get("callers", []):
+            out.append(f"      parked caller {caller.get('co')}:")
+            out += [f"          {_frame_line(f)}" for f in caller.get("backtrace", [])]
+    return "\n".join(out) + "\n"
+
+
+def _frame_line(frame: dict[str, Any]) -> str:
+    if "error" in frame:
+        return f"(unwinding stopped: {frame['error']})"
+    where = f" at {frame['file']}:{frame['line']}" if frame.get("file") else ""
+    return f"{frame.get('function') or '??'} ({frame.get('pc')}){where}"
+
+
+def _dot_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def dot(state: dict[str, Any], title: str) -> str:
+    """The graph for graphviz: boxes are nodes (red: requests in flight; yellow: quiesced), ellipses
+    block backends, hexagons jobs; edges carry the child's name and permissions (R consistent-read,
+    W write, w write-unchanged, s resize; shared after the slash)."""
+    lines = ["digraph block {", f"  label={_dot_string(title)}; labelloc=t; rankdir=TB;",
+             '  node [fontname="monospace", fontsize=10]; edge [fontname="monospace", fontsize=9];']
+    for node in state.get("nodes", []):
+        reqs = node.get("requests", [])
+        colour = "#f28b82" if reqs or node.get("in_flight") else "#fdd663" if node.get("quiesce_counter") else "#ffffff"
+        label = (f"{node.get('node_name') or node.get('address')}\n{node.get('driver') or '?'}\n"
+                 f"in_flight {node.get('in_flight')}, quiesced {node.get('quiesce_counter')}")
+        label += "".join(f"\n{r.get('type')} {r.get('offset')}+{r.get('bytes')}" for r in reqs[:4])
+        lines.append(f"  {_dot_string(str(node.get('address')))} [shape=box, style=filled, "
+                     f"fillcolor={_dot_string(colour)}, label={_dot_string(label)}];")
+        for child in node.get("children", []):
+            lines.append(f"  {_dot_string(str(node.get('address')))} -> {_dot_string(str(child.get('node')))} "
+                         f"[label={_dot_string(_edge_label(child))}];")
+    for blk in state.get("backends", []):
+        label = f"backend {blk.get('name') or '(anonymous)'}\nin_flight {blk.get('in_flight')}"
+        lines.append(f"  {_dot_string(str(blk.get('address')))} [shape=ellipse, label={_dot_string(label)}];")
+        if blk.get("root"):
+            lines.append(f"  {_dot_string(str(blk.get('address')))} -> {_dot_string(str(blk['root']))} "
+                         f"[label=\"root\"];")
+    for job in state.get("jobs", []):
+        label = f"job {job.get('id')}\n{job.get('type')}, {job.get('status')}"
+        lines.append(f"  {_dot_string(str(job.get('address')))} [shape=hexagon, label={_dot_string(label)}];")
+        for child in job.get("nodes", []):
+            lines.append(f"  {_dot_string(str(job.get('address')))} -> {_dot_string(str(child.get('node')))} "
+                         f"[style=dashed, label={_dot_string(_edge_label(child))}];")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _edge_label(child: dict[str, Any]) -> str:
+    perm = "".join(SHORT_PERMS[p] for p in _bits(child.get("perm"), PERMS)) or "-"
+    shared = "".join(SHORT_PERMS[p] for p in _bits(child.get("shared_perm"), PERMS)) or "-"
+    return f"{child.get('name')}\n{perm}/{shared}"
+
+
+def svg(dot_text: str) -> bytes | None:
+    """The rendered graph, where graphviz's `dot` is installed."""
+    program = shutil.which("dot")
+    if program is None:
+        return None
+    try:
+        done = subprocess.run([program, "-Tsvg"], input=dot_text.encode(), capture_output=True, timeout=DOT_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def write(state: dict[str, Any], folder: Path, stem: str, title: str) -> list[str]:
+    """stem.txt, stem.dot and (with graphviz) stem.svg in folder; the names written."""
+    (folder / f"{stem}.txt").write_text(text(state, title), encoding="utf-8")
+    if "error" in state:
+        return [f"{stem}.txt"]
+    graph = dot(state, title)
+    (folder / f"{stem}.dot").write_text(graph, encoding="utf-8")
+    files = [f"{stem}.txt", f"{stem}.dot"]
+    image = svg(graph)
+    if image is not None:
+        (folder / f"{stem}.svg").write_bytes(image)
+        files.append(f"{stem}.svg")
+    return files
