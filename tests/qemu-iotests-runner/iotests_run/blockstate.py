@@ -203,3 +203,15 @@ def write(state: dict[str, Any], folder: Path, stem: str, title: str) -> list[st
         (folder / f"{stem}.svg").write_bytes(image)
         files.append(f"{stem}.svg")
     return files
+
+
+def run_gdb(argv: list[str], timeout: float) -> None:
+    """gdb in batch mode, output discarded (the walker writes its file); bounded in time."""
+    try:
+        subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
+def json_text(state: dict[str, Any]) -> str:
+    return json.dumps(state, indent=1) + "\n"

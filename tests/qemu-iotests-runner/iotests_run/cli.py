@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from iotests_run import __version__, history, plan, reruns
+from iotests_run import __version__, block_state_command, history, plan, reruns
 from iotests_run.cpu import Admission, Cpus
 from iotests_run.discovery import discover
 from iotests_run.environment import (
@@ -279,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["merge"]:
             return merge_main(argv[1:])
+        if argv[:1] == ["block-state"]:
+            return block_state_command.main(argv[1:])
         cpus = Cpus.here()
         return run(parse_arguments(make_parser(cpus), argv, os.environ), cpus)
     except (UsageError, SetupError) as exc:

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import types
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -307,3 +308,51 @@ def test_block_state_of_a_hung_and_of_a_crashed_qemu_io(any_reference_tree: Refe
     shot = tmp_path / "report.png"
     _browser(page, tmp_path / "profile", "--window-size=1000,2400", f"--screenshot={shot}")
     assert _rgb("#f28b82") in _colours(shot)  # no failed cell here (a hang and a crash): the graph's node
+
+
+def test_block_state_command_on_a_live_qemu_io_and_on_its_core(any_reference_tree: ReferenceTree,
+                                                              tmp_path: Path) -> None:
+    build = any_reference_tree.build
+    image = tmp_path / "t.qcow2"
+    subprocess.run([str(build / "qemu-img"), "create", "-f", "qcow2", str(image), "1M"], check=True,
+                   capture_output=True)
+    spec = BLKDEBUG_IMAGE.replace("'\"$TEST_DIR\"'", str(tmp_path))
+    qemu_io = subprocess.Popen([str(build / "qemu-io"), "-c", "break write_aio A", "-c", "aio_write 0 64k",
+                                "-c", "wait_break A", "-c", "flush", spec],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(2)  # the write reaches the breakpoint, the flush starts draining
+        dot, svg = tmp_path / "g.dot", tmp_path / "g.svg"
+        live = run_cli(["block-state", "--pid", str(qemu_io.pid), "--dot", str(dot)]
+                       + (["--svg", str(svg)] if shutil.which("dot") else []))
+        assert live.returncode == 0, live.stderr
+        assert "request write 0+65536" in live.stdout and 'child file -> "dbg"' in live.stdout
+        assert live.stdout.splitlines()[-1].startswith(f"qemu-io ({qemu_io.pid}) block: 3 nodes, 1 request")
+        assert dot.read_text().count("->") == 3
+        assert not shutil.which("dot") or "<svg" in svg.read_text()
+        core = tmp_path / "core"
+        subprocess.run(["gcore", "-o", str(core), str(qemu_io.pid)], check=True, capture_output=True,
+                       stdin=subprocess.DEVNULL)
+    finally:
+        qemu_io.kill()
+        qemu_io.wait()
+    written = next(tmp_path.glob("core.*"))
+    from_core = run_cli(["block-state", "--core", str(written)])
+    assert from_core.returncode == 0, from_core.stderr
+    assert "request write 0+65536" in from_core.stdout
+    request = from_core.stdout.split("request write 0+65536")[1]
+    assert "blkdebug_debug_event" in request or "blkdebug_co_debug_event" in request
+    stripped = tmp_path / "qemu-io-stripped"
+    subprocess.run(["strip", "-o", str(stripped), str(build / "qemu-io")], check=True)
+    bad = {
+        "--pid 999999999": ("no such process",),
+        f"--pid {os.getpid()}": ("not a QEMU program",),
+        f"--core {tmp_path}/nothing": ("no such file",),
+        f"--core {written} --exe {stripped}": ("no debug info",),
+        f"--pid {os.getpid()} --exe {stripped}": ("--exe goes with --core",),
+        "": ("--pid", "--core"),
+    }
+    for args, needles in bad.items():
+        proc = run_cli(["block-state", *args.split()])
+        assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, (args, proc.stderr)
+        assert all(n in proc.stderr for n in needles), (args, proc.stderr)
