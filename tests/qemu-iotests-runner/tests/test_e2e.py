@@ -6,6 +6,7 @@ import gzip
 import importlib.machinery
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -356,3 +357,45 @@ def test_block_state_command_on_a_live_qemu_io_and_on_its_core(any_reference_tre
         proc = run_cli(["block-state", *args.split()])
         assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1, (args, proc.stderr)
         assert all(n in proc.stderr for n in needles), (args, proc.stderr)
+
+
+# A mirror job copying into a throttled target (4 KiB/s): it runs for minutes, and the VM is otherwise idle.
+THROTTLED_MIRROR = r"""
+"$QEMU_IMG_PROG" create -f qcow2 "$TEST_DIR/src.qcow2" 1M >/dev/null
+"$QEMU_IMG_PROG" create -f qcow2 "$TEST_DIR/dst.qcow2" 1M >/dev/null
+"$QEMU_IO_PROG" -f qcow2 -c "write -P 7 0 1M" "$TEST_DIR/src.qcow2" >/dev/null
+file() { echo '{"driver":"file","filename":"'"$TEST_DIR/$1"'"}'; }
+{
+  echo '{"execute":"qmp_capabilities"}'
+  echo '{"execute":"object-add","arguments":{"qom-type":"throttle-group","id":"tg","limits":{"bps-total":4096}}}'
+  echo '{"execute":"blockdev-add","arguments":{"driver":"qcow2","node-name":"src","file":'"$(file src.qcow2)"'}}'
+  echo '{"execute":"blockdev-add","arguments":{"driver":"throttle","node-name":"thr","throttle-group":"tg",
+         "file":{"driver":"qcow2","node-name":"dst","file":'"$(file dst.qcow2)"'}}}'
+  echo '{"execute":"blockdev-mirror","arguments":{"job-id":"mirror0","device":"src","target":"thr","sync":"full"}}'
+  sleep 3600
+} | "$QEMU_PROG" $QEMU_OPTIONS -qmp stdio >/dev/null
+"""
+
+
+def test_block_state_shows_a_mirror_job_in_a_hung_qemu_system(any_reference_tree: ReferenceTree,
+                                                                tmp_path: Path) -> None:
+    from support import make_fake_tree
+
+    tree = make_fake_tree(tmp_path / "tree")
+    tree.add_test("001", THROTTLED_MIRROR, out="")
+    results = tmp_path / "results"
+    proc = run_cli(["--qemu-source", str(tree.source), "--qemu-build", str(any_reference_tree.build),
+                    "--results", str(results), "--hang-timeout", "4"])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    run = json.loads((results / "results.json").read_text())["runs"][0]
+    assert run["outcome"] == "hang", run
+    folder = results / "runs/qcow2-file/001/diagnostics"
+    text = next(folder.glob("block-*-qemu-system-*.txt")).read_text()
+    # running while it copies, ready once it has (a mirror then waits for block-job-complete for ever)
+    assert "mirror0: mirror, running" in text or "mirror0: mirror, ready" in text, text
+    assert '"src" qcow2' in text and '"thr" throttle' in text and '"dst" qcow2' in text
+    jobs = text.split("Jobs (1):")[1]
+    assert '-> "thr"' in jobs or '-> "dst"' in jobs, jobs
+    graph = next(folder.glob("block-*-qemu-system-*.dot")).read_text()
+    assert "shape=hexagon" in graph and "job mirror0" in graph
+    assert re.search(r"job mirror0 \(mirror, (running|ready)\)", str(run["diagnostics"])), run["diagnostics"]
