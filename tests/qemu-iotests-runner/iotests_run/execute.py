@@ -27,6 +27,7 @@ from iotests_run.results_folder import DIFF, LEAKED, REPRODUCER, run_folder
 from iotests_run.sandbox import Sandbox, ShortRoot
 from iotests_run.services import HOST_NETWORK_PROTOCOLS
 from iotests_run.supervise import Ending, Launch, Limits, Watch, supervise
+from iotests_run.text import read_file_text
 from iotests_run.tracking import MARKER, Trackers
 from iotests_run.verdict import Verdict, reference_output, run_verdict, with_core
 
@@ -77,15 +78,6 @@ def _write_reproducer(path: Path, cwd: Path, iotests_env: Mapping[str, str], arg
               'echo "TEST_DIR was $t/scratch" >&2', "exit $status"]
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o755)
-
-
-def _read_casenotrun(path: Path) -> str:
-    """The cases a Python test skipped (iotests.case_notrun appends a line each), as check reads them."""
-    try:
-        with path.open("rb") as f:
-            return f.read(CASENOTRUN_BYTES).decode("utf-8", errors="replace")
-    except OSError:
-        return ""
 
 
 def _isolation_for(run: Run, isolation: Isolation) -> Isolation:
@@ -182,7 +174,8 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     core_evidence = examine_cores(cores, box.run_dir / "cores", run.test.path.parent, CORE_BUDGET_S) if cores else None
     if core_evidence is not None:
         verdict = with_core(verdict, core_evidence.cause)
-    casenotrun = _read_casenotrun(box.test_dir / f"{run.test.name}.casenotrun")
+    # the cases a Python test skipped (iotests.case_notrun appends a line each), as check reads them
+    casenotrun = read_file_text(box.test_dir / f"{run.test.name}.casenotrun", CASENOTRUN_BYTES) or ""
     if verdict.outcome is Outcome.PASS and not ending.leaked:
         box.discard()
         return Result(run, Outcome.PASS, "", duration, cpu_s=ending.cpu_s, casenotrun=casenotrun)

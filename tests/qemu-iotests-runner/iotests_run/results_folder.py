@@ -16,7 +16,6 @@ import fcntl
 import json
 import math
 import os
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -26,7 +25,7 @@ from iotests_run.discovery import TEST_NAME
 from iotests_run.errors import UsageError
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.sandbox import remove_tree
-from iotests_run.text import printable
+from iotests_run.text import printable, read_file_text
 
 MARKER = ".iotests-run"
 RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
@@ -45,17 +44,12 @@ def run_folder(run: Run) -> str:
 
 # Claiming ------------------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(frozen=True)
 class Claim:
-    """An exclusive hold on a results folder, released when the invocation exits (or on close)."""
+    """An exclusive hold on a results folder (the flock on fd), released when the invocation exits."""
 
     path: Path
     fd: int
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
 
 
 def _is_previous_results(folder: Path, entries: list[str]) -> bool:
@@ -222,24 +216,13 @@ class Recorded:
         """The Result a record describes; its diff read back from the artifacts under artifacts_in."""
         key, fmt, proto = record.get("key") or record["test"], record["format"], record["protocol"]
         folder = record.get("artifacts")
+        diff = read_file_text(artifacts_in / folder / DIFF, DIFF_READ_BYTES, follow_links=False) if folder else None
         return Result(Run(TestCase(key=key, path=iotests / key, groups=frozenset()), fmt, proto),
                       Outcome(record["outcome"]), record.get("reason", ""), float(record.get("duration_s", 0)),
-                      diff=_read_diff(artifacts_in / folder / DIFF) if folder else "", artifacts=folder,
+                      diff=(diff or "").rstrip("\n"), artifacts=folder,
                       diagnostics=record.get("diagnostics", ""), attachments=tuple(record.get("attachments", ())),
                       leaked=tuple(record.get("leaked", ())), cpu_s=record.get("cpu_s"),
                       quarantined=record.get("quarantined", False), casenotrun=record.get("casenotrun", ""))
-
-
-def _read_diff(path: Path) -> str:
-    """A recorded diff.txt: a regular file only (never a link a merged folder planted), bounded."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return ""
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return ""
-        return f.read(DIFF_READ_BYTES).decode("utf-8", errors="replace").rstrip("\n")
 
 
 def read_results(folder: Path, what: str) -> Recorded:

@@ -32,6 +32,21 @@ def printable(text: str) -> str:
     return terminal_safe(text).replace("\n", "\\n").replace("\t", "\\t")
 
 
+def read_file_text(path: Path, limit: int, follow_links: bool = True) -> str | None:
+    """A file a test (or a merged folder) may have planted: a regular file only, never a FIFO or a
+    device (a FIFO would block the runner), at most limit bytes; None when there is none. A test's
+    own files are read through links, as check reads them; a merged folder's are not."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_links else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return f.read(limit).decode("utf-8", errors="replace")
+
+
 def read_small_text(path: Path, what: str, limit: int = 1 << 20) -> str:
     """A small UTF-8 file a user named (never a device, a FIFO or a huge file); UsageError otherwise."""
     try:

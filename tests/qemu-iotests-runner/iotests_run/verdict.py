@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iotests_run.model import Outcome, Stop
+from iotests_run.text import read_file_text
+
+NOTRUN_BYTES = 64 * 1024
 
 
 def reference_output(test: Path, fmt: str, default_machine: str, cachemode: str) -> Path:
@@ -75,8 +78,9 @@ def judge(returncode: int, reference: Path, output: Path, notrun_file: Path,
     if returncode != 0:
         diff = output_diff(reference, output, reference_label, output_label)
         return Verdict(Outcome.FAIL, f"failed, exit status {returncode}", diff)
-    if notrun_file.is_file():
-        return Verdict(Outcome.NOT_RUN, notrun_file.read_text(encoding="utf-8", errors="replace").strip())
+    reason = read_file_text(notrun_file, NOTRUN_BYTES)
+    if reason is not None:
+        return Verdict(Outcome.NOT_RUN, reason.strip())
     diff = output_diff(reference, output, reference_label, output_label)
     if diff:
         return Verdict(Outcome.FAIL, "output mismatch", diff)

@@ -329,3 +329,10 @@ def test_an_adopted_daemon_that_exits_is_reaped_as_init_would(fake_tree: FakeTre
     fake_tree.add_test("001", body, out="gone\n")
     proc = run_cli(tree_args(fake_tree, tmp_path / "r", "--no-isolation"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_fifo_where_the_runner_reads_a_tests_file_does_not_block_it(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", 'mkfifo "$TEST_DIR/001.casenotrun"\necho ok\n', out="ok\n")
+    fake_tree.add_test("002", 'mkfifo "$TEST_DIR/002.notrun"\necho ok\n', out="ok\n")
+    proc = run_cli(tree_args(fake_tree, tmp_path / "r"), timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
