@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
@@ -34,8 +34,9 @@ from iotests_run.errors import SetupError, UsageError
 from iotests_run.invocation import Hooks, LimitOptions, cpu_seconds, limits_for, run_in_sandboxes
 from iotests_run.merge import merge_folders
 from iotests_run.model import Result, Run, TestCase, fails_the_job
-from iotests_run.options import Parser, make_parser, parse_arguments, settings_of
+from iotests_run.options import Parser, check_combinations, make_parser, parse_arguments, settings_of
 from iotests_run.qemu import QemuTree, open_tree, reference_cache
+from iotests_run.repeats import Policy, tallies
 from iotests_run.report.progress import QUIET, Eta, Progress
 from iotests_run.report.summary import closing_line
 from iotests_run.report.tap import HEADER, tap_plan
@@ -130,7 +131,11 @@ def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
     if shard is not None:
         skipped, to_run, note = plan.take_shard(shard, skipped, to_run, cost)
         print(note, file=sys.stderr if args.list or args.tap else sys.stdout, flush=True)
-    return Planned(skipped, plan.longest_first(to_run, cost), cost, history_file, tree_id)
+    runs = plan.longest_first(to_run, cost)
+    if args.repeat is not None:  # copies of one run next to each other, so that they run side by side
+        runs = [replace(r, copy=k) for r in runs for k in range(1, args.repeat + 1)]
+        cost = {**cost, **{r: cost[r.base] for r in runs}}
+    return Planned(skipped, runs, cost, history_file, tree_id)
 
 
 def check_junit_copy(path: Path) -> Path:
@@ -170,6 +175,7 @@ def start_reporting(args: argparse.Namespace, cpus: Cpus, found: Selection, plan
                                           settings_of(args)),
         "withheld_from_tests": list(withheld),
         "strict_flaky": args.strict_flaky,
+        "repeat": args.repeat,
         "complete": False,
     }
     admission = Admission(args.jobs, cpus.count, cpus.busy_clock(), fixed=args.fixed_jobs)
@@ -177,7 +183,7 @@ def start_reporting(args: argparse.Namespace, cpus: Cpus, found: Selection, plan
     eta = Eta({r.label: planned.cost[r] for r in planned.runs}, admission.floor)
     live = False if args.tap else None  # TAP owns the terminal: no status line redrawn beside it
     progress = Progress(planned.count, sys.stderr if args.tap else sys.stdout, level=args.level, eta=eta,
-                        live=live, quiet_notice_s=args.still_running_every)
+                        live=live, quiet_notice_s=args.still_running_every, repeat=args.repeat or 0)
     quarantine = Quarantine.read(args.quarantine) if args.quarantine else Quarantine(frozenset())
     reporter = Reporter(held.path, junit_copy, meta, progress, args.tap, [], quarantine.mark)
     if args.tap:
@@ -201,6 +207,8 @@ def finish(args: argparse.Namespace, found: Selection, planned: Planned, reporte
     meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta["wall_s"] = round(time.monotonic() - started, 2)
     meta["cpu_s"] = cpu_seconds()
+    if args.repeat is not None:
+        meta["repeats"] = [t.record() for t in tallies(results)]
     reporter.write_files()
     if complete:
         history.save(planned.history_file, planned.tree_id, results)
@@ -240,6 +248,7 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
                              isolate=not args.no_isolation, perturb=perturb, user_env=tests_env.variables,
                              environ=os.environ, limits=limits, retries=args.retry, admission=admission,
                              settings=settings_of(args),
+                             repeat=Policy(args.keep_failures, args.until_fail) if args.repeat else None,
                              hooks=Hooks(reporter.finished, reporter.tick, reporter.progress.note))
     if ended.orphans:
         reporter.meta["orphans"] = ended.orphans
@@ -282,7 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if argv[:1] == ["block-state"]:
             return block_state_command.main(argv[1:])
         cpus = Cpus.here()
-        return run(parse_arguments(make_parser(cpus), argv, os.environ), cpus)
+        args = parse_arguments(make_parser(cpus), argv, os.environ)
+        check_combinations(args)
+        return run(args, cpus)
     except (UsageError, SetupError) as exc:
         print(f"iotests-run: {printable(str(exc))}", file=sys.stderr)
         return EXIT_USAGE

@@ -23,8 +23,9 @@ from iotests_run.isolation import Isolation, Overlay
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.qemu import QemuTree
 from iotests_run.registry import Registry
+from iotests_run.repeats import DROP, REPORT_AND_STOP, Policy
 from iotests_run.results_folder import DIFF, LEAKED, REPRODUCER, run_folder
-from iotests_run.sandbox import Sandbox, ShortRoot
+from iotests_run.sandbox import Sandbox, ShortRoot, remove_tree
 from iotests_run.services import HOST_NETWORK_PROTOCOLS
 from iotests_run.supervise import Ending, Launch, Limits, Watch, supervise
 from iotests_run.text import read_file_text
@@ -51,6 +52,7 @@ class Context:
     isolation: Isolation = field(default_factory=Isolation)
     trackers: Trackers = field(default_factory=Trackers)
     retries: int = 0
+    repeat: Policy | None = None  # --repeat: which failing copies keep artifacts; --until-fail
 
 
 def command_of(test: TestCase, python: str) -> list[str]:
@@ -95,6 +97,22 @@ def execute_run(run: Run, index: int, ctx: Context) -> Result:
             return _with_earlier_attempts(result, earlier)
         earlier.append(_set_aside(result, attempt, ctx.results))
     raise AssertionError("unreachable")
+
+
+def settle_copy(result: Result, ctx: Context) -> Result | None:
+    """--repeat: a copy's result as it is reported (artifacts kept for the first failing copies only),
+    or None when it is dropped (--until-fail, after another copy of its run failed)."""
+    if ctx.repeat is None or not result.run.copy:
+        return result
+    decision = ctx.repeat.settle(result)
+    if decision == DROP or (result.outcome.is_failure and not ctx.repeat.keeps_artifacts(result)) \
+            or (result.outcome is Outcome.PASS and result.artifacts):
+        if result.artifacts:
+            remove_tree(ctx.results / result.artifacts)
+        result = replace(result, artifacts=None, attachments=())
+    if decision == REPORT_AND_STOP:
+        ctx.registry.stop_copies(result.run.base.label)
+    return None if decision == DROP else result
 
 
 def runner_error(run: Run, exc: Exception) -> Result:
@@ -220,17 +238,17 @@ def execute_all(runs: list[Run], ctx: Context, admission: Admission,
     asynchronously inside the queue's wait can leave its lock held, and then
     neither this loop nor any worker's put() ever gets it again.
     """
-    finished: queue.Queue[Result] = queue.Queue()
+    finished: queue.Queue[Result | None] = queue.Queue()  # None: a copy dropped (--until-fail)
     results: list[Result] = []
     signalled: list[int] = []
     pending = deque(enumerate(runs))
-    running = 0
+    running = done = 0
     next_tick = time.monotonic() + TICK_S
 
     def work(run: Run, index: int) -> None:
         # Every run must reach the queue, or the loop below would wait for it forever.
         try:
-            result = execute_run(run, index, ctx)
+            result: Result | None = settle_copy(execute_run(run, index, ctx), ctx)
         except Exception as exc:  # noqa: BLE001 - e.g. setting a failed attempt's artifacts aside
             result = runner_error(run, exc)
         finished.put(result)
@@ -242,15 +260,19 @@ def execute_all(runs: list[Run], ctx: Context, admission: Admission,
     previous = {s: signal.signal(s, note_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     try:
         with ThreadPoolExecutor(max_workers=admission.jobs, thread_name_prefix="run") as pool:
-            while len(results) < len(runs):
+            while done < len(runs):
                 # Once stopping, the runs not started yet go through at once and report themselves interrupted.
                 while pending and (ctx.registry.stopping.is_set() or admission.may_start(running)):
                     index, run = pending.popleft()
+                    if ctx.repeat is not None and ctx.repeat.dropped(run):  # its run already failed
+                        done += 1
+                        continue
                     pool.submit(work, run, index)
                     running += 1
                 wait = min(ADMIT_POLL_S if pending else TICK_S, max(0.0, next_tick - time.monotonic()))
                 try:
                     result: Result | None = finished.get(timeout=wait)
+                    running, done = running - 1, done + 1
                 except queue.Empty:
                     result = None
                 if signalled and not ctx.registry.stopping.is_set():
@@ -260,7 +282,6 @@ def execute_all(runs: list[Run], ctx: Context, admission: Admission,
                     if on_tick is not None:
                         on_tick()
                 if result is not None:
-                    running -= 1
                     results.append(result)
                     on_result(result)
     finally:

@@ -23,6 +23,7 @@ from iotests_run.isolation import probe
 from iotests_run.model import LiveRun, Result, Run
 from iotests_run.qemu import QemuTree
 from iotests_run.registry import Registry
+from iotests_run.repeats import Policy
 from iotests_run.sandbox import ShortRoot
 from iotests_run.supervise import Limits
 from iotests_run.tracking import CgroupRoot, Trackers
@@ -89,7 +90,7 @@ class Hooks:
 def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scratch: Path, isolate: bool,
                      perturb: str, user_env: Mapping[str, str], environ: Mapping[str, str],
                      limits: Callable[[Run], Limits], retries: int, admission: Admission, hooks: Hooks,
-                     settings: Settings) -> Ended:
+                     settings: Settings, repeat: Policy | None = None) -> Ended:
     """Run everything in sandboxes, with a watchdog behind them, and clean up whatever happens."""
     isolation = probe(wanted=isolate, iotests=tree.iotests, scratch=scratch)
     cgroups = CgroupRoot.create() if isolate else None
@@ -106,7 +107,7 @@ def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scra
     registry = Registry()
     ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
                   base=TestsBase(user_env, perturb, settings), limits=limits, isolation=isolation,
-                  trackers=Trackers(cgroups, marker, adopter), retries=retries)
+                  trackers=Trackers(cgroups, marker, adopter), retries=retries, repeat=repeat)
     interrupted = False
     try:
         execute_all(runs, ctx, admission, hooks.finished, on_tick=lambda: hooks.tick(registry.live()))

@@ -48,11 +48,12 @@ def merge_folders(out: Path, inputs: list[Path]) -> Merged:
         raise UsageError("merge needs at least one results folder")
     _check_folders(out, inputs)
     shards = [read_results(folder, "merge") for folder in inputs]
-    seen: dict[tuple[str, str, str], Path] = {}
+    seen: dict[tuple[str, str, str, int], Path] = {}
     for shard in shards:
-        for ident in shard.idents():
+        for (key, fmt, proto), record in zip(shard.idents(), shard.records, strict=True):
+            ident = (key, fmt, proto, record.get("copy", 0))
             if ident in seen:
-                raise UsageError(f"merge: run {ident[1]}-{ident[2]} {ident[0]} is in both {seen[ident]} "
+                raise UsageError(f"merge: run {fmt}-{proto} {key} is in both {seen[ident]} "
                                  f"and {shard.folder}")
             seen[ident] = shard.folder
     meta = dict(shards[0].meta)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -73,11 +74,12 @@ class TestCase:
 
 @dataclass(frozen=True)
 class Run:
-    """One test under one format and one protocol."""
+    """One test under one format and one protocol (with --repeat, one copy of it: copy 1..N)."""
 
     test: TestCase
     format: str
     protocol: str
+    copy: int = 0
 
     @property
     def combo(self) -> str:
@@ -85,7 +87,12 @@ class Run:
 
     @property
     def label(self) -> str:
-        return f"{self.combo} {self.test.name}"
+        return f"{self.combo} {self.test.name}" + (f" #{self.copy}" if self.copy else "")
+
+    @property
+    def base(self) -> Run:
+        """The run this is a copy of (itself when it is none)."""
+        return Run(self.test, self.format, self.protocol) if self.copy else self
 
 
 @dataclass
@@ -95,6 +102,7 @@ class LiveRun:
     label: str
     started: float
     last_activity: float
+    stop: threading.Event = field(default_factory=threading.Event)  # this run alone is to stop (--until-fail)
 
 
 @dataclass(frozen=True)

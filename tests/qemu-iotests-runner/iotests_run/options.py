@@ -148,6 +148,14 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
                    help="try a failed, hung, timed-out or crashed run again, up to N times, in a fresh sandbox; "
                         "one that then passes is flaky")
     p.add_argument("--strict-flaky", action="store_true", help="flaky runs fail the job too")
+    p.add_argument("--repeat", type=_jobs, metavar="N",
+                   help="run every selected run N times, copies side by side in their own sandboxes; "
+                        "report the failure rate of each")
+    p.add_argument("--until-fail", action="store_true",
+                   help="with --repeat: stop a run's copies at its first failure (the others are dropped)")
+    p.add_argument("--keep-failures", type=_count, default=5, metavar="K",
+                   help="with --repeat: keep the artifacts of the first K failing copies of each run "
+                        "(default: %(default)s)")
     p.add_argument("--last-failed", action="store_true",
                    help="run again what failed, hung, timed out, crashed, was flaky or interrupted in the previous "
                         "run recorded in the results folder")
@@ -173,6 +181,16 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
                    help="start every run, even those whose test declares it cannot apply (check's behaviour)")
     p.add_argument("--version", action="version", version=f"iotests-run {__version__}")
     return p
+
+
+def check_combinations(args: argparse.Namespace) -> None:
+    """Options that do not go together, one line each."""
+    if args.repeat is not None and args.retry:
+        raise UsageError("--repeat counts failures; --retry would hide them: give one of them")
+    if args.repeat is not None and args.last_failed:
+        raise UsageError("--repeat with --last-failed: repeat named tests instead (iotests-run TEST --repeat N)")
+    if args.until_fail and args.repeat is None:
+        raise UsageError("--until-fail needs --repeat N")
 
 
 def settings_of(args: argparse.Namespace) -> Settings:

@@ -31,6 +31,13 @@ class Registry:
         with self._lock:
             return list(self._live.values())
 
+    def stop_copies(self, base_label: str) -> None:
+        """Ask the live copies of one run (labels `BASE #k`) to stop (--until-fail)."""
+        with self._lock:
+            for live in self._live.values():
+                if live.label.startswith(base_label + " #"):
+                    live.stop.set()
+
     def stop(self) -> None:
         """Ask every live run to end now; each worker kills its own run's processes."""
         self.stopping.set()

@@ -32,14 +32,14 @@ RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
 RUNS = "runs"
 # Files of a run's artifacts folder.
 DIFF, LEAKED, REPRODUCER = "diff.txt", "leaked.txt", "reproduce.sh"
-SCHEMA = 2  # results.json's "schema": 2 added it and each run's "quarantined" and "casenotrun"
+SCHEMA = 2  # results.json's "schema": 2 added it and each run's "quarantined", "casenotrun" and "copy"
 # How much of a recorded diff.txt merge reads back (the full file stays in the artifacts).
 DIFF_READ_BYTES = 1 << 20
 
 
 def run_folder(run: Run) -> str:
     """The run's artifacts folder, relative to the results folder."""
-    return f"{RUNS}/{run.combo}/{run.test.name}"
+    return f"{RUNS}/{run.combo}/{run.test.name}" + (f"-copy-{run.copy}" if run.copy else "")
 
 
 # Claiming ------------------------------------------------------------------------------------------
@@ -135,6 +135,7 @@ def run_record(result: Result) -> dict[str, Any]:
         "attachments": list(result.attachments),
         "quarantined": result.quarantined,
         "casenotrun": result.casenotrun,
+        "copy": result.run.copy,
     }
 
 
@@ -183,6 +184,7 @@ _FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "leaked": (False, _texts, "a list of text"),
     "quarantined": (False, lambda v: isinstance(v, bool), "true or false"),
     "casenotrun": (False, _text, "text"),
+    "copy": (False, lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v, "a copy number"),
 }
 
 
@@ -209,7 +211,7 @@ class Recorded:
     records: list[dict[str, Any]]  # each checked against _FIELDS
 
     def idents(self) -> list[tuple[str, str, str]]:
-        """(test key, format, protocol) of each run."""
+        """(test key, format, protocol) of each run (copies of one run share it)."""
         return [(r.get("key") or r["test"], r["format"], r["protocol"]) for r in self.records]
 
     def result(self, record: dict[str, Any], iotests: Path, artifacts_in: Path) -> Result:
@@ -217,7 +219,7 @@ class Recorded:
         key, fmt, proto = record.get("key") or record["test"], record["format"], record["protocol"]
         folder = record.get("artifacts")
         diff = read_file_text(artifacts_in / folder / DIFF, DIFF_READ_BYTES, follow_links=False) if folder else None
-        return Result(Run(TestCase(key=key, path=iotests / key, groups=frozenset()), fmt, proto),
+        return Result(Run(TestCase(key=key, path=iotests / key, groups=frozenset()), fmt, proto, record.get("copy", 0)),
                       Outcome(record["outcome"]), record.get("reason", ""), float(record.get("duration_s", 0)),
                       diff=(diff or "").rstrip("\n"), artifacts=folder,
                       diagnostics=record.get("diagnostics", ""), attachments=tuple(record.get("attachments", ())),

@@ -129,6 +129,8 @@ def _watch(pidfd: int, output: Path, tracker: Tracker, limits: Limits,
         now = time.monotonic()
         if registry.stopping.is_set():
             return Stop.INTERRUPTED, "the runner was interrupted"
+        if live.stop.is_set():
+            return Stop.INTERRUPTED, "another copy of this run failed (--until-fail)"
         if now - live.started >= limits.timeout_s:
             return Stop.TIMEOUT, f"still running after {limits.timeout_s:g} s (--timeout)"
         try:

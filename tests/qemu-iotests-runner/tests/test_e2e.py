@@ -399,3 +399,15 @@ def test_block_state_shows_a_mirror_job_in_a_hung_qemu_system(any_reference_tree
     graph = next(folder.glob("block-*-qemu-system-*.dot")).read_text()
     assert "shape=hexagon" in graph and "job mirror0" in graph
     assert re.search(r"job mirror0 \(mirror, (running|ready)\)", str(run["diagnostics"])), run["diagnostics"]
+
+
+def test_repeated_copies_of_real_iotests_run_side_by_side(any_reference_tree: ReferenceTree, tmp_path: Path) -> None:
+    """Copies of one test at once do not collide (each has its own folders, sockets and network)."""
+    results = tmp_path / "results"
+    proc = run_cli(["001", "203", "-f", "qcow2", "--repeat", "8", "--fixed-jobs", "-j", "8",
+                    *any_reference_tree.args(results)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((results / "results.json").read_text())
+    assert len(data["runs"]) == 16 and {r["outcome"] for r in data["runs"]} == {"pass"}
+    assert {(t["test"], t["attempts"], t["failed"]) for t in data["repeats"]} == {("001", 8, 0), ("203", 8, 0)}
+    assert "qcow2-file 203: 8 runs, 0 failed (0.0%)" in proc.stdout

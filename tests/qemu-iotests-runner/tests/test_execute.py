@@ -24,7 +24,7 @@ def test_a_run_whose_execution_raises_still_gets_a_result(monkeypatch: pytest.Mo
 
     monkeypatch.setattr(execute, "execute_run", explode)
     seen: list[Result] = []
-    ctx = cast(execute.Context, SimpleNamespace(registry=Registry()))
+    ctx = cast(execute.Context, SimpleNamespace(registry=Registry(), repeat=None))
     results = execute.execute_all(runs, ctx, Admission(2, 2, None), seen.append)
     assert {r.run.test.key: r.outcome for r in results} == {"001": Outcome.PASS, "002": Outcome.FAIL}
     failed = next(r for r in results if r.run.test.key == "002")
@@ -113,7 +113,7 @@ def test_the_pool_waits_without_spinning(monkeypatch: pytest.MonkeyPatch) -> Non
         return Result(run, Outcome.PASS)
 
     monkeypatch.setattr(execute, "execute_run", slow)
-    ctx = cast(execute.Context, SimpleNamespace(registry=Registry()))
+    ctx = cast(execute.Context, SimpleNamespace(registry=Registry(), repeat=None))
     cpu = time.process_time()
     execute.execute_all(runs, ctx, Admission(2, 2, None), lambda r: None)  # no on_tick
     assert time.process_time() - cpu < 0.5  # a busy-waiting loop would burn about 2 s

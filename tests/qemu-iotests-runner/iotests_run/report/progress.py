@@ -66,7 +66,8 @@ class Eta:
 
 class Progress:
     def __init__(self, total: int, stream: TextIO = sys.stdout, *, level: int = NORMAL,
-                 live: bool | None = None, eta: Eta | None = None, quiet_notice_s: float = QUIET_NOTICE_S) -> None:
+                 live: bool | None = None, eta: Eta | None = None, quiet_notice_s: float = QUIET_NOTICE_S,
+                 repeat: int = 0) -> None:
         self.total = total
         self.quiet_notice_s = quiet_notice_s  # not on a TTY: name the runs still going after this much silence
         self.done = 0
@@ -79,6 +80,8 @@ class Progress:
         self.last_line = time.monotonic()
         self._status = ""
         self._flight: list[LiveRun] = []
+        self.repeat = repeat  # --repeat N: copies are counted per run, a line when a run's copies are done
+        self._copies: dict[str, list[int]] = {}  # base label -> [finished, failed]
 
     # lines that stay
     def note(self, text: str, *, quiet_too: bool = False) -> None:
@@ -98,6 +101,9 @@ class Progress:
         self._flight = [r for r in self._flight if r.label != result.run.label]
         if self.eta is not None:
             self.eta.finished(result)
+        if result.run.copy:
+            self._copy_finished(result)
+            return
         if result.outcome.is_notable or self.level == VERBOSE or (self.level == NORMAL and not self.live):
             word = PRESENTATION[result.outcome].word
             line = (f"[{self.done:>{self.width}}/{self.total}] {word:<11} {result.run.combo:<12} "
@@ -107,6 +113,20 @@ class Progress:
             if self.level == VERBOSE and result.outcome.is_failure:
                 line += _details(result)
             self.note(line, quiet_too=result.outcome.is_failure)
+
+    def _copy_finished(self, result: Result) -> None:
+        """A copy (--repeat): failures get their line; a run gets one count line when its copies are done."""
+        counts = self._copies.setdefault(result.run.base.label, [0, 0])
+        counts[0] += 1
+        counts[1] += result.outcome.is_failure
+        if result.outcome.is_notable:
+            word = PRESENTATION[result.outcome].word
+            self.note(f"[{self.done:>{self.width}}/{self.total}] {word:<11} {result.run.label:<32} "
+                      f"{result.duration_s:6.1f} s  {result.reason.splitlines()[0][:120] if result.reason else ''}",
+                      quiet_too=result.outcome.is_failure)
+        if counts[0] == self.repeat and self.level > QUIET:
+            done, failed = counts
+            self.note(f"{result.run.base.label}: {done} runs, {failed} failed ({100 * failed / done:.1f}%)")
 
     # the line redrawn in place
     def tick(self, live: Sequence[LiveRun]) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from tabulate import tabulate
 
 from iotests_run.model import Outcome, Result
+from iotests_run.repeats import Tally
 from iotests_run.report.outcomes import COLUMNS, PRESENTATION
 from iotests_run.text import terminal_safe
 
@@ -35,8 +36,16 @@ def _counts_table(results: Sequence[Result]) -> str:
     return _table(rows, ["format-protocol", *used, "runs", "test time s"])
 
 
-def summary_text(results: Sequence[Result], title: str, wall_s: float) -> str:
+def summary_text(results: Sequence[Result], title: str, wall_s: float, repeated: Sequence[Tally] = ()) -> str:
     parts = [title, "", _counts_table(results)]
+    if repeated:
+        rows = [[t.run.combo, t.run.test.name, t.attempts, t.failed,
+                 ", ".join(f"{n} {k}" for k, n in sorted(t.failures.items())) or "-",
+                 f"{100 * t.failed / t.attempts:.1f}%", f"{100 * t.interval[0]:.1f}-{100 * t.interval[1]:.1f}%",
+                 f"{t.mean_s:.1f}"] for t in repeated]
+        parts += ["", "Repeated runs (--repeat; rate with its 95% Wilson interval):",
+                  _table(rows, ["format-protocol", "test", "attempts", "failed", "outcomes", "rate", "95% interval",
+                                "s per attempt"])]
     bad = [r for r in results if r.outcome.is_bad]
     if bad:
         rows = [[r.run.combo, r.run.test.name, PRESENTATION[r.outcome].column, r.reason, r.artifacts or ""]

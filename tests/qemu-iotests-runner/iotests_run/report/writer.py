@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from iotests_run.model import LiveRun, Result
+from iotests_run.repeats import fold, tallies
 from iotests_run.report.files import write_atomically
 from iotests_run.report.html import html_report
 from iotests_run.report.junit import junit_xml
@@ -89,8 +90,8 @@ class Reporter:
 def write_machine_reports(folder: Path, results: Sequence[Result], meta: Mapping[str, Any],
                           junit_copy: Path | None = None) -> None:
     """results.json and junit.xml (and its copy where --junit asked), each replaced atomically."""
-    write_atomically(folder / "results.json", results_json(results, meta))
-    xml = junit_xml(results, attachment_base=relative_to_cwd(folder.resolve()))
+    write_atomically(folder / "results.json", results_json(results, meta))  # every copy of a repeated run
+    xml = junit_xml(fold(results), attachment_base=relative_to_cwd(folder.resolve()))  # one testcase per run
     write_atomically(folder / "junit.xml", xml)
     if junit_copy is not None:
         write_atomically(junit_copy, xml)
@@ -98,9 +99,10 @@ def write_machine_reports(folder: Path, results: Sequence[Result], meta: Mapping
 
 def write_people_reports(folder: Path, results: Sequence[Result], meta: Mapping[str, Any], title: str,
                          wall_s: float) -> str:
-    """summary.txt and report.html, at the end of a run or a merge; returns the summary's text."""
-    text = summary_text(results, title, wall_s)
+    """summary.txt and report.html, at the end of a run or a merge; returns the summary's text.
+    The copies of a repeated run are folded into one result (repeats.fold), their tally beside it."""
+    text = summary_text(fold(results), title, wall_s, repeated=tallies(results))
     write_atomically(folder / "summary.txt", text)
-    page = html_report(results, meta, title, exists=lambda rel: (folder / rel).is_file())
+    page = html_report(fold(results), meta, title, exists=lambda rel: (folder / rel).is_file())
     write_atomically(folder / "report.html", page)
     return text
