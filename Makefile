@@ -24,7 +24,7 @@ reference-all: reference
 
 # The main job: qcow2, quick group, on the reference tree.
 demo: venv reference
-	$(BIN)/iotests-run -f qcow2 -g quick $(if $(JOBS),-j $(JOBS))
+	$(BIN)/iotests-run -f qcow2 -g quick --retry 1 $(if $(JOBS),-j $(JOBS))
 
 # Debian's chromium, for the HTML report's browser test (installed when running as root).
 browser:

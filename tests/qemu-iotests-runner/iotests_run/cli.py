@@ -48,6 +48,7 @@ from iotests_run.services import unavailable
 from iotests_run.text import printable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_BISECT_SKIP, EXIT_BISECT_ABORT = 125, 128  # with --bisect, for git bisect run
 def _check_choices(kind: str, asked: list[str], known: Sequence[str], version: str) -> list[str]:
     if not asked:
         raise UsageError(f"no {kind} given")
@@ -176,6 +177,7 @@ def start_reporting(args: argparse.Namespace, cpus: Cpus, found: Selection, plan
         "withheld_from_tests": list(withheld),
         "strict_flaky": args.strict_flaky,
         "repeat": args.repeat,
+        "load": args.load,
         "complete": False,
     }
     admission = Admission(args.jobs, cpus.count, cpus.busy_clock(), fixed=args.fixed_jobs)
@@ -249,6 +251,7 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
                              environ=os.environ, limits=limits, retries=args.retry, admission=admission,
                              settings=settings_of(args),
                              repeat=Policy(args.keep_failures, args.until_fail) if args.repeat else None,
+                             load=args.load,
                              hooks=Hooks(reporter.finished, reporter.tick, reporter.progress.note))
     if ended.orphans:
         reporter.meta["orphans"] = ended.orphans
@@ -296,6 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(args, cpus)
     except (UsageError, SetupError) as exc:
         print(f"iotests-run: {printable(str(exc))}", file=sys.stderr)
+        if "--bisect" in argv:  # git bisect run: 125 skips this commit, above 127 stops the bisection
+            return EXIT_BISECT_SKIP if isinstance(exc, SetupError) else EXIT_BISECT_ABORT
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("iotests-run: interrupted", file=sys.stderr)

@@ -20,6 +20,7 @@ from iotests_run.cpu import Admission
 from iotests_run.environment import Settings, TestsBase
 from iotests_run.execute import Context, execute_all
 from iotests_run.isolation import probe
+from iotests_run.load import Load
 from iotests_run.model import LiveRun, Result, Run
 from iotests_run.qemu import QemuTree
 from iotests_run.registry import Registry
@@ -90,7 +91,7 @@ class Hooks:
 def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scratch: Path, isolate: bool,
                      perturb: str, user_env: Mapping[str, str], environ: Mapping[str, str],
                      limits: Callable[[Run], Limits], retries: int, admission: Admission, hooks: Hooks,
-                     settings: Settings, repeat: Policy | None = None) -> Ended:
+                     settings: Settings, repeat: Policy | None = None, load: int = 0) -> Ended:
     """Run everything in sandboxes, with a watchdog behind them, and clean up whatever happens."""
     isolation = probe(wanted=isolate, iotests=tree.iotests, scratch=scratch)
     cgroups = CgroupRoot.create() if isolate else None
@@ -102,8 +103,12 @@ def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scra
     marker = short_root.path.name
     watchdog = start_watchdog(marker, short_root.path, cgroups.path if cgroups else None)
     adopter = None if cgroups else Adopter.start()
+    burners = Load.start(load, marker, cgroups)
     if adopter is not None:
-        adopter.ignore(watchdog.pid)
+        for pid in (watchdog.pid, *burners.pids):
+            adopter.ignore(pid)
+    if load:
+        hooks.note(f"iotests-run: {load} CPU-burning process(es) beside the runs (--load)")
     registry = Registry()
     ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
                   base=TestsBase(user_env, perturb, settings), limits=limits, isolation=isolation,
@@ -114,6 +119,7 @@ def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scra
     except KeyboardInterrupt:
         interrupted = True
     finally:
+        burners.stop()
         orphans = adopter.close() if adopter is not None else []
         short_root.close()
         if cgroups is not None:

@@ -153,6 +153,12 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
                         "report the failure rate of each")
     p.add_argument("--until-fail", action="store_true",
                    help="with --repeat: stop a run's copies at its first failure (the others are dropped)")
+    p.add_argument("--load", type=_count, default=0, metavar="N",
+                   help="N CPU-burning processes beside the runs for the whole invocation, to imitate an "
+                        "overloaded machine (default: none)")
+    p.add_argument("--bisect", action="store_true",
+                   help="for `git bisect run`: a tree that cannot be used (no build, broken build) exits 125 "
+                        "(skip this commit), a bad command line 128 (stop the bisection)")
     p.add_argument("--keep-failures", type=_count, default=5, metavar="K",
                    help="with --repeat: keep the artifacts of the first K failing copies of each run "
                         "(default: %(default)s)")

@@ -52,6 +52,7 @@ CASES: dict[str, Case] = {
     "unknown aio mode": lambda t, r: (["-i", "posix", *t.args(r)], ("-i/--aio", "posix")),
     "cache and nocache": lambda t, r: (["-c", "none", "--nocache", *t.args(r)], ("--nocache",)),
     "pass-env not a name": lambda t, r: (["--pass-env", "A=B", *t.args(r)], ("--pass-env", "A=B")),
+    "load negative": lambda t, r: (["--load", "-1", *t.args(r)], ("--load", "-1")),
     "repeat zero": lambda t, r: (["--repeat", "0", *t.args(r)], ("--repeat", "0")),
     "repeat with retry": lambda t, r: (["--repeat", "3", "--retry", "1", *t.args(r)], ("--repeat", "--retry")),
     "repeat with last-failed": lambda t, r: (["--repeat", "3", "--last-failed", *t.args(r)],
@@ -118,3 +119,13 @@ def test_bad_option_from_iotests_run_args(tree: FakeTree, tmp_path: Path) -> Non
     proc = run_cli(tree.args(tmp_path / "r"), env=env)
     assert proc.returncode == 2 and "lots" in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_bisect_exit_codes(tree: FakeTree, tmp_path: Path) -> None:
+    """git bisect run: an unusable tree skips the commit (125), a bad command line stops the bisection (>127)."""
+    (tree.build / "qemu-io").unlink()
+    proc = run_cli([*tree.args(tmp_path / "r"), "--bisect"], cwd=tmp_path)
+    assert proc.returncode == 125 and "qemu-io" in proc.stderr, proc.stderr
+    proc = run_cli([*tree.args(tmp_path / "r"), "--bisect", "--frobnicate"], cwd=tmp_path)
+    assert proc.returncode == 128 and "--frobnicate" in proc.stderr
+    assert run_cli(tree.args(tmp_path / "r"), cwd=tmp_path).returncode == 2  # without --bisect: as always
