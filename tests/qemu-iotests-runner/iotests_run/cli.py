@@ -112,10 +112,14 @@ def find_tests(args: argparse.Namespace) -> Selection | None:
     return Selection(tree, catalog.tests, tests, formats, protocols, again, scratch)
 
 
+def history_file_of(args: argparse.Namespace) -> Path:
+    return Path(args.history) if args.history else reference_cache() / "durations.json"
+
+
 def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
     """The matrix, less what is known not to apply, this shard's part, longest first."""
     tree = found.tree
-    history_file = args.history or reference_cache() / "durations.json"
+    history_file = history_file_of(args)
     history.check_usable(history_file)
     tree_id = history.tree_identity(tree.version, found.all_tests)
     durations, warning = history.load(history_file, tree_id)
@@ -187,7 +191,9 @@ def start_reporting(args: argparse.Namespace, cpus: Cpus, found: Selection, plan
     progress = Progress(planned.count, sys.stderr if args.tap else sys.stdout, level=args.level, eta=eta,
                         live=live, quiet_notice_s=args.still_running_every, repeat=args.repeat or 0)
     quarantine = Quarantine.read(args.quarantine) if args.quarantine else Quarantine(frozenset())
-    reporter = Reporter(held.path, junit_copy, meta, progress, args.tap, [], quarantine.mark)
+    past = history.recent(planned.history_file, planned.tree_id)  # as it was before this invocation
+    reporter = Reporter(held.path, junit_copy, meta, progress, args.tap, [],
+                        lambda r: history.with_past(quarantine.mark(r), past))
     if args.tap:
         print(HEADER, flush=True)
     progress.note(f"iotests-run: {planned.count} runs of QEMU {tree.version} iotests ({tree.source}), "
@@ -233,6 +239,12 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
     started = time.monotonic()
     found = find_tests(args)
     if found is None:
+        return EXIT_OK
+    if args.flaky_report:
+        history_file = history_file_of(args)
+        history.check_usable(history_file)
+        tree_id = history.tree_identity(found.tree.version, found.all_tests)
+        print(history.flaky_report(history.recent(history_file, tree_id)), end="")
         return EXIT_OK
     planned = plan_runs(args, found)
     if args.list:

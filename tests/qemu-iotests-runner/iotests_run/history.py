@@ -21,16 +21,24 @@ import json
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tabulate import tabulate
+
 from iotests_run.errors import UsageError
-from iotests_run.model import Result, Run
+from iotests_run.model import Outcome, Result, Run
 from iotests_run.report.files import write_atomically
 
 MAX_TREES = 16
 MAX_BYTES = 64 << 20
+RECENT = 50  # outcomes remembered per run (test x format x protocol)
+# One letter per outcome in a run's recent history; runs the runner cut short are not remembered.
+LETTER = {Outcome.PASS: "p", Outcome.FAIL: "f", Outcome.TIMEOUT: "t", Outcome.HANG: "h", Outcome.CRASH: "c",
+          Outcome.FLAKY: "y"}
+FAILED_LETTERS = frozenset("ftchy")  # flaky counts: it failed before it passed
 
 
 def history_key(run: Run) -> str:
@@ -94,10 +102,50 @@ def load(path: Path, tree: str) -> tuple[dict[str, float], str | None]:
     return durations, None
 
 
+@dataclass(frozen=True)
+class Recent:
+    """A run's remembered outcomes on this tree (oldest first) and when it last failed."""
+
+    outcomes: str
+    last_failure: str | None = None
+
+    @property
+    def failed(self) -> int:
+        return sum(letter in FAILED_LETTERS for letter in self.outcomes)
+
+    def phrase(self) -> str:
+        """What a failure's report says about its past here."""
+        if not self.failed:
+            return (f"first failure recorded (passed the last {len(self.outcomes)} runs on this tree)"
+                    if self.outcomes else "first failure recorded (no earlier run on this tree)")
+        return f"failed {self.failed} of the last {len(self.outcomes)} runs on this tree"
+
+
+def recent(path: Path, tree: str) -> dict[str, Recent]:
+    """Every run's recent outcomes on this tree (history_key -> Recent), as the file holds them now."""
+    entry = (_read(path) or {}).get(tree)
+    outcomes = entry.get("outcomes") if isinstance(entry, dict) else None
+    failures = entry.get("last_failure") if isinstance(entry, dict) else None
+    if not isinstance(outcomes, dict):
+        return {}
+    failures = failures if isinstance(failures, dict) else {}
+    return {str(k): Recent(v, failures.get(k) if isinstance(failures.get(k), str) else None)
+            for k, v in outcomes.items() if isinstance(v, str) and set(v) <= set(LETTER.values())}
+
+
 def save(path: Path, tree: str, results: Iterable[Result]) -> None:
-    """Add the durations of runs that really ran; a failed save is not an error (the file is a cache)."""
+    """Add the durations of runs that really ran, and every run's outcome to its recent history;
+    a failed save is not an error (the file is a cache)."""
+    results = list(results)
     learnt = {history_key(r.run): round(r.duration_s, 2) for r in results
               if r.outcome.ran_to_its_end and r.duration_s > 0}
+    letters: dict[str, str] = {}
+    failed_now: set[str] = set()
+    for r in sorted(results, key=lambda r: r.run.copy):
+        if r.outcome in LETTER:
+            letters[history_key(r.run)] = letters.get(history_key(r.run), "") + LETTER[r.outcome]
+            if LETTER[r.outcome] in FAILED_LETTERS:
+                failed_now.add(history_key(r.run))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -111,10 +159,48 @@ def save(path: Path, tree: str, results: Iterable[Result]) -> None:
         kept = {t: e for t, e in trees.items()
                 if isinstance(e, dict) and _finite(e.get("used")) and _durations(e) is not None}
         durations = {**(_durations(kept.get(tree)) or {}), **learnt}
-        kept[tree] = {"used": time.time(), "durations": durations}
+        past = recent(path, tree)
+        outcomes = {k: r.outcomes for k, r in past.items()}
+        for key, new in letters.items():
+            outcomes[key] = (outcomes.get(key, "") + new)[-RECENT:]
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        last_failure = {k: r.last_failure for k, r in past.items() if r.last_failure}
+        last_failure.update({k: stamp for k in failed_now})
+        kept[tree] = {"used": time.time(), "durations": durations, "outcomes": outcomes, "last_failure": last_failure}
         newest = dict(sorted(kept.items(), key=lambda item: -item[1]["used"])[:MAX_TREES])
         write_atomically(path, json.dumps({"trees": newest}, indent=0, sort_keys=True))
     except OSError:
         pass
     finally:
         os.close(fd)
+
+
+def with_past(result: Result, past: Mapping[str, Recent]) -> Result:
+    """A failure, with what its run's recent history on this tree says (read before this invocation)."""
+    if not result.outcome.is_failure:
+        return result
+    return replace(result, recent=past.get(history_key(result.run), Recent("")).phrase())
+
+
+NAMES = {"f": "fail", "t": "timeout", "h": "hang", "c": "crash", "y": "flaky"}
+
+
+def flaky_report(past: Mapping[str, Recent]) -> str:
+    """--flaky-report: the runs with failures in their recent history here, highest rate first."""
+    rows = []
+    for key, r in past.items():
+        if not r.failed:
+            continue
+        combo, _, test = key.partition("/")
+        kinds = ", ".join(f"{r.outcomes.count(letter)} {name}" for letter, name in NAMES.items()
+                          if letter in r.outcomes)
+        rows.append((r.failed / len(r.outcomes), [combo, test.removeprefix("tests/"), len(r.outcomes), r.failed,
+                                                  f"{100 * r.failed / len(r.outcomes):.1f}%", kinds,
+                                                  r.last_failure or "?"]))
+    if not rows:
+        return f"No run failed in its recent history on this tree ({len(past)} runs remembered, the last {RECENT} " \
+               "outcomes of each).\n"
+    table = tabulate([row for _, row in sorted(rows, key=lambda x: (-x[0], x[1][0], x[1][1]))],
+                     headers=["format-protocol", "test", "runs", "failed", "rate", "outcomes", "last failure (UTC)"],
+                     tablefmt="simple", disable_numparse=True)
+    return f"Runs that failed in their recent history on this tree (the last {RECENT} outcomes of each):\n{table}\n"

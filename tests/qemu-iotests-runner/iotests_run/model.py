@@ -120,6 +120,7 @@ class Result:
     cpu_s: float | None = None  # CPU time of the run's processes, when a cgroup counted it
     quarantined: bool = False  # a failure --quarantine excuses: reported, but the job does not fail for it
     casenotrun: str = ""  # the cases a test skipped inside itself (its TEST.casenotrun file), as check shows them
+    recent: str = ""  # a failure: how often its run failed here recently ("failed 3 of the last 40 runs ...")
 
 
 def fails_the_job(results: Iterable[Result], strict_flaky: bool) -> bool:

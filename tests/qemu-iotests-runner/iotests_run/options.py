@@ -174,6 +174,9 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
     p.add_argument("--scratch", metavar="DIR", type=Path, default=None,
                    help="where run sandboxes live (default: /tmp, /var/tmp or /dev/shm, whichever is on the build "
                         "folder's file system, where check's own TEST_DIR is; else /tmp)")
+    p.add_argument("--flaky-report", action="store_true",
+                   help="print the runs that failed in their recent history on this tree (the duration history "
+                        "keeps each run's last outcomes) and exit")
     p.add_argument("--list", action="store_true",
                    help="print the plan (test, format, protocol, run or skip: reason; tab-separated) and exit")
     p.add_argument("--shard", metavar="I/N", type=plan.Shard.parse,

@@ -32,7 +32,7 @@ RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
 RUNS = "runs"
 # Files of a run's artifacts folder.
 DIFF, LEAKED, REPRODUCER = "diff.txt", "leaked.txt", "reproduce.sh"
-SCHEMA = 2  # results.json's "schema": 2 added it and each run's "quarantined", "casenotrun" and "copy"
+SCHEMA = 2  # results.json's "schema": 2 added it and each run's "quarantined", "casenotrun", "copy", "recent"
 # How much of a recorded diff.txt merge reads back (the full file stays in the artifacts).
 DIFF_READ_BYTES = 1 << 20
 
@@ -136,6 +136,7 @@ def run_record(result: Result) -> dict[str, Any]:
         "quarantined": result.quarantined,
         "casenotrun": result.casenotrun,
         "copy": result.run.copy,
+        "recent": result.recent,
     }
 
 
@@ -184,6 +185,7 @@ _FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "leaked": (False, _texts, "a list of text"),
     "quarantined": (False, lambda v: isinstance(v, bool), "true or false"),
     "casenotrun": (False, _text, "text"),
+    "recent": (False, _text, "text"),
     "copy": (False, lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v, "a copy number"),
 }
 
@@ -224,7 +226,8 @@ class Recorded:
                       diff=(diff or "").rstrip("\n"), artifacts=folder,
                       diagnostics=record.get("diagnostics", ""), attachments=tuple(record.get("attachments", ())),
                       leaked=tuple(record.get("leaked", ())), cpu_s=record.get("cpu_s"),
-                      quarantined=record.get("quarantined", False), casenotrun=record.get("casenotrun", ""))
+                      quarantined=record.get("quarantined", False), casenotrun=record.get("casenotrun", ""),
+                      recent=record.get("recent", ""))
 
 
 def read_results(folder: Path, what: str) -> Recorded:

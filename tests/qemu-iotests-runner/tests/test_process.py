@@ -110,7 +110,7 @@ def test_tap_output(fake_tree: FakeTree, tmp_path: Path) -> None:
     fake_tree.add_test("001", "", out="")
     fake_tree.add_test("002", "echo x\n", out="")
     proc = run_cli(["--tap", *fake_tree.args(tmp_path / "r")])
-    lines = proc.stdout.splitlines()
+    lines = [line for line in proc.stdout.splitlines() if not line.startswith("#")]  # comments: recent history
     assert lines[0] == "TAP version 13"
     assert lines[-1] == "1..2"
     assert sorted(lines[1:-1]) == ["not ok 2 qcow2-file 002 # fail: output mismatch", "ok 1 qcow2-file 001"] or \
@@ -461,3 +461,23 @@ def test_load_burns_beside_the_runs_and_is_gone_afterwards_even_after_sigkill(fa
     while burners():
         assert time.monotonic() < deadline, "--load processes survived the runner's SIGKILL"
         time.sleep(0.1)
+
+
+def test_failures_say_how_often_they_failed_here_recently(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", "echo bad\n", out="good\n")
+    fake_tree.add_test("002", "echo ok\n", out="ok\n")
+    results, hist = tmp_path / "results", tmp_path / "history.json"
+    args = [*fake_tree.args(results), "--history", str(hist)]
+    first = run_cli([*args, "--tap"])
+    assert "# first failure recorded (no earlier run on this tree)" in first.stdout, first.stdout
+    second = run_cli(args)
+    assert second.returncode == 1
+    assert "failed 1 of the last 1 runs on this tree" in (results / "summary.txt").read_text()
+    run = runs_by_test(results)[("qcow2", "001")]
+    assert run["recent"] == "failed 1 of the last 1 runs on this tree"
+    case = next(c for c in ET.parse(results / "junit.xml").getroot().iter("testcase") if c.get("name") == "001")
+    assert "failed 1 of the last 1 runs on this tree" in (case.findtext("failure") or "")
+    report = run_cli([*args, "--flaky-report"])
+    assert report.returncode == 0, report.stderr
+    lines = [line for line in report.stdout.splitlines() if "qcow2-file" in line]
+    assert len(lines) == 1 and "001" in lines[0] and "100.0%" in lines[0] and "2 fail" in lines[0], report.stdout

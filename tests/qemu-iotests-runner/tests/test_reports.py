@@ -84,7 +84,7 @@ def test_results_json_contract() -> None:
     assert run == {"test": "002", "format": "qcow2", "protocol": "file", "outcome": "fail",
                    "reason": "output mismatch", "duration_s": 2.0, "cpu_s": None, "artifacts": "runs/qcow2-file/002",
                    "leaked": [], "key": "002", "diagnostics": "", "attachments": [], "quarantined": False,
-                   "casenotrun": "", "copy": 0}
+                   "casenotrun": "", "copy": 0, "recent": ""}
     assert {r["outcome"] for r in data["runs"]} == {"pass", "fail", "not-run", "interrupted"}
 
 
@@ -236,3 +236,26 @@ def test_result_files_follow_finished_runs_within_a_second(tmp_path: Path) -> No
     inode = (tmp_path / "results.json").stat().st_ino  # a rewrite replaces the file
     reporter.tick([])  # nothing new: nothing rewritten
     assert (tmp_path / "results.json").stat().st_ino == inode
+
+
+def test_the_history_remembers_recent_outcomes_per_run(tmp_path: Path) -> None:
+    from iotests_run import history
+
+    path = tmp_path / "durations.json"
+    run = matrix([case("312")], ["qcow2"], ["file"])[0]
+    for outcome in (Outcome.PASS, Outcome.FAIL, Outcome.PASS, Outcome.INTERRUPTED, Outcome.FLAKY):
+        history.save(path, "t", [Result(run, outcome, duration_s=1.0)])
+    past = history.recent(path, "t")["qcow2-file/312"]
+    assert (past.outcomes, past.failed) == ("pfpy", 2)  # interrupted runs are not remembered
+    assert past.last_failure is not None
+    failure = history.with_past(Result(run, Outcome.FAIL), {"qcow2-file/312": past})
+    assert failure.recent == "failed 2 of the last 4 runs on this tree"
+    assert history.with_past(Result(run, Outcome.FAIL), {}).recent == \
+        "first failure recorded (no earlier run on this tree)"
+    assert history.with_past(Result(run, Outcome.PASS), {"qcow2-file/312": past}).recent == ""
+    copies = [Result(Run(case("312"), "qcow2", "file", copy=k), Outcome.PASS, duration_s=1.0) for k in range(1, 61)]
+    history.save(path, "t", copies)
+    assert history.recent(path, "t")["qcow2-file/312"].outcomes == "p" * history.RECENT  # bounded
+    report = history.flaky_report({"qcow2-file/312": past, "qcow2-file/001": history.Recent("ppp")})
+    assert "312" in report and "50.0%" in report and "1 fail, 1 flaky" in report and " 001 " not in report
+    assert history.flaky_report({}).startswith("No run failed")

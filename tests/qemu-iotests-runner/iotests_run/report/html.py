@@ -43,6 +43,7 @@ td.cell a { color: inherit; display: block; text-decoration: none; font-weight: 
 pre { background: #f8f9fa; padding: .5em; overflow-x: auto; max-height: 30em; }
 .controls { margin: 1em 0; }
 td.leaked { outline: 2px dashed #c5221f; outline-offset: -3px; }
+.recent { color: #5f6368; font-style: italic; }
 .graph img { max-width: 100%; border: 1px solid #dadce0; margin: .3em 0; }
 """
 STYLE += "".join(f"td.o-{o.value}, .legend .o-{o.value} {{ background: {p.colour}; }}\n"
@@ -114,6 +115,8 @@ def _details(result: Result, exists: Callable[[str], bool]) -> str:
              f"<h3>{html.escape(result.run.label)}: {html.escape(PRESENTATION[result.outcome].column)}"
              f" ({result.duration_s:.1f} s)</h3>",
              f"<div>{html.escape(_trimmed(result.reason, TEXT_CHARS, ''))}</div>"]
+    if result.recent:
+        parts.append(f'<div class="recent">{html.escape(result.recent)}</div>')
     if links:
         parts.append(f"<div>Files: {links}</div>")
     # the block graphs of the run's hung or crashed QEMU processes (an <img> runs no script of the SVG's)

@@ -48,7 +48,7 @@ def _case(result: Result, tree_root: str, attachment_base: str, limit: int) -> T
     case = TestCase(name=run.test.name, classname=classname(result), elapsed_sec=result.duration_s,
                     file=f"{tree_root}/{run.test.key}")
     element = PRESENTATION[result.outcome].junit
-    text = result.reason
+    text = result.reason + (f"\n{result.recent}" if result.recent else "")
     if result.diagnostics:
         text += "\n\nDiagnostics collected before the run was killed:\n" + result.diagnostics
     if result.diff:

@@ -51,6 +51,11 @@ def summary_text(results: Sequence[Result], title: str, wall_s: float, repeated:
         rows = [[r.run.combo, r.run.test.name, PRESENTATION[r.outcome].column, r.reason, r.artifacts or ""]
                 for r in sorted(bad, key=lambda r: (r.run.combo, r.run.test.key))]
         parts += ["", "Failures:", _table(rows, ["format-protocol", "test", "outcome", "reason", "artifacts"])]
+        past = [[r.run.combo, r.run.test.name, r.recent]
+                for r in sorted(bad, key=lambda r: (r.run.combo, r.run.test.key)) if r.recent]
+        if past:
+            parts += ["", "Failures against this tree's recent history (tell a known-flaky test from a new failure):",
+                      _table(past, ["format-protocol", "test", "here recently"])]
     flaky = [r for r in results if r.outcome is Outcome.FLAKY]
     if flaky:
         rows = [[r.run.combo, r.run.test.name, r.reason, r.artifacts or ""] for r in flaky]

@@ -21,6 +21,8 @@ def tap_line(number: int, result: Result) -> str:
         line += f" # {p.tap_directive} {_one_line(result.reason)}"
     elif not p.tap_ok or result.outcome is Outcome.FLAKY:
         line += f" # {result.outcome.value}: {_one_line(result.reason)}"
+    if result.recent:
+        line += f"\n# {_one_line(result.recent)}"
     # as check -tap prints them: each line of the test's .casenotrun as a TAP comment
     line += "".join(f"\n#{terminal_safe(case)}" for case in result.casenotrun.splitlines())
     return line
