@@ -86,6 +86,7 @@ def text(state: dict[str, Any], title: str) -> str:
     if "error" in state:
         return "\n".join([*out, f"no block state: {state['error']}", ""])
     names = {n.get("address"): _node_label(n) for n in state.get("nodes", [])}
+    parents = _parents(state, names)
     main = state.get("main_aio_context")
     out.append(f"bdrv_drain_all nesting: {state.get('drain_all_count')}"
                + (f"; graph lock writer: {'yes' if state['graph_writer'] else 'no'}"
@@ -95,6 +96,7 @@ def text(state: dict[str, Any], title: str) -> str:
         out.append(f"  {_node_label(node)} {node.get('driver') or '?'} {node.get('filename') or ''}".rstrip())
         out.append(f"      refcnt {node.get('refcnt')}, AioContext {_context(node.get('aio_context'), main)}, "
                    f"in_flight {node.get('in_flight')}, quiesce_counter {node.get('quiesce_counter')}")
+        out.append(f"      parents: {', '.join(parents.get(node.get('address'), [])) or 'none'}")
         for child in node.get("children", []):
             out.append(f"      child {child.get('name')} -> {names.get(child.get('node'), child.get('node'))}"
                        f" (role {'|'.join(_bits(child.get('role'), ROLES)) or '-'}; perm "
@@ -126,6 +128,20 @@ def text(state: dict[str, Any], title: str) -> str:
             out.append(f"      parked caller {caller.get('co')}:")
             out += [f"          {_frame_line(f)}" for f in caller.get("backtrace", [])]
     return "\n".join(out) + "\n"
+
+
+def _parents(state: dict[str, Any], names: dict[Any, str]) -> dict[Any, list[str]]:
+    """Each node's users: the nodes, backends and jobs that have it as a child (and as which)."""
+    out: dict[Any, list[str]] = {}
+    for node in state.get("nodes", []):
+        for child in node.get("children", []):
+            out.setdefault(child.get("node"), []).append(f"{names.get(node.get('address'))} ({child.get('name')})")
+    for blk in state.get("backends", []):
+        out.setdefault(blk.get("root"), []).append(f"backend {blk.get('name') or '(anonymous)'} (root)")
+    for job in state.get("jobs", []):
+        for child in job.get("nodes", []):
+            out.setdefault(child.get("node"), []).append(f"job {job.get('id')} ({child.get('name')})")
+    return out
 
 
 def _frame_line(frame: dict[str, Any]) -> str:

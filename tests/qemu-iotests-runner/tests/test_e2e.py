@@ -289,6 +289,8 @@ def test_block_state_of_a_hung_and_of_a_crashed_qemu_io(any_reference_tree: Refe
         text = next(folder.glob("*block*.txt")).read_text()
         assert '"top" qcow2' in text and '"dbg" blkdebug' in text and '"proto" file' in text, text
         assert 'child file -> "dbg"' in text and 'child image -> "proto"' in text
+        assert 'parents: "top" (file)' in text and 'parents: "dbg" (image)' in text
+        assert "parents: backend (anonymous) (root)" in text
         assert "request write 0+65536" in text
         request = text.split("request write 0+65536")[1]
         assert "blkdebug_debug_event" in request or "blkdebug_co_debug_event" in request, request
