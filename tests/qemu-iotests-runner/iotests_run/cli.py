@@ -165,7 +165,7 @@ def check_junit_copy(path: Path) -> Path:
 
 def start_reporting(args: argparse.Namespace, cpus: Cpus, found: Selection, planned: Planned,
                     held: Claim, junit_copy: Path | None, user_env: Mapping[str, str], withheld: Sequence[str],
-                    perturb: str) -> tuple[Reporter, Admission]:
+                    perturb: str, started: float) -> tuple[Reporter, Admission]:
     """The writer of the results folder and the terminal, fed the runs known not to apply at once."""
     tree = found.tree
     meta: dict[str, Any] = {
@@ -193,7 +193,7 @@ def start_reporting(args: argparse.Namespace, cpus: Cpus, found: Selection, plan
     quarantine = Quarantine.read(args.quarantine) if args.quarantine else Quarantine(frozenset())
     past = history.recent(planned.history_file, planned.tree_id)  # as it was before this invocation
     reporter = Reporter(held.path, junit_copy, meta, progress, args.tap, [],
-                        lambda r: history.with_past(quarantine.mark(r), past))
+                        lambda r: history.with_past(quarantine.mark(r), past), busy=cpus.busy_clock(), epoch=started)
     if args.tap:
         print(HEADER, flush=True)
     progress.note(f"iotests-run: {planned.count} runs of QEMU {tree.version} iotests ({tree.source}), "
@@ -256,14 +256,14 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
     tests_env = environment_for_tests(os.environ, args.pass_env)
     perturb = malloc_perturb(os.environ)
     reporter, admission = start_reporting(args, cpus, found, planned, held, junit_copy, tests_env.variables,
-                                          tests_env.withheld, perturb)
+                                          tests_env.withheld, perturb, started)
     limits = limits_for(LimitOptions(args.timeout, args.timeout_multiplier, args.hang_timeout, args.grace))
     ended = run_in_sandboxes(planned.runs, found.tree, results_dir=held.path, scratch=found.scratch,
                              isolate=not args.no_isolation, perturb=perturb, user_env=tests_env.variables,
                              environ=os.environ, limits=limits, retries=args.retry, admission=admission,
                              settings=settings_of(args),
                              repeat=Policy(args.keep_failures, args.until_fail) if args.repeat else None,
-                             load=args.load,
+                             load=args.load, epoch=started,
                              hooks=Hooks(reporter.finished, reporter.tick, reporter.progress.note))
     if ended.orphans:
         reporter.meta["orphans"] = ended.orphans

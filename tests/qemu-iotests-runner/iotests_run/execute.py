@@ -53,6 +53,7 @@ class Context:
     trackers: Trackers = field(default_factory=Trackers)
     retries: int = 0
     repeat: Policy | None = None  # --repeat: which failing copies keep artifacts; --until-fail
+    epoch: float = field(default_factory=time.monotonic)  # when the invocation began (runs' start offsets)
 
 
 def command_of(test: TestCase, python: str) -> list[str]:
@@ -185,6 +186,7 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     start = time.monotonic()
     ending = supervise(prepared.launch, watch)
     duration = round(time.monotonic() - start, 3)
+    started = round(start - ctx.epoch, 3)
 
     verdict = run_verdict(ending.stopped, ending.detail, ending.returncode, reference, output,
                           box.test_dir / f"{run.test.name}.notrun", str(reference), f"{rel}/{output.name}")
@@ -196,9 +198,9 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     casenotrun = read_file_text(box.test_dir / f"{run.test.name}.casenotrun", CASENOTRUN_BYTES) or ""
     if verdict.outcome is Outcome.PASS and not ending.leaked:
         box.discard()
-        return Result(run, Outcome.PASS, "", duration, cpu_s=ending.cpu_s, casenotrun=casenotrun)
+        return Result(run, Outcome.PASS, "", duration, cpu_s=ending.cpu_s, casenotrun=casenotrun, started_s=started)
     evidence = [e for e in (ending.evidence, core_evidence) if e is not None]
-    return _kept(run, rel, prepared, ending, verdict, evidence, duration, casenotrun)
+    return replace(_kept(run, rel, prepared, ending, verdict, evidence, duration, casenotrun), started_s=started)
 
 
 def _kept(run: Run, rel: str, prepared: _Prepared, ending: Ending, verdict: Verdict, evidence: list[Evidence],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import py_compile
 import resource
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -91,7 +92,8 @@ class Hooks:
 def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scratch: Path, isolate: bool,
                      perturb: str, user_env: Mapping[str, str], environ: Mapping[str, str],
                      limits: Callable[[Run], Limits], retries: int, admission: Admission, hooks: Hooks,
-                     settings: Settings, repeat: Policy | None = None, load: int = 0) -> Ended:
+                     settings: Settings, repeat: Policy | None = None, load: int = 0,
+                     epoch: float | None = None) -> Ended:
     """Run everything in sandboxes, with a watchdog behind them, and clean up whatever happens."""
     isolation = probe(wanted=isolate, iotests=tree.iotests, scratch=scratch)
     cgroups = CgroupRoot.create() if isolate else None
@@ -112,7 +114,8 @@ def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scra
     registry = Registry()
     ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
                   base=TestsBase(user_env, perturb, settings), limits=limits, isolation=isolation,
-                  trackers=Trackers(cgroups, marker, adopter), retries=retries, repeat=repeat)
+                  trackers=Trackers(cgroups, marker, adopter), retries=retries, repeat=repeat,
+                  epoch=time.monotonic() if epoch is None else epoch)
     interrupted = False
     try:
         execute_all(runs, ctx, admission, hooks.finished, on_tick=lambda: hooks.tick(registry.live()))

@@ -58,6 +58,7 @@ def merge_folders(out: Path, inputs: list[Path]) -> Merged:
             seen[ident] = shard.folder
     meta = dict(shards[0].meta)
     meta["merged_from"] = [str(f) for f in inputs]
+    meta["timeline"] = []  # the first shard's samples; each shard's runs keep their own start offsets
     meta["complete"] = all(s.meta.get("complete") is True for s in shards)
     meta["strict_flaky"] = any(s.meta.get("strict_flaky") is True for s in shards)
     meta["planned"] = int(sum(_meta_number(s, "planned", 0) for s in shards))

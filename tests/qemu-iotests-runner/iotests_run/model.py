@@ -121,6 +121,7 @@ class Result:
     quarantined: bool = False  # a failure --quarantine excuses: reported, but the job does not fail for it
     casenotrun: str = ""  # the cases a test skipped inside itself (its TEST.casenotrun file), as check shows them
     recent: str = ""  # a failure: how often its run failed here recently ("failed 3 of the last 40 runs ...")
+    started_s: float | None = None  # when its test started, seconds after the invocation began (the timeline)
 
 
 def fails_the_job(results: Iterable[Result], strict_flaky: bool) -> bool:

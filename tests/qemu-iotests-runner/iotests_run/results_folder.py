@@ -137,6 +137,7 @@ def run_record(result: Result) -> dict[str, Any]:
         "casenotrun": result.casenotrun,
         "copy": result.run.copy,
         "recent": result.recent,
+        "started_s": result.started_s,
     }
 
 
@@ -186,6 +187,7 @@ _FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "quarantined": (False, lambda v: isinstance(v, bool), "true or false"),
     "casenotrun": (False, _text, "text"),
     "recent": (False, _text, "text"),
+    "started_s": (False, lambda v: v is None or _seconds(v), "seconds or null"),
     "copy": (False, lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v, "a copy number"),
 }
 
@@ -227,7 +229,7 @@ class Recorded:
                       diagnostics=record.get("diagnostics", ""), attachments=tuple(record.get("attachments", ())),
                       leaked=tuple(record.get("leaked", ())), cpu_s=record.get("cpu_s"),
                       quarantined=record.get("quarantined", False), casenotrun=record.get("casenotrun", ""),
-                      recent=record.get("recent", ""))
+                      recent=record.get("recent", ""), started_s=record.get("started_s"))
 
 
 def read_results(folder: Path, what: str) -> Recorded:

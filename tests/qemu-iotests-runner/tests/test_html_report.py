@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -158,3 +159,30 @@ def test_no_markup_from_test_names_output_or_merged_files_reaches_the_page(tmp_p
     hrefs = [v for k, v in tags.attrs if k == "href"]
     assert hrefs and all(h.startswith(("#run-", "runs/")) for h in hrefs), hrefs
     assert all(re.fullmatch(r"run-[A-Za-z0-9_.-]+", v) for k, v in tags.attrs if k == "id" and v.startswith("run-"))
+
+
+def test_the_timeline_shows_every_started_run_where_it_ran(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", "sleep 0.5\necho ok\n", out="ok\n")
+    fake_tree.add_test("002", "sleep 3600\n", out="")
+    fake_tree.add_test("003", "echo bad\n", out="good\n")
+    fake_tree.add_test("004", "echo ok\n", out="ok\n", groups="quick")
+    Path(f"{fake_tree.iotests}/004").write_text("#!/usr/bin/env bash\n# group: quick\n_supported_fmt raw\necho ok\n")
+    results = tmp_path / "results"
+    proc = run_cli(["-g", "quick", "--hang-timeout", "2", *fake_tree.args(results)])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    data = json.loads((results / "results.json").read_text())
+    started = {r["test"]: r["started_s"] for r in data["runs"]}
+    assert started["004"] is None and all(started[t] is not None and started[t] >= 0 for t in ("001", "002", "003"))
+    assert data["timeline"] and all(len(s) == 3 for s in data["timeline"])
+    assert max(s[1] for s in data["timeline"]) >= 1  # runs were in flight at some tick
+    dom = _browser(results / "report.html", tmp_path / "profile", "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    bar = r'<rect class="bar o-([a-z-]+)"[^>]*\swidth="([0-9.]+)"[^>]*>\s*<title>([^<]*)</title>'
+    bars = re.findall(bar, dom.stdout)
+    assert sorted(b[0] for b in bars) == ["fail", "hang", "pass"]  # one bar per started run, none for 004
+    hang = next(b for b in bars if b[0] == "hang")
+    hang_s = next(r["duration_s"] for r in data["runs"] if r["test"] == "002")
+    assert f"{hang_s:.1f} s" in hang[2] and float(hang[1]) > max(float(b[1]) for b in bars if b[0] != "hang")
+    shot = tmp_path / "timeline.png"
+    _browser(results / "report.html", tmp_path / "profile", "--window-size=1200,1400", f"--screenshot={shot}")
+    assert _rgb("#1a73e8") in _colours(shot)  # the runs-in-flight line is drawn

@@ -139,6 +139,61 @@ def _details(result: Result, exists: Callable[[str], bool]) -> str:
     return "\n".join(parts)
 
 
+TIMELINE_WIDTH = 1000
+LANE_PX, GRAPH_PX = 12, 60
+
+
+def _lanes(runs: Sequence[Result]) -> list[int]:
+    """A lane per run, so that runs in one lane never overlap (greedy, by start)."""
+    ends: list[float] = []
+    lanes = []
+    for r in runs:
+        start = r.started_s or 0.0
+        lane = next((i for i, end in enumerate(ends) if end <= start + 1e-3), len(ends))
+        if lane == len(ends):
+            ends.append(0.0)
+        ends[lane] = start + r.duration_s
+        lanes.append(lane)
+    return lanes
+
+
+def timeline(results: Sequence[Result], samples: Sequence[Sequence[Any]]) -> str:
+    """Where the time went: a bar per started run in its lane (colour: outcome; hover: test, duration,
+    CPU), and under it the runs in flight and the busy cores, sampled once a second. Inline SVG."""
+    runs = sorted((r for r in results if r.started_s is not None), key=lambda r: (r.started_s or 0.0, r.run.label))
+    if not runs:
+        return ""
+    points = [(float(s[0]), int(s[1]), s[2]) for s in samples if len(s) == 3]
+    total = max([(r.started_s or 0.0) + r.duration_s for r in runs] + [p[0] for p in points] + [1.0])
+    scale = TIMELINE_WIDTH / total
+    lanes = _lanes(runs)
+    top = (max(lanes) + 1) * LANE_PX
+    parts = [f'<svg class="timeline" width="{TIMELINE_WIDTH + 120}" height="{top + GRAPH_PX + 30}" '
+             'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="10">']
+    for r, lane in zip(runs, lanes, strict=True):
+        cpu = f", {r.cpu_s:.1f} s CPU" if r.cpu_s is not None else ""
+        tip = f"{r.run.label}: {PRESENTATION[r.outcome].column}, {r.duration_s:.1f} s from {r.started_s:.1f} s{cpu}"
+        parts.append(f'<rect class="bar o-{r.outcome.value}" x="{(r.started_s or 0) * scale:.1f}" '
+                     f'y="{lane * LANE_PX}" width="{max(r.duration_s * scale, 1):.1f}" height="{LANE_PX - 2}" '
+                     f'fill="{PRESENTATION[r.outcome].colour}" stroke="#5f6368" stroke-width="0.3">'
+                     f"<title>{html.escape(tip)}</title></rect>")
+    if points:
+        peak = max([p[1] for p in points] + [p[2] or 0 for p in points] + [1])
+        for index, colour, name in ((1, "#1a73e8", "runs in flight"), (2, "#c5221f", "busy cores")):
+            line = " ".join(f"{p[0] * scale:.1f},{top + GRAPH_PX - (p[index] or 0) * GRAPH_PX / peak:.1f}"
+                            for p in points if p[index] is not None)
+            if line:
+                parts.append(f'<polyline class="graph-{index}" points="{line}" fill="none" stroke="{colour}" '
+                             'stroke-width="2"/>')
+                parts.append(f'<text x="{TIMELINE_WIDTH + 4}" y="{top + 12 * index}" fill="{colour}">{name}</text>')
+        parts.append(f'<text x="{TIMELINE_WIDTH + 4}" y="{top + GRAPH_PX}">peak {peak:g}</text>')
+    step = max(1, round(total / 10))
+    parts += [f'<text x="{t * scale:.1f}" y="{top + GRAPH_PX + 22}">{t} s</text>'
+              for t in range(0, int(total) + 1, step)]
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
 def html_report(results: Sequence[Result], meta: Mapping[str, Any], title: str,
                 exists: Callable[[str], bool] = lambda path: True) -> str:
     """The page; `exists` says whether a file (relative to the results folder) is there to link to."""
@@ -166,6 +221,8 @@ def html_report(results: Sequence[Result], meta: Mapping[str, Any], title: str,
     if not meta.get("complete", True):
         facts.append("INCOMPLETE (interrupted)")
     command = " ".join(meta.get("command", []))
+    samples = meta.get("timeline")
+    chart = timeline(results, samples if isinstance(samples, list) else [])
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
@@ -177,6 +234,7 @@ def html_report(results: Sequence[Result], meta: Mapping[str, Any], title: str,
         ' · <span id="shown"></span></p>',
         f'<table class="matrix"><thead><tr><th>test</th>{head}</tr></thead><tbody>',
         *rows, "</tbody></table>",
+        f"<h2>Where the time went</h2>{chart}" if chart else "",
         f"<h2>Runs that did not pass cleanly ({len(notable)})</h2>" if notable else "",
         *(_details(r, exists) for r in notable),
         f"<script>{SCRIPT}</script>", "</body></html>", ""])

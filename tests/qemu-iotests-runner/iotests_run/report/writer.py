@@ -60,6 +60,9 @@ class Reporter:
     clock: Callable[[], float] = time.monotonic
     written_at: float = -math.inf
     unwritten: bool = False
+    busy: Callable[[], float] | None = None  # busy core-seconds so far (cpu.Cpus.busy_clock), for the timeline
+    epoch: float = 0.0  # when the invocation began, on `clock`
+    _last: tuple[float, float] | None = None
 
     def write_files(self) -> None:
         write_machine_reports(self.results_dir, self.results, self.meta, self.junit_copy)
@@ -83,8 +86,20 @@ class Reporter:
             self.write_files()
 
     def tick(self, live: Sequence[LiveRun]) -> None:
+        self.sample(len(live))
         self.flush()
         self.progress.tick(live)
+
+    def sample(self, in_flight: int) -> None:
+        """One point of the timeline (results.json `timeline`): seconds, runs in flight, busy cores since the last."""
+        now = self.clock()
+        busy = self.busy() if self.busy is not None else None
+        cores = None
+        if busy is not None and self._last is not None and now > self._last[0]:
+            cores = max(0.0, round((busy - self._last[1]) / (now - self._last[0]), 2))
+        if busy is not None:
+            self._last = (now, busy)
+        self.meta.setdefault("timeline", []).append([round(now - self.epoch, 1), in_flight, cores])
 
 
 def write_machine_reports(folder: Path, results: Sequence[Result], meta: Mapping[str, Any],
