@@ -108,7 +108,7 @@ def _walk_own(root: str) -> Iterator[tuple[str, str]]:
     """Every path below root, folders after their contents (so they can be removed), root last.
 
     Never follows a symlink and never enters another mount (a mount point, found in
-    mountinfo or by its device, is yielded as not ours, with nothing below it); folders a test
+    mountinfo or by its device, is yielded as not ours, with nothing below it; root too); folders a test
     locked are opened up first. Iterative: a test can make folders deeper than Python's stack.
     Yields (path, FILE, FOLDER or MOUNT); a symlink is a FILE.
     """
@@ -116,7 +116,10 @@ def _walk_own(root: str) -> Iterator[tuple[str, str]]:
         top = os.lstat(root)
     except OSError:
         return
-    mounts = set(_under(Path(root)))
+    mounts = set(_under(Path(root)))  # one read of mountinfo per walk
+    if root in mounts:
+        yield root, MOUNT
+        return
     stack: list[tuple[str, bool]] = [(root, False)]
     while stack:
         folder, listed = stack.pop()
@@ -158,8 +161,6 @@ def remove_tree(path: Path) -> bool:
     except OSError:
         return False
     root = os.path.join(os.path.realpath(path.parent), path.name)
-    if root in set(mount_points()):
-        return False
     for entry, kind in _walk_own(root):
         try:
             if kind == FOLDER:
