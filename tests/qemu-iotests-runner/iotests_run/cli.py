@@ -112,16 +112,17 @@ def find_tests(args: argparse.Namespace) -> Selection | None:
     return Selection(tree, catalog.tests, tests, formats, protocols, again, scratch)
 
 
-def history_file_of(args: argparse.Namespace) -> Path:
-    return Path(args.history) if args.history else reference_cache() / "durations.json"
+def history_of(args: argparse.Namespace, found: Selection) -> tuple[Path, str]:
+    """The duration history file (refused unless it is one) and this tree's identity in it."""
+    path = Path(args.history) if args.history else reference_cache() / "durations.json"
+    history.check_usable(path)
+    return path, history.tree_identity(found.tree.version, found.all_tests)
 
 
 def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
     """The matrix, less what is known not to apply, this shard's part, longest first."""
     tree = found.tree
-    history_file = history_file_of(args)
-    history.check_usable(history_file)
-    tree_id = history.tree_identity(tree.version, found.all_tests)
+    history_file, tree_id = history_of(args, found)
     durations, warning = history.load(history_file, tree_id)
     if warning:
         print(f"iotests-run: warning: {printable(warning)}", file=sys.stderr)
@@ -241,10 +242,7 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
     if found is None:
         return EXIT_OK
     if args.flaky_report:
-        history_file = history_file_of(args)
-        history.check_usable(history_file)
-        tree_id = history.tree_identity(found.tree.version, found.all_tests)
-        print(history.flaky_report(history.recent(history_file, tree_id)), end="")
+        print(history.flaky_report(history.recent(*history_of(args, found))), end="")
         return EXIT_OK
     planned = plan_runs(args, found)
     if args.list:

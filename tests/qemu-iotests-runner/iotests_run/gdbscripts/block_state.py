@@ -307,15 +307,15 @@ def block_state() -> dict[str, Any]:
         raise gdb.GdbError("no all_bdrv_states: not a QEMU block-layer program, or no debug info")
     coroutines = Coroutines()
     main_context = _static("qemu_aio_context")
+    backends, jobs = _static("block_backends"), _static("jobs")
+    drain_all, writer = _static("bdrv_drain_all_count"), _static("has_writer")
     state: dict[str, Any] = {
         "main_aio_context": _addr(main_context),
         "nodes": [_node(bs, coroutines) for bs in _items(states, "bs_list")[:MAX_NODES]],
-        "backends": [_backend(b) for b in _items(_static("block_backends"), "link")] if _static("block_backends")
-        is not None else [],
-        "jobs": [_job(j) for j in _items(_static("jobs"), "job_list")] if _static("jobs") is not None else [],
-        "drain_all_count": _int(_static("bdrv_drain_all_count")) if _static("bdrv_drain_all_count") is not None
-        else None,
-        "graph_writer": _int(_static("has_writer")) if _static("has_writer") is not None else None,
+        "backends": [_backend(b) for b in _items(backends, "link")] if backends is not None else [],
+        "jobs": [_job(j) for j in _items(jobs, "job_list")] if jobs is not None else [],
+        "drain_all_count": _int(drain_all) if drain_all is not None else None,
+        "graph_writer": _int(writer) if writer is not None else None,  # 10.x's graph lock
     }
     state["threads"] = _threads(coroutines)
     return state
