@@ -5,7 +5,7 @@ JOBS ?=
 PYTEST_ARGS ?=
 BIN = $(VENV)/bin
 
-.PHONY: demo check check-fast check-block lint reference reference-all browser graphviz venv bench clean
+.PHONY: demo check check-fast check-block lint reference reference-all browser graphviz gitlab-ci-local venv bench clean
 
 $(BIN)/iotests-run: pyproject.toml meson.build $(shell find tests/qemu-iotests-runner/iotests_run -name '*.py' -o -name '*.json' 2>/dev/null)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,19 @@ graphviz:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz >/dev/null; }
 	@command -v dot >/dev/null || echo "make: graphviz not installed: block-layer graphs are kept as DOT only"
 
+# gitlab-ci-local (npm) and rsync, so that the tests run tools/gitlab-ci/iotests.yml's jobs for real. Pinned:
+# 4.52 runs on Debian 12's node 18 and on node 20; later releases need node 22. Installed into the cache.
+GITLAB_CI_LOCAL_DIR = $(or $(IOTESTS_RUN_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/iotests-run)/gitlab-ci-local
+gitlab-ci-local:
+	@command -v rsync >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync >/dev/null; }
+	@command -v npm >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; }
+	@test -x $(GITLAB_CI_LOCAL_DIR)/node_modules/.bin/gitlab-ci-local || ! command -v npm >/dev/null || \
+	  npm install --silent --no-audit --no-fund --prefix $(GITLAB_CI_LOCAL_DIR) gitlab-ci-local@4.52.0
+	@test -x $(GITLAB_CI_LOCAL_DIR)/node_modules/.bin/gitlab-ci-local && command -v rsync >/dev/null || \
+	  echo "make: gitlab-ci-local or rsync not installed: the GitLab template's pipeline test is skipped"
+
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -47,7 +60,7 @@ check-fast: venv
 	$(BIN)/pytest -m 'not e2e' $(PYTEST_ARGS)
 
 # Every tier, end-to-end tests on the reference tree included.
-check: venv reference-all browser graphviz lint
+check: venv reference-all browser graphviz gitlab-ci-local lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # QEMU's iotests through meson, as upstream's `make check-block`: suite block (qcow2 auto);

@@ -80,6 +80,7 @@ class Planned:
     cost: dict[Run, float]  # predicted seconds
     history_file: Path
     tree_id: str
+    shard: plan.ShardPart | None = None
 
     @property
     def count(self) -> int:
@@ -134,14 +135,15 @@ def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
     skipped, to_run = plan.without_protocols(missing, skipped, to_run)
     cost = plan.costs(to_run, durations)
     shard = args.shard or plan.shard_from_ci(os.environ)
+    part = None
     if shard is not None:
-        skipped, to_run, note = plan.take_shard(shard, skipped, to_run, cost)
-        print(note, file=sys.stderr if args.list or args.tap else sys.stdout, flush=True)
+        skipped, to_run, part = plan.take_shard(shard, skipped, to_run, cost)
+        print(part.note(), file=sys.stderr if args.list or args.tap else sys.stdout, flush=True)
     runs = plan.longest_first(to_run, cost)
     if args.repeat is not None:  # copies of one run next to each other, so that they run side by side
         runs = [replace(r, copy=k) for r in runs for k in range(1, args.repeat + 1)]
         cost = {**cost, **{r: cost[r.base] for r in runs}}
-    return Planned(skipped, runs, cost, history_file, tree_id)
+    return Planned(skipped, runs, cost, history_file, tree_id, part)
 
 
 def check_junit_copy(path: Path) -> Path:
@@ -184,7 +186,10 @@ def start_reporting(args: argparse.Namespace, cpus: Cpus, found: Selection, plan
         "repeat": args.repeat,
         "load": args.load,
         "complete": False,
+        "history_tree": planned.tree_id,  # `merge --history` records the shards' runs under it
     }
+    if planned.shard is not None:
+        meta["shard"] = planned.shard.record()
     admission = Admission(args.jobs, cpus.count, cpus.busy_clock(), fixed=args.fixed_jobs)
     # The durations in the history were taken about this many at a time (runs beyond it mostly wait).
     eta = Eta({r.label: planned.cost[r] for r in planned.runs}, admission.floor)
@@ -282,12 +287,19 @@ def merge_main(argv: Sequence[str]) -> int:
     p = Parser(prog="iotests-run merge", description="Join the results folders of shards into one.")
     p.add_argument("out", type=Path, help="merged results folder")
     p.add_argument("inputs", type=Path, nargs="+", metavar="DIR", help="results folders of the shards")
+    p.add_argument("--history", metavar="FILE", type=Path,
+                   help="record the merged runs' durations and outcomes in this duration history")
     args = p.parse_args(argv)
-    merged = merge_folders(args.out, args.inputs)
+    merged = merge_folders(args.out, args.inputs, args.history)
     out, results, meta = merged.claim.path, merged.results, merged.meta
+    if meta["missing_shards"]:
+        print(f"iotests-run merge: not among the inputs: shard {', '.join(meta['missing_shards'])}; "
+              "the merged results are incomplete", file=sys.stderr)
     write_machine_reports(out, results, meta)
     title = f"iotests-run {__version__}: merged {len(args.inputs)} results folders"
     print(write_people_reports(out, results, meta, title, meta["wall_s"]), end="")
+    if args.history is not None and merged.tree is not None:  # what the complete shards ran, as they would
+        history.save(args.history, merged.tree, [r for r in results if meta["shards"][r.shard - 1]["complete"]])
     return exit_status(results, complete=meta["complete"], strict_flaky=meta["strict_flaky"])
 
 

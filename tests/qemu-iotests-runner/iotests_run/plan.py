@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from iotests_run.applicability import Declarations, declarations, not_applicable
 from iotests_run.environment import NON_GENERIC_FORMATS
@@ -118,17 +120,39 @@ def shard_from_ci(environ: Mapping[str, str]) -> Shard | None:
     return None
 
 
+@dataclass(frozen=True)
+class ShardPart:
+    """What one shard took of the split, and a digest of the whole split: every shard of one
+    pipeline must compute the same one (same selection, same duration history), else runs are
+    missed or doubled; `merge` compares them."""
+
+    shard: Shard
+    runs: int  # this shard's
+    of_runs: int  # all shards'
+    loads: tuple[float, ...]  # predicted seconds per shard
+    split: str
+
+    def note(self) -> str:
+        mean = sum(self.loads) / len(self.loads)
+        return (f"iotests-run: shard {self.shard.index}/{self.shard.total}: {self.runs} of {self.of_runs} runs, "
+                f"predicted {self.loads[self.shard.index - 1]:.1f} s (mean {mean:.1f} s, "
+                f"largest {max(self.loads):.1f} s)")
+
+    def record(self) -> dict[str, Any]:
+        return {"index": self.shard.index, "total": self.shard.total, "runs": self.runs, "of_runs": self.of_runs,
+                "predicted_s": [round(x, 2) for x in self.loads], "split": self.split}
+
+
 def take_shard(shard: Shard, skipped: list[Result], to_run: list[Run],
-               to_run_cost: Mapping[Run, float]) -> tuple[list[Result], list[Run], str]:
-    """This shard's part of the plan, and a line saying how its load compares."""
+               to_run_cost: Mapping[Run, float]) -> tuple[list[Result], list[Run], ShardPart]:
+    """This shard's part of the plan."""
     cost = {**to_run_cost, **{r.run: 0.0 for r in skipped}}
     shards = split(list(cost), cost, shard.total)
     mine = set(shards[shard.index - 1])
-    loads = [sum(cost[r] for r in s) for s in shards]
-    mean = sum(loads) / len(loads)
-    note = (f"iotests-run: shard {shard.index}/{shard.total}: {len(mine)} of {len(cost)} runs, predicted "
-            f"{loads[shard.index - 1]:.1f} s (mean {mean:.1f} s, largest {max(loads):.1f} s)")
-    return [r for r in skipped if r.run in mine], [r for r in to_run if r in mine], note
+    digest = hashlib.sha256("\n".join(f"{i} {history_key(r)}" for i, part in enumerate(shards, 1)
+                                      for r in sorted(part, key=history_key)).encode()).hexdigest()[:16]
+    part = ShardPart(shard, len(mine), len(cost), tuple(sum(cost[r] for r in s) for s in shards), digest)
+    return [r for r in skipped if r.run in mine], [r for r in to_run if r in mine], part
 
 
 def without_protocols(missing: Mapping[str, str], skipped: list[Result],

@@ -32,7 +32,8 @@ RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
 RUNS = "runs"
 # Files of a run's artifacts folder.
 DIFF, LEAKED, REPRODUCER = "diff.txt", "leaked.txt", "reproduce.sh"
-SCHEMA = 2  # results.json's "schema": 2 added it and each run's "quarantined", "casenotrun", "copy", "recent"
+SCHEMA = 3  # results.json's "schema": 2 added it and each run's "quarantined", "casenotrun", "copy", "recent";
+# 3 added "history_tree", "shard" (a shard's part of the split) and "shards" (a merge's inputs), each run's "shard"
 # How much of a recorded diff.txt merge reads back (the full file stays in the artifacts).
 DIFF_READ_BYTES = 1 << 20
 
@@ -138,6 +139,7 @@ def run_record(result: Result) -> dict[str, Any]:
         "copy": result.run.copy,
         "recent": result.recent,
         "started_s": result.started_s,
+        "shard": result.shard,
     }
 
 
@@ -189,6 +191,7 @@ _FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "recent": (False, _text, "text"),
     "started_s": (False, lambda v: v is None or _seconds(v), "seconds or null"),
     "copy": (False, lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v, "a copy number"),
+    "shard": (False, lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v, "a shard number"),
 }
 
 
@@ -229,7 +232,8 @@ class Recorded:
                       diagnostics=record.get("diagnostics", ""), attachments=tuple(record.get("attachments", ())),
                       leaked=tuple(record.get("leaked", ())), cpu_s=record.get("cpu_s"),
                       quarantined=record.get("quarantined", False), casenotrun=record.get("casenotrun", ""),
-                      recent=record.get("recent", ""), started_s=record.get("started_s"))
+                      recent=record.get("recent", ""), started_s=record.get("started_s"),
+                      shard=record.get("shard", 0))
 
 
 def read_results(folder: Path, what: str) -> Recorded:

@@ -214,6 +214,46 @@ def test_shards_cover_the_plan_once_and_merge_joins_them(fake_tree: FakeTree, tm
     assert bad.returncode == 2 and "merge: no results.json in" in bad.stderr
 
 
+def test_merge_refuses_shards_that_split_differently_and_its_history_balances_the_next_split(
+        fake_tree: FakeTree, tmp_path: Path) -> None:
+    for i in range(1, 7):
+        fake_tree.add_test(f"{i:03}", f"sleep {1.5 if i == 6 else 0.05}; echo ok\n", out="ok\n")
+    env = dict(os.environ, CI_NODE_TOTAL="2")
+
+    def shard(index: int, history: Path, name: str) -> Path:
+        env["CI_NODE_INDEX"] = str(index)
+        proc = run_cli(["--history", str(history), *fake_tree.args(tmp_path / name)], env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return tmp_path / name
+
+    # a history that knows 006 is long splits differently from an empty one (a cache one shard missed)
+    known = tmp_path / "known.json"
+    assert run_cli(["--history", str(known), *fake_tree.args(tmp_path / "whole")]).returncode == 0
+    cold = [shard(1, tmp_path / "cold-1.json", "cold1"), shard(2, tmp_path / "cold-2.json", "cold2")]
+    warm2 = shard(2, known, "warm2")
+    proc = run_cli(["merge", str(tmp_path / "bad"), str(cold[0]), str(warm2)])
+    assert proc.returncode == 2 and "computed different splits" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    proc = run_cli(["merge", str(tmp_path / "half"), str(cold[0])])
+    assert proc.returncode == 130 and "not among the inputs: shard 2/2" in proc.stderr
+    assert "INCOMPLETE (shard 2/2 not merged)" in (tmp_path / "half" / "report.html").read_text()
+
+    # merge is the history's one writer: the next pipeline's shards are split by the runs' durations
+    merged_history = tmp_path / "merged.json"
+    proc = run_cli(["merge", str(tmp_path / "merged"), *map(str, cold), "--history", str(merged_history)])
+    assert proc.returncode == 0, proc.stderr
+    listed = run_cli(["--list", "--shard", "1/2", "--history", str(merged_history),
+                      *fake_tree.args(tmp_path / "r")]).stdout.splitlines()
+    assert [line.split()[0] for line in listed] == ["006"]  # the long run alone, the five short ones on shard 2
+    page = (tmp_path / "merged" / "report.html").read_text()
+    assert page.count('<svg class="timeline"') == 2 and "shard 1/2 (" in page and "shard 2/2 (" in page
+    data = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert sorted(r["shard"] for r in data["runs"]) == [1, 1, 1, 2, 2, 2]
+    assert [s["shard"]["index"] for s in data["shards"]] == [1, 2]
+    timelines = [json.loads((c / "results.json").read_text()).get("timeline", []) for c in cold]
+    assert [s["timeline"] for s in data["shards"]] == timelines and any(timelines)
+
+
 def test_retry_makes_a_fail_then_pass_flaky_and_keeps_every_attempt(fake_tree: FakeTree, tmp_path: Path) -> None:
     seen = tmp_path / "seen"
     body = f'if [ -e {seen} ]; then echo ok; else touch {seen}; echo "Failed to get write lock"; fi\n'

@@ -79,12 +79,12 @@ def test_control_characters_never_reach_tap_or_the_summary() -> None:
 
 def test_results_json_contract() -> None:
     data = json.loads(results_json(RESULTS, {"complete": True}))
-    assert data["complete"] is True and data["schema"] == 2
+    assert data["complete"] is True and data["schema"] == 3
     run = next(r for r in data["runs"] if r["test"] == "002")
     assert run == {"test": "002", "format": "qcow2", "protocol": "file", "outcome": "fail",
                    "reason": "output mismatch", "duration_s": 2.0, "cpu_s": None, "artifacts": "runs/qcow2-file/002",
                    "leaked": [], "key": "002", "diagnostics": "", "attachments": [], "quarantined": False,
-                   "casenotrun": "", "copy": 0, "recent": "", "started_s": None}
+                   "casenotrun": "", "copy": 0, "recent": "", "started_s": None, "shard": 0}
     assert {r["outcome"] for r in data["runs"]} == {"pass", "fail", "not-run", "interrupted"}
 
 

@@ -194,6 +194,26 @@ def timeline(results: Sequence[Result], samples: Sequence[Sequence[Any]]) -> str
     return "\n".join(parts)
 
 
+def _timelines(results: Sequence[Result], meta: Mapping[str, Any]) -> str:
+    """One timeline for a run; for a merge, one per input (each shard ran on its own clock)."""
+    shards = meta.get("shards")
+    if not isinstance(shards, list) or not shards:
+        samples = meta.get("timeline")
+        return timeline(results, samples if isinstance(samples, list) else [])
+    charts = []
+    for number, shard in enumerate(shards, 1):
+        shard = shard if isinstance(shard, dict) else {}
+        samples = shard.get("timeline")
+        chart = timeline([r for r in results if r.shard == number], samples if isinstance(samples, list) else [])
+        part = shard.get("shard") if isinstance(shard.get("shard"), dict) else {}
+        name = f"shard {part.get('index')}/{part.get('total')}" if part else f"input {number}"
+        wall = f", wall {shard['wall_s']} s" if isinstance(shard.get("wall_s"), (int, float)) else ""
+        heading = f"{name} ({shard.get('folder', '?')}){wall}"
+        if chart:
+            charts.append(f'<h3 class="shard">{html.escape(heading)}</h3>{chart}')
+    return "\n".join(charts)
+
+
 def html_report(results: Sequence[Result], meta: Mapping[str, Any], title: str,
                 exists: Callable[[str], bool] = lambda path: True) -> str:
     """The page; `exists` says whether a file (relative to the results folder) is there to link to."""
@@ -218,11 +238,12 @@ def html_report(results: Sequence[Result], meta: Mapping[str, Any], title: str,
              f"started {meta.get('started', '?')}"]
     if "wall_s" in meta:
         facts.append(f"wall {meta['wall_s']} s")
-    if not meta.get("complete", True):
+    if meta.get("missing_shards"):
+        facts.append(f"INCOMPLETE (shard {', '.join(map(str, meta['missing_shards']))} not merged)")
+    elif not meta.get("complete", True):
         facts.append("INCOMPLETE (interrupted)")
     command = " ".join(meta.get("command", []))
-    samples = meta.get("timeline")
-    chart = timeline(results, samples if isinstance(samples, list) else [])
+    charts = _timelines(results, meta)
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
@@ -234,7 +255,7 @@ def html_report(results: Sequence[Result], meta: Mapping[str, Any], title: str,
         ' · <span id="shown"></span></p>',
         f'<table class="matrix"><thead><tr><th>test</th>{head}</tr></thead><tbody>',
         *rows, "</tbody></table>",
-        f"<h2>Where the time went</h2>{chart}" if chart else "",
+        f"<h2>Where the time went</h2>{charts}" if charts else "",
         f"<h2>Runs that did not pass cleanly ({len(notable)})</h2>" if notable else "",
         *(_details(r, exists) for r in notable),
         f"<script>{SCRIPT}</script>", "</body></html>", ""])
