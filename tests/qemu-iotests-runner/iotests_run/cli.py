@@ -16,15 +16,18 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from iotests_run import __version__, block_state_command, history, plan, reruns
+from iotests_run.affected import select_for_change
+from iotests_run.coverage_map import DEFAULT_FILE as DEFAULT_MAP
+from iotests_run.coverage_map import Recorder, check_target
 from iotests_run.cpu import Admission, Cpus
-from iotests_run.discovery import discover
+from iotests_run.discovery import Catalog, discover
 from iotests_run.environment import (
     environment_for_tests,
     malloc_perturb,
@@ -33,7 +36,7 @@ from iotests_run.environment import (
 from iotests_run.errors import SetupError, UsageError
 from iotests_run.invocation import Hooks, LimitOptions, cpu_seconds, limits_for, run_in_sandboxes
 from iotests_run.merge import merge_folders
-from iotests_run.model import Result, Run, TestCase, fails_the_job
+from iotests_run.model import Outcome, Result, Run, TestCase, fails_the_job
 from iotests_run.options import Parser, check_combinations, make_parser, parse_arguments, settings_of
 from iotests_run.qemu import QemuTree, open_tree, reference_cache
 from iotests_run.repeats import Policy, tallies
@@ -81,6 +84,8 @@ class Planned:
     history_file: Path
     tree_id: str
     shard: plan.ShardPart | None = None
+    why: Mapping[Run, str] = field(default_factory=dict)  # --affected-by: why each run to start is affected
+    change: str | None = None  # --affected-by: "N of M runs affected by <diff>"
 
     @property
     def count(self) -> int:
@@ -133,6 +138,19 @@ def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
                                            read_declarations=not args.no_static_skip)
     missing = {p: why for p in found.protocols if (why := unavailable(p, tree.build))}
     skipped, to_run = plan.without_protocols(missing, skipped, to_run)
+    reasons: dict[Run, str] = {}
+    change = None
+    if args.affected_by or args.affected_by_diff:
+        selection = select_for_change(
+            tree.source, Catalog(tree.iotests, dict(found.all_tests)), tree_id, args.affected_by,
+            args.affected_by_diff, args.coverage_map or reference_cache() / DEFAULT_MAP, args.affected_by_stale_map,
+            lambda text: print(f"iotests-run: warning: {text}", file=sys.stderr))
+        considered = len(to_run)
+        to_run, unaffected, reasons = selection.split(to_run)
+        skipped += unaffected
+        change = f"{len(to_run)} of {considered} runs affected by {selection.source}"
+        if selection.affected.everything:
+            change += f" (all: {selection.affected.everything})"
     cost = plan.costs(to_run, durations)
     shard = args.shard or plan.shard_from_ci(os.environ)
     part = None
@@ -143,7 +161,7 @@ def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
     if args.repeat is not None:  # copies of one run next to each other, so that they run side by side
         runs = [replace(r, copy=k) for r in runs for k in range(1, args.repeat + 1)]
         cost = {**cost, **{r: cost[r.base] for r in runs}}
-    return Planned(skipped, runs, cost, history_file, tree_id, part)
+    return Planned(skipped, runs, cost, history_file, tree_id, part, reasons, change)
 
 
 def check_junit_copy(path: Path) -> Path:
@@ -188,6 +206,8 @@ def start_reporting(args: argparse.Namespace, cpus: Cpus, found: Selection, plan
         "complete": False,
         "history_tree": planned.tree_id,  # `merge --history` records the shards' runs under it
     }
+    if planned.change:
+        meta["affected"] = planned.change
     if planned.shard is not None:
         meta["shard"] = planned.shard.record()
     admission = Admission(args.jobs, cpus.count, cpus.busy_clock(), fixed=args.fixed_jobs)
@@ -202,7 +222,8 @@ def start_reporting(args: argparse.Namespace, cpus: Cpus, found: Selection, plan
                         lambda r: history.with_past(quarantine.mark(r), past), busy=cpus.busy_clock(), epoch=started)
     if args.tap:
         print(HEADER, flush=True)
-    progress.note(f"iotests-run: {planned.count} runs of QEMU {tree.version} iotests ({tree.source}), "
+    change = f" ({planned.change})" if planned.change else ""
+    progress.note(f"iotests-run: {planned.count} runs of QEMU {tree.version} iotests ({tree.source}){change}, "
                   f"{len(planned.skipped)} known not to apply, {admission.describe()}, results in {held.path}")
     if withheld:
         progress.note(f"iotests-run: withheld from the tests (names look like credentials; --pass-env NAME "
@@ -251,10 +272,17 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
         return EXIT_OK
     planned = plan_runs(args, found)
     if args.list:
-        print(plan.listing(planned.skipped, planned.runs), end="")
+        if planned.change:
+            print(f"iotests-run: {planned.change}", file=sys.stderr)
+        print(plan.listing(planned.skipped, planned.runs, planned.why), end="")
         return EXIT_OK
     # Every output path is checked before the results folder is claimed (which empties it).
     junit_copy = check_junit_copy(Path(args.junit)) if args.junit else None
+    recorder = None
+    if args.coverage_map and not (args.affected_by or args.affected_by_diff):
+        check_target(args.coverage_map)
+        recorder = Recorder(found.tree.source, found.tree.build)
+        recorder.check_build()
     held = claim(Path(args.results), "results folder")
     tests_env = environment_for_tests(os.environ, args.pass_env)
     perturb = malloc_perturb(os.environ)
@@ -266,13 +294,30 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
                              environ=os.environ, limits=limits, retries=args.retry, admission=admission,
                              settings=settings_of(args),
                              repeat=Policy(args.keep_failures, args.until_fail) if args.repeat else None,
-                             load=args.load, epoch=started,
+                             load=args.load, epoch=started, coverage=recorder,
                              hooks=Hooks(reporter.finished, reporter.tick, reporter.progress.note))
     if ended.orphans:
         reporter.meta["orphans"] = ended.orphans
         reporter.progress.note(f"iotests-run: killed {len(ended.orphans)} process(es) left by runs that cannot be "
                                f"told apart without cgroups: {'; '.join(ended.orphans)}", quiet_too=True)
+    if recorder is not None:
+        save_coverage(args.coverage_map, recorder, planned, reporter)
     return finish(args, found, planned, reporter, not ended.interrupted, started)
+
+
+# Outcomes after which every process of the run exited by itself, so that all its counters were written.
+WHOLE_COVERAGE = frozenset({Outcome.PASS, Outcome.FAIL, Outcome.NOT_RUN})
+
+
+def save_coverage(path: Path, recorder: Recorder, planned: Planned, reporter: Reporter) -> None:
+    recorder.forget(history.history_key(r.run) for r in reporter.results
+                    if r.outcome not in WHOLE_COVERAGE or r.leaked)
+    cmap = recorder.save(path, planned.tree_id)
+    functions = len(cmap.table())
+    reporter.progress.note(f"iotests-run: coverage map {path}: {len(cmap.runs)} runs, {functions} functions in "
+                           f"{len(cmap.files)} source files, {path.stat().st_size // 1024} KB"
+                           + (f"; {len(recorder.problems)} unreadable counter files" if recorder.problems else ""),
+                           quiet_too=True)
 
 
 def exit_status(results: Sequence[Result], complete: bool, strict_flaky: bool) -> int:

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
+from iotests_run.coverage_map import Recorder, gcov_environment
 from iotests_run.cpu import Admission
 from iotests_run.diagnostics import Evidence, core_files, examine_cores
 from iotests_run.environment import TestsBase, child_environment
+from iotests_run.history import history_key
 from iotests_run.isolation import Isolation, Overlay
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.qemu import QemuTree
@@ -54,6 +56,7 @@ class Context:
     retries: int = 0
     repeat: Policy | None = None  # --repeat: which failing copies keep artifacts; --until-fail
     epoch: float = field(default_factory=time.monotonic)  # when the invocation began (runs' start offsets)
+    coverage: Recorder | None = None  # --coverage-map: what each run executed, from its own counters
 
 
 def command_of(test: TestCase, python: str) -> list[str]:
@@ -167,6 +170,8 @@ def _prepare(run: Run, slot: str, ctx: Context, rel: str) -> _Prepared:
     iotests_env = ctx.base.iotests(ctx.tree, run.format, run.protocol, box.test_dir, box.sock_dir)
     env = child_environment(ctx.base.user_env, iotests_env, box.tmp_dir)
     env[MARKER] = ctx.trackers.marker_of(slot)
+    if ctx.coverage is not None:
+        env.update(gcov_environment(box.test_dir.parent))
     overlay = Overlay(ctx.tree.iotests, box.upper, box.work) if ctx.isolation.cores else None
     launch = Launch(command_of(run.test, ctx.base.python), run.test.path.parent, env,
                     box.run_dir / f"{run.test.name}.out.bad", _isolation_for(run, ctx.isolation), overlay)
@@ -186,6 +191,8 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     start = time.monotonic()
     ending = supervise(prepared.launch, watch)
     duration = round(time.monotonic() - start, 3)
+    if ctx.coverage is not None:
+        ctx.coverage.collect(history_key(run), box.test_dir.parent)
     started = round(start - ctx.epoch, 3)
 
     verdict = run_verdict(ending.stopped, ending.detail, ending.returncode, reference, output,

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from iotests_run.adoption import Adopter
+from iotests_run.coverage_map import Recorder
 from iotests_run.cpu import Admission
 from iotests_run.environment import Settings, TestsBase
 from iotests_run.execute import Context, execute_all
@@ -93,7 +94,7 @@ def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scra
                      perturb: str, user_env: Mapping[str, str], environ: Mapping[str, str],
                      limits: Callable[[Run], Limits], retries: int, admission: Admission, hooks: Hooks,
                      settings: Settings, repeat: Policy | None = None, load: int = 0,
-                     epoch: float | None = None) -> Ended:
+                     epoch: float | None = None, coverage: Recorder | None = None) -> Ended:
     """Run everything in sandboxes, with a watchdog behind them, and clean up whatever happens."""
     isolation = probe(wanted=isolate, iotests=tree.iotests, scratch=scratch)
     cgroups = CgroupRoot.create() if isolate else None
@@ -115,7 +116,7 @@ def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scra
     ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
                   base=TestsBase(user_env, perturb, settings), limits=limits, isolation=isolation,
                   trackers=Trackers(cgroups, marker, adopter), retries=retries, repeat=repeat,
-                  epoch=time.monotonic() if epoch is None else epoch)
+                  epoch=time.monotonic() if epoch is None else epoch, coverage=coverage)
     interrupted = False
     try:
         execute_all(runs, ctx, admission, hooks.finished, on_tick=lambda: hooks.tick(registry.live()))

@@ -183,6 +183,19 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
                    help="run the I-th of N duration-balanced shards (default: CI_NODE_INDEX/CI_NODE_TOTAL if set)")
     p.add_argument("--history", metavar="FILE", type=Path,
                    help="duration history to read and update (default: ~/.cache/iotests-run/durations.json)")
+    change = p.add_argument_group("running what a change affects (a coverage map of QEMU's functions per run)")
+    change.add_argument("--coverage-map", metavar="FILE", type=Path,
+                        help="on a gcov build (tools/build-reference-qemu --coverage): record which functions each "
+                             "run executed into FILE; with --affected-by: the map to read (default: "
+                             "~/.cache/iotests-run/coverage-map.json.gz)")
+    what = change.add_mutually_exclusive_group()
+    what.add_argument("--affected-by", metavar="REV",
+                      help="run only the runs that executed a function the change since REV touches (git diff REV "
+                           "in the QEMU source); the others are reported not run, with the reason")
+    what.add_argument("--affected-by-diff", metavar="FILE", type=Path,
+                      help="as --affected-by, for the change in a patch file (unified diff, a mail with patches)")
+    change.add_argument("--affected-by-stale-map", action="store_true",
+                        help="use a coverage map although the tree's sources changed since it was made")
     p.add_argument("--pass-env", metavar="NAME", type=_variable_name, action="append", default=[],
                    help="let the tests see this variable although its name looks like a credential "
                         "(TOKEN, SECRET, PASSWORD, ...: those are withheld from tests); repeatable")
@@ -200,6 +213,8 @@ def check_combinations(args: argparse.Namespace) -> None:
         raise UsageError("--repeat with --last-failed: repeat named tests instead (iotests-run TEST --repeat N)")
     if args.until_fail and args.repeat is None:
         raise UsageError("--until-fail needs --repeat N")
+    if args.affected_by_stale_map and not (args.affected_by or args.affected_by_diff):
+        raise UsageError("--affected-by-stale-map needs --affected-by REV or --affected-by-diff FILE")
 
 
 def settings_of(args: argparse.Namespace) -> Settings:

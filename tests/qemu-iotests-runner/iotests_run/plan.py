@@ -164,8 +164,11 @@ def without_protocols(missing: Mapping[str, str], skipped: list[Result],
             [r for r in to_run if r.protocol not in missing])
 
 
-def listing(skipped: list[Result], runs: list[Run]) -> str:
-    """--list: one line per run, tab-separated: test, format, protocol, `run` or `skip: REASON`."""
-    rows = [(r.run, f"skip: {r.reason}") for r in skipped] + [(r, "run") for r in runs]
+def listing(skipped: list[Result], runs: list[Run], why: Mapping[Run, str] | None = None) -> str:
+    """--list: one line per run, tab-separated: test, format, protocol, `run` (`run: WHY` when a change
+    selected it) or `skip: REASON`."""
+    why = why or {}
+    rows = [(r.run, f"skip: {r.reason}") for r in skipped] + [(r, f"run: {why[r]}" if r in why else "run")
+                                                              for r in runs]
     return "".join(f"{run.test.name}\t{run.format}\t{run.protocol}\t{what}\n"
                    for run, what in sorted(rows, key=lambda row: (row[0].combo, row[0].test.key)))

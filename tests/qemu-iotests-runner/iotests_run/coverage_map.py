@@ -1,0 +1,246 @@
+"""The coverage map: for every run (test x format x protocol), the functions of QEMU it executed.
+
+Made by `--coverage-map FILE` on a gcov build (tools/build-reference-qemu --coverage): each run's
+processes write their counters under the run's own GCOV_PREFIX folder in its sandbox, so runs
+side by side never mix them; `Recorder.collect` reads them (gcov.py) as the run ends. The file
+(gzip'd JSON) holds, per source file of the QEMU tree, its functions with their line ranges (every
+function the build compiled, run or not) and a digest of the file's text, and per run a bitset
+over that function table. It is keyed to the tree like the duration history (QEMU version and
+test names). `--affected-by` reads it (affected.py).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from iotests_run.errors import UsageError
+from iotests_run.gcov import GcovError, Notes, read_counts, read_notes
+from iotests_run.report.files import write_atomically
+
+FORMAT = "iotests-run coverage map 1"
+GCOV_FOLDER = "gcov"  # in each run's sandbox: its GCOV_PREFIX
+DEFAULT_FILE = "coverage-map.json.gz"  # in ~/.cache/iotests-run: the map --affected-by reads unless told
+MAX_BYTES = 256 << 20
+
+
+def source_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Span:
+    name: str
+    start: int
+    end: int
+
+
+@dataclass
+class CoverageMap:
+    tree: str
+    created: str
+    files: dict[str, list[Span]]  # source file (relative to the QEMU source) -> its functions
+    digests: dict[str, str]  # source file -> digest of its text when the map was made
+    runs: dict[str, frozenset[int]]  # history key ("qcow2-file/001") -> indexes into table()
+    uncounted: frozenset[int] = frozenset()  # functions without counters: whether they ran is unknown
+
+    def table(self) -> list[tuple[str, Span]]:
+        return [(path, span) for path in sorted(self.files) for span in self.files[path]]
+
+    def to_json(self) -> dict[str, Any]:
+        size = len(self.table())
+        return {"format": FORMAT, "tree": self.tree, "created": self.created,
+                "files": {p: [[s.name, s.start, s.end] for s in spans] for p, spans in sorted(self.files.items())},
+                "digests": dict(sorted(self.digests.items())),
+                "uncounted": sorted(self.uncounted),
+                "runs": {k: _bits(v, size) for k, v in sorted(self.runs.items())}}
+
+
+def _bits(indexes: Iterable[int], size: int) -> str:
+    raw = bytearray((size + 7) // 8)
+    for i in indexes:
+        raw[i // 8] |= 1 << (i % 8)
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def _indexes(text: str) -> frozenset[int]:
+    raw = base64.b64decode(text, validate=True)
+    return frozenset(i * 8 + b for i, byte in enumerate(raw) if byte for b in range(8) if byte >> b & 1)
+
+
+def load(path: Path) -> CoverageMap:
+    """A map file, checked; anything else is one UsageError line."""
+    try:
+        if path.stat().st_size > MAX_BYTES:
+            raise UsageError(f"coverage map {path} is larger than {MAX_BYTES >> 20} MB")
+        data = json.loads(gzip.decompress(path.read_bytes()))
+    except FileNotFoundError:
+        raise UsageError(f"no coverage map: {path} (make one with --coverage-map on a gcov build)") from None
+    except (OSError, EOFError, gzip.BadGzipFile, ValueError, RecursionError) as exc:
+        raise UsageError(f"{path} is not a coverage map ({str(exc)[:100]})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise UsageError(f"{path} is not a coverage map ({FORMAT!r} expected)")
+    try:
+        files = {str(p): [Span(str(n), int(s), int(e)) for n, s, e in spans] for p, spans in data["files"].items()}
+        runs = {str(k): _indexes(v) for k, v in data["runs"].items()}
+        return CoverageMap(str(data["tree"]), str(data["created"]), files,
+                           {str(k): str(v) for k, v in data["digests"].items()}, runs,
+                           frozenset(int(i) for i in data.get("uncounted", [])))
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise UsageError(f"{path} is not a coverage map (bad field: {str(exc)[:80]})") from None
+
+
+def save(path: Path, cmap: CoverageMap) -> None:
+    write_atomically(path, gzip.compress(json.dumps(cmap.to_json(), separators=(",", ":")).encode(), 6))
+
+
+def gcov_environment(sandbox_root: Path) -> dict[str, str]:
+    """What a run's processes get so that their counters land in the run's own folder."""
+    return {"GCOV_PREFIX": str(sandbox_root / GCOV_FOLDER), "GCOV_PREFIX_STRIP": "0"}
+
+
+def _counters(folder: Path) -> Iterator[Path]:
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            if name.endswith(".gcda"):
+                yield Path(root) / name
+
+
+@dataclass
+class Recorder:
+    """Collects each run's executed functions; one per invocation, shared by the pool's threads."""
+
+    source: Path
+    build: Path
+    executed: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
+    uncounted: set[tuple[str, str]] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
+    _notes: dict[Path, Notes | None] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check_build(self) -> None:
+        if not any(self.build.glob("*.p/*.gcno")) and not any(self.build.glob("**/*.gcno")):
+            raise UsageError(f"--coverage-map needs a gcov build (no .gcno files in {self.build}; "
+                             "tools/build-reference-qemu --coverage makes one)")
+
+    def _source_name(self, notes: Notes, source: str) -> str | None:
+        full = Path(os.path.normpath(os.path.join(notes.cwd, source)))
+        try:
+            return str(full.relative_to(self.source))
+        except ValueError:
+            return None  # system headers, code generated into the build folder
+
+    def _notes_of(self, counts: Path, prefix: Path) -> Notes | None:
+        gcno = Path("/") / counts.relative_to(prefix).with_suffix(".gcno")
+        with self._lock:
+            if gcno not in self._notes:
+                try:
+                    self._notes[gcno] = read_notes(gcno) if gcno.is_file() else None
+                except (OSError, GcovError) as exc:
+                    self.problems.append(str(exc))
+                    self._notes[gcno] = None
+            return self._notes[gcno]
+
+    def collect(self, key: str, sandbox_root: Path) -> None:
+        """Add what the run's processes executed (its counters' folder) to the run's set."""
+        prefix = sandbox_root / GCOV_FOLDER
+        ran: set[tuple[str, str]] = set()
+        unknown: set[tuple[str, str]] = set()
+        for counts in _counters(prefix):
+            notes = self._notes_of(counts, prefix)
+            if notes is None:
+                continue
+            try:
+                seen = read_counts(counts)
+            except (OSError, GcovError) as exc:
+                with self._lock:
+                    self.problems.append(str(exc))
+                continue
+            for function in notes.functions:
+                name = self._source_name(notes, function.source)
+                if name is None or function.ident not in seen:
+                    continue
+                state = seen[function.ident]
+                if state:
+                    ran.add((name, function.name))
+                elif state is None:
+                    unknown.add((name, function.name))
+        with self._lock:
+            self.executed.setdefault(key, set()).update(ran)
+            self.uncounted.update(unknown)
+
+    def table(self) -> tuple[dict[str, list[Span]], dict[str, str]]:
+        """Every function the build compiled from the tree's sources, with the files' digests."""
+        spans: dict[str, dict[str, Span]] = {}
+        for gcno in sorted(self.build.rglob("*.gcno")):
+            try:
+                notes = read_notes(gcno)
+            except (OSError, GcovError) as exc:
+                self.problems.append(str(exc))
+                continue
+            for function in notes.functions:
+                name = self._source_name(notes, function.source)
+                if name is None or function.artificial:
+                    continue
+                known = spans.setdefault(name, {}).get(function.name)
+                span = Span(function.name, function.start, function.end)
+                if known is not None:  # the same inline function from several objects: the widest range
+                    span = Span(function.name, min(known.start, span.start), max(known.end, span.end))
+                spans[name][function.name] = span
+        digests = {}
+        for name in list(spans):
+            try:
+                digests[name] = source_digest((self.source / name).read_bytes())
+            except OSError:
+                del spans[name]
+        return {n: sorted(s.values(), key=lambda x: x.start) for n, s in spans.items()}, digests
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Runs whose processes did not all exit (killed, crashed, cut short) wrote only part of their
+        counters: they stay out of the map, so that a change always runs them."""
+        for key in keys:
+            self.executed.pop(key, None)
+
+    def save(self, path: Path, tree: str) -> CoverageMap:
+        """Write the map (runs recorded earlier for the same tree kept unless run again)."""
+        files, digests = self.table()
+        cmap = CoverageMap(tree, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), files, digests, {})
+        index = {(p, s.name): i for i, (p, s) in enumerate(cmap.table())}
+        earlier = _earlier(path, tree, digests)
+        if earlier is not None:
+            old = earlier.table()
+            for key, functions in earlier.runs.items():
+                cmap.runs[key] = frozenset(index[(old[i][0], old[i][1].name)] for i in functions
+                                           if (old[i][0], old[i][1].name) in index)
+        for key, ran in self.executed.items():
+            cmap.runs[key] = frozenset(index[f] for f in ran if f in index)
+        cmap.uncounted = frozenset(index[f] for f in self.uncounted if f in index)
+        save(path, cmap)
+        return cmap
+
+
+def check_target(path: Path) -> None:
+    """--coverage-map FILE to record into: a new file, or a map (never another file)."""
+    if path.is_dir():
+        raise UsageError(f"--coverage-map {path} is a folder; name a file")
+    if path.exists():
+        load(path)
+    if not path.parent.is_dir():
+        raise UsageError(f"--coverage-map {path}: no folder {path.parent}")
+
+
+def _earlier(path: Path, tree: str, digests: Mapping[str, str]) -> CoverageMap | None:
+    """The runs of an existing map of the same tree and sources, to keep beside the new ones."""
+    if not path.exists():
+        return None
+    earlier = load(path)  # a file that is not a map is refused, never overwritten
+    return earlier if earlier.tree == tree and earlier.digests == dict(digests) else None
