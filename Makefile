@@ -5,7 +5,7 @@ JOBS ?=
 PYTEST_ARGS ?=
 BIN = $(VENV)/bin
 
-.PHONY: demo check check-fast check-block lint reference reference-all browser graphviz gitlab-ci-local venv bench clean
+.PHONY: demo check check-fast check-block lint reference reference-all reference-coverage browser graphviz gitlab-ci-local venv bench clean
 
 $(BIN)/iotests-run: pyproject.toml meson.build $(shell find tests/qemu-iotests-runner/iotests_run -name '*.py' -o -name '*.json' 2>/dev/null)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ reference:
 
 reference-all: reference
 	tools/build-reference-qemu --version 10.0
+
+# The 7.2 sources' gcov build beside it, for --coverage-map (first time about 15 minutes).
+reference-coverage: reference
+	tools/build-reference-qemu --coverage
 
 # The main job: qcow2, quick group, on the reference tree.
 demo: venv reference
@@ -60,7 +64,7 @@ check-fast: venv
 	$(BIN)/pytest -m 'not e2e' $(PYTEST_ARGS)
 
 # Every tier, end-to-end tests on the reference tree included.
-check: venv reference-all browser graphviz gitlab-ci-local lint
+check: venv reference-all reference-coverage browser graphviz gitlab-ci-local lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # QEMU's iotests through meson, as upstream's `make check-block`: suite block (qcow2 auto);

@@ -15,12 +15,12 @@ def fake_tree(tmp_path: Path) -> FakeTree:
     return make_fake_tree(tmp_path)
 
 
-def _build_reference(version: str) -> ReferenceTree:
+def _build_reference(version: str, *extra: str) -> ReferenceTree:
     repo = Path(__file__).resolve().parents[3]
     script = repo / "tools" / "build-reference-qemu"
     if os.environ.get("IOTESTS_RUN_SKIP_E2E"):
         pytest.skip("IOTESTS_RUN_SKIP_E2E is set")
-    proc = subprocess.run([str(script), "--version", version], capture_output=True, text=True,
+    proc = subprocess.run([str(script), "--version", version, *extra], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         pytest.fail(f"tools/build-reference-qemu failed:\n{proc.stderr[-3000:]}")
@@ -32,6 +32,12 @@ def _build_reference(version: str) -> ReferenceTree:
 def reference_tree() -> ReferenceTree:
     """The reference QEMU 7.2 tree, built (or reused) by tools/build-reference-qemu."""
     return _build_reference("7.2")
+
+
+@pytest.fixture(scope="session")
+def coverage_tree() -> ReferenceTree:
+    """The reference 7.2 sources' gcov build (tools/build-reference-qemu --coverage)."""
+    return _build_reference("7.2", "--coverage")
 
 
 @pytest.fixture(scope="session", params=["7.2", "10.0"])

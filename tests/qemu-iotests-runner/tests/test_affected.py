@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from support import FakeTree, run_cli
+from support import FakeTree, ReferenceTree, run_cli
 
 from iotests_run.affected import Affected, FileChange, Hunk, affected, parse_diff
 from iotests_run.coverage_map import CoverageMap, Recorder, Span, gcov_environment, load
@@ -349,3 +349,52 @@ def test_bad_change_selections_are_one_line_and_exit_2(fake_tree: FakeTree, tmp_
     assert proc.returncode == 2 and "unknown revision: no-such-rev" in proc.stderr
     proc = run_cli(["--affected-by=--upload-pack=x", "--coverage-map", str(cmap), *args])
     assert proc.returncode == 2 and "unknown revision" in proc.stderr
+
+
+# --- on the reference tree: a map from its gcov build, a patch to block/qcow2.c -----------------------------
+
+SMALL = ["001", "002", "004", "005", "008"]  # quick tests that read and write images
+
+
+@pytest.mark.e2e
+def test_a_qcow2_patch_runs_the_qcow2_runs_only(coverage_tree: ReferenceTree, reference_tree: ReferenceTree,
+                                                 tmp_path: Path) -> None:
+    cmap_file = tmp_path / "map.json.gz"
+    proc = run_cli(["-f", "qcow2,raw", *SMALL, "--coverage-map", str(cmap_file),
+                    *coverage_tree.args(tmp_path / "r-map")])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    cmap = load(cmap_file)
+    table = cmap.table()
+    assert sorted(cmap.runs) == sorted(f"{f}-file/{t}" for f in ("qcow2", "raw") for t in SMALL)
+    ran = {key: {(table[i][0], table[i][1].name) for i in functions} for key, functions in cmap.runs.items()}
+    write_path = ("block/qcow2.c", "qcow2_co_pwritev_part")
+    assert all(write_path in ran[f"qcow2-file/{t}"] for t in ("001", "002")), "qcow2 runs write through qcow2"
+    assert all(write_path not in ran[f"raw-file/{t}"] for t in SMALL), "raw runs never write through qcow2"
+    assert all(("block/raw-format.c", "raw_co_pwritev") in ran[f"raw-file/{t}"] for t in ("001", "002"))
+
+    # a patch inside qcow2_co_pwritev_part, as a mail would carry it (no git here: the tree is a tarball's)
+    span = next(s for s in cmap.files["block/qcow2.c"] if s.name == "qcow2_co_pwritev_part")
+    line = span.start + 4
+    old = (reference_tree.source / "block" / "qcow2.c").read_text().splitlines()[line - 1]
+    patch = tmp_path / "0001-qcow2-write.patch"
+    patch.write_text(f"Subject: [PATCH] qcow2: a change in the write path\n\n---\n"
+                     f"diff --git a/block/qcow2.c b/block/qcow2.c\n--- a/block/qcow2.c\n+++ b/block/qcow2.c\n"
+                     f"@@ -{line} +{line} @@\n-{old}\n+{old} /* changed */\n-- \n2.39.5\n")
+    args = ["-f", "qcow2,raw", *SMALL, "--affected-by-diff", str(patch), "--coverage-map", str(cmap_file)]
+    listed = run_cli(["--list", *args, *reference_tree.args(tmp_path / "r")])
+    assert listed.returncode == 0, listed.stderr
+    rows = {(row.split("\t")[1], row.split("\t")[0]): row.split("\t")[3] for row in listed.stdout.splitlines()}
+    writers = {t for t in SMALL if write_path in ran[f"qcow2-file/{t}"]}
+    for (fmt, test), what in rows.items():
+        if fmt == "qcow2" and test in writers:
+            assert what.startswith("run: affected: executes qcow2_co_pwritev_part (block/qcow2.c)"), what
+        else:
+            assert what.startswith("skip: not affected by the change (coverage map of"), (fmt, test, what)
+    assert f"{len(writers)} of {2 * len(SMALL)} runs affected by {patch}" in listed.stderr
+
+    # and for real, on the plain build: the affected runs pass, the others are reported not run
+    proc = run_cli([*args, *reference_tree.args(tmp_path / "r-affected")])
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    runs = {(r["format"], r["test"]): r for r in
+            json.loads((tmp_path / "r-affected" / "results.json").read_text())["runs"]}
+    assert {k for k, r in runs.items() if r["outcome"] == "pass"} == {("qcow2", t) for t in writers}
