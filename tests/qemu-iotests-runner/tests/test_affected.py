@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from iotests_run.discovery import discover
 from iotests_run.gcov import read_counts, read_notes
 from iotests_run.model import Run
 
+REPO = Path(__file__).resolve().parents[3]
 GCC = shutil.which("gcc")
 needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed")
 
@@ -288,6 +291,13 @@ def test_a_map_then_only_the_affected_runs(fake_tree: FakeTree, tmp_path: Path) 
     patch.write_text(subprocess.run(["git", "diff", "HEAD"], cwd=fake_tree.source, capture_output=True,
                                     text=True, check=True).stdout)
     assert _listing(run_cli(["--affected-by-diff", str(patch), *args]))["002"].startswith("run: affected")
+    # Patchew's script, opted in: the series' runs only
+    patchew = subprocess.run([str(REPO / "tools" / "patchew" / "run"), str(fake_tree.source), str(fake_tree.build),
+                              "qcow2"], capture_output=True, text=True, cwd=tmp_path,
+                             env=dict(os.environ, IOTESTS_RESULTS=str(tmp_path / "pw"), PYTHON=sys.executable,
+                                      IOTESTS_COVERAGE_MAP=str(cmap), IOTESTS_AFFECTED_BY_DIFF=str(patch)))
+    assert patchew.returncode == 0 and patchew.stdout.rstrip().endswith("1 passed, 0 failed, 2 skipped"), \
+        patchew.stdout
     # the comment above shrink: outside every function, so everything runs
     source.write_text(FAKE_C.replace("only `qemu-img shrink` runs it", "only shrink runs it"))
     listed = _listing(run_cli(["--affected-by", "HEAD", *args]))

@@ -310,7 +310,7 @@ def test_last_failed_and_quarantine(fake_tree: FakeTree, tmp_path: Path) -> None
 def test_patchew_script_puts_the_summary_first(fake_tree: FakeTree, tmp_path: Path) -> None:
     script = Path(__file__).resolve().parents[3] / "tools" / "patchew" / "run"
     fake_tree.add_test("001", "echo ok\n", out="ok\n")
-    fake_tree.add_test("002", "echo changed\n", out="original\n")
+    fake_tree.add_test("002", "printf 'changed \\033[31mred\\033[0m\\n'\n", out="original\n")
     env = dict(os.environ, IOTESTS_RESULTS=str(tmp_path / "results"), PYTHON=sys.executable)
     proc = subprocess.run([str(script), str(fake_tree.source), str(fake_tree.build), "qcow2"], env=env,
                           capture_output=True, text=True, cwd=tmp_path)
@@ -318,7 +318,12 @@ def test_patchew_script_puts_the_summary_first(fake_tree: FakeTree, tmp_path: Pa
     assert proc.stdout.startswith("iotests-run ")
     summary, _, diffs = proc.stdout.partition("=== qcow2-file/002/diff.txt ===")
     assert summary.rstrip().endswith("1 passed, 1 failed, 0 skipped")
-    assert "+changed" in diffs
+    assert "+changed [31mred[0m" in diffs and "\x1b" not in proc.stdout  # no escape sequence reaches the mail
+    # no coverage map where one is named: the full run, said in one line
+    nomap = subprocess.run([str(script), str(fake_tree.source), str(fake_tree.build), "qcow2"], capture_output=True,
+                           env=dict(env, IOTESTS_COVERAGE_MAP=str(tmp_path / "none.gz"), IOTESTS_AFFECTED_BY="HEAD"),
+                           text=True, cwd=tmp_path)
+    assert nomap.returncode == 1 and nomap.stdout.startswith(f"(no coverage map at {tmp_path / 'none.gz'}")
     broken = subprocess.run([str(script), str(fake_tree.source), str(tmp_path / "nobuild")], env=env,
                             capture_output=True, text=True, cwd=tmp_path)
     assert broken.returncode == 2
