@@ -125,6 +125,26 @@ def test_big_diffs_are_trimmed_and_every_outcome_has_a_colour() -> None:
     assert set(PRESENTATION) == set(Outcome)
 
 
+def test_a_timeline_of_700_runs_stays_one_lane_per_slot_and_every_bar_visible() -> None:
+    """700 runs, 8 at a time, over about ten minutes (a qcow2+raw quick run on a big machine): 8 lanes,
+    not 700; every bar at least a pixel wide; the chart a screen high."""
+    results, clock = [], [0.0] * 8
+    for i in range(700):
+        slot = min(range(8), key=lambda k: clock[k])
+        length = 0.05 + (i * 7919 % 600) / 40  # 0.05 s to 15 s
+        run = Run(TestCase(f"{i:03}", Path(f"{i:03}"), frozenset()), "qcow2" if i % 2 else "raw", "file")
+        results.append(Result(run, Outcome.PASS if i % 50 else Outcome.FAIL, "", round(length, 3),
+                              started_s=round(clock[slot], 3)))
+        clock[slot] += length + 0.01
+    page = html_report(results, {"command": ["iotests-run"], "timeline": [[t, 8, 2.0] for t in range(600)]}, "t")
+    svg = page[page.index('<svg class="timeline"'):page.index("</svg>")]
+    bars = re.findall(r'<rect class="bar[^>]* y="([\d.]+)" width="([\d.]+)"', svg)
+    assert len(bars) == 700
+    assert len({y for y, _ in bars}) == 8 and all(float(w) >= 1 for _, w in bars)
+    height = int(re.search(r'height="(\d+)"', svg).group(1))  # type: ignore[union-attr]
+    assert height <= 8 * 12 + 60 + 30
+
+
 HOSTILE = 'x"><img src=x onerror=alert(1)><script>alert(2)</script>\x1b[31m'
 
 

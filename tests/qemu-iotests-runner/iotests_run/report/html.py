@@ -141,6 +141,7 @@ def _details(result: Result, exists: Callable[[str], bool]) -> str:
 
 TIMELINE_WIDTH = 1000
 LANE_PX, GRAPH_PX = 12, 60
+NICE_STEPS_S = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
 
 
 def _lanes(runs: Sequence[Result]) -> list[int]:
@@ -187,7 +188,7 @@ def timeline(results: Sequence[Result], samples: Sequence[Sequence[Any]]) -> str
                              'stroke-width="2"/>')
                 parts.append(f'<text x="{TIMELINE_WIDTH + 4}" y="{top + 12 * index}" fill="{colour}">{name}</text>')
         parts.append(f'<text x="{TIMELINE_WIDTH + 4}" y="{top + GRAPH_PX}">peak {peak:g}</text>')
-    step = max(1, round(total / 10))
+    step = next((s for s in NICE_STEPS_S if s >= total / 10), NICE_STEPS_S[-1])  # about ten round labels
     parts += [f'<text x="{t * scale:.1f}" y="{top + GRAPH_PX + 22}">{t} s</text>'
               for t in range(0, int(total) + 1, step)]
     parts.append("</svg>")
