@@ -320,6 +320,11 @@ def test_a_map_then_only_the_affected_runs(fake_tree: FakeTree, tmp_path: Path) 
     assert len(proc.stderr.strip().splitlines()) == 1
     proc = run_cli(["--affected-by", "HEAD", "--affected-by-stale-map", *args])
     assert proc.returncode == 0 and "used anyway (--affected-by-stale-map)" in proc.stderr
+    # a diff against a REV whose text of the changed file is not the map's: refused as well
+    proc = run_cli(["--affected-by", "HEAD~1", *args])
+    assert proc.returncode == 2 and "is older than the tree's sources: block/fake.c" in proc.stderr
+    _git(fake_tree.source, "checkout", "-q", "HEAD~2")  # the map's own sources: usable again
+    assert run_cli(["--affected-by", "HEAD", *args]).returncode == 0
 
 
 @pytest.mark.process
