@@ -141,16 +141,8 @@ def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
     reasons: dict[Run, str] = {}
     change = None
     if args.affected_by or args.affected_by_diff:
-        selection = select_for_change(
-            tree.source, Catalog(tree.iotests, dict(found.all_tests)), tree_id, args.affected_by,
-            args.affected_by_diff, args.coverage_map or reference_cache() / DEFAULT_MAP, args.affected_by_stale_map,
-            lambda text: print(f"iotests-run: warning: {text}", file=sys.stderr))
-        considered = len(to_run)
-        to_run, unaffected, reasons = selection.split(to_run)
+        to_run, unaffected, reasons, change = affected_part(args, found, tree_id, to_run)
         skipped += unaffected
-        change = f"{len(to_run)} of {considered} runs affected by {selection.source}"
-        if selection.affected.everything:
-            change += f" (all: {selection.affected.everything})"
     cost = plan.costs(to_run, durations)
     shard = args.shard or plan.shard_from_ci(os.environ)
     part = None
@@ -162,6 +154,22 @@ def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
         runs = [replace(r, copy=k) for r in runs for k in range(1, args.repeat + 1)]
         cost = {**cost, **{r: cost[r.base] for r in runs}}
     return Planned(skipped, runs, cost, history_file, tree_id, part, reasons, change)
+
+
+def affected_part(args: argparse.Namespace, found: Selection, tree_id: str,
+                  to_run: list[Run]) -> tuple[list[Run], list[Result], dict[Run, str], str]:
+    """--affected-by / --affected-by-diff: the runs the change affects (and why), the others not run,
+    and the line saying how many."""
+    tree = found.tree
+    selection = select_for_change(
+        tree.source, Catalog(tree.iotests, dict(found.all_tests)), tree_id, args.affected_by,
+        args.affected_by_diff, args.coverage_map or reference_cache() / DEFAULT_MAP, args.affected_by_stale_map,
+        lambda text: print(f"iotests-run: warning: {text}", file=sys.stderr))
+    kept, unaffected, reasons = selection.split(to_run)
+    change = f"{len(kept)} of {len(to_run)} runs affected by {selection.source}"
+    if selection.affected.everything:
+        change += f" (all: {selection.affected.everything})"
+    return kept, unaffected, reasons, change
 
 
 def check_junit_copy(path: Path) -> Path:
