@@ -14,6 +14,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -291,6 +292,7 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
         check_target(args.coverage_map)
         recorder = Recorder(found.tree.source, found.tree.build)
         recorder.check_build()
+        recorder.prepare(Path(tempfile.mkdtemp(prefix="iotr-gcov-", dir=found.scratch)))
     held = claim(Path(args.results), "results folder")
     tests_env = environment_for_tests(os.environ, args.pass_env)
     perturb = malloc_perturb(os.environ)
@@ -320,7 +322,10 @@ WHOLE_COVERAGE = frozenset({Outcome.PASS, Outcome.FAIL, Outcome.NOT_RUN})
 def save_coverage(path: Path, recorder: Recorder, planned: Planned, reporter: Reporter) -> None:
     recorder.forget(history.history_key(r.run) for r in reporter.results
                     if r.outcome not in WHOLE_COVERAGE or r.leaked)
-    cmap = recorder.save(path, planned.tree_id)
+    try:
+        cmap = recorder.save(path, planned.tree_id)
+    finally:
+        recorder.close()
     functions = len(cmap.table())
     reporter.progress.note(f"iotests-run: coverage map {path}: {len(cmap.runs)} runs, {functions} functions in "
                            f"{len(cmap.files)} source files, {path.stat().st_size // 1024} KB"

@@ -16,10 +16,13 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +111,42 @@ def gcov_environment(sandbox_root: Path) -> dict[str, str]:
     return {"GCOV_PREFIX": str(sandbox_root / GCOV_FOLDER), "GCOV_PREFIX_STRIP": "0"}
 
 
+def dump_addresses(build: Path) -> dict[Path, int]:
+    """Where each of the build's instrumented programs has the function that writes gcov's counters (its
+    symbol table, read with nm: programs do not export it)."""
+    found = {}
+    candidates = [p for p in build.iterdir() if p.name.startswith("qemu-")] + \
+        [build / "storage-daemon" / "qemu-storage-daemon"]
+    for program in candidates:
+        if not (program.is_file() and os.access(program, os.X_OK)):
+            continue
+        try:
+            proc = subprocess.run(["nm", str(program)], capture_output=True, text=True, timeout=120,
+                                  stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        symbols = {parts[2]: int(parts[0], 16) for parts in map(str.split, proc.stdout.splitlines())
+                   if len(parts) == 3 and parts[1] in ("T", "t")}
+        # __gcov_dump is linked in where something calls it (QEMU does); __gcov_exit, what gcov runs at exit,
+        # always is: either writes every counter once
+        address = symbols.get("__gcov_dump") or symbols.get("__gcov_exit")
+        if address:
+            found[program.resolve()] = address
+    return found
+
+
+def build_shim(folder: Path) -> Path:
+    """gcov_shim.c (counters written before a SIGKILL), compiled for this machine."""
+    source = folder / "gcov_shim.c"
+    source.write_bytes(resources.files("iotests_run").joinpath("gcov_shim.c").read_bytes())
+    shim = folder / "gcov_shim.so"
+    proc = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(shim), str(source), "-ldl", "-lpthread"],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0:
+        raise UsageError(f"--coverage-map: cannot compile its helper with gcc: {proc.stderr.strip()[-200:]}")
+    return shim
+
+
 def _counters(folder: Path) -> Iterator[Path]:
     for root, _dirs, names in os.walk(folder):
         for name in names:
@@ -126,11 +165,28 @@ class Recorder:
     problems: list[str] = field(default_factory=list)
     _notes: dict[Path, Notes | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _folder: Path | None = None
+    _shim: Path | None = None
+    _dumps: str = ""
 
     def check_build(self) -> None:
         if not any(self.build.glob("*.p/*.gcno")) and not any(self.build.glob("**/*.gcno")):
             raise UsageError(f"--coverage-map needs a gcov build (no .gcno files in {self.build}; "
                              "tools/build-reference-qemu --coverage makes one)")
+
+    def prepare(self, folder: Path) -> None:
+        """The preloaded helper that has a QEMU write its counters before a test SIGKILLs it."""
+        self._folder = folder
+        self._shim = build_shim(folder)
+        self._dumps = ";".join(f"{path}={address:x}" for path, address in dump_addresses(self.build).items())
+
+    def environment(self, sandbox_root: Path, inherited: str | None) -> dict[str, str]:
+        """A run's variables: its own counters folder, and the helper preloaded (before the user's own)."""
+        env = gcov_environment(sandbox_root)
+        if self._shim is not None:
+            env["LD_PRELOAD"] = f"{self._shim}:{inherited}" if inherited else str(self._shim)
+            env["IOTESTS_RUN_GCOV_DUMP"] = self._dumps
+        return env
 
     def _source_name(self, notes: Notes, source: str) -> str | None:
         full = Path(os.path.normpath(os.path.join(notes.cwd, source)))
@@ -203,6 +259,10 @@ class Recorder:
             except OSError:
                 del spans[name]
         return {n: sorted(s.values(), key=lambda x: x.start) for n, s in spans.items()}, digests
+
+    def close(self) -> None:
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
 
     def forget(self, keys: Iterable[str]) -> None:
         """Runs whose processes did not all exit (killed, crashed, cut short) wrote only part of their

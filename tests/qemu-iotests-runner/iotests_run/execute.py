@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
-from iotests_run.coverage_map import Recorder, gcov_environment
+from iotests_run.coverage_map import Recorder
 from iotests_run.cpu import Admission
 from iotests_run.diagnostics import Evidence, core_files, examine_cores
 from iotests_run.environment import TestsBase, child_environment
@@ -171,7 +171,7 @@ def _prepare(run: Run, slot: str, ctx: Context, rel: str) -> _Prepared:
     env = child_environment(ctx.base.user_env, iotests_env, box.tmp_dir)
     env[MARKER] = ctx.trackers.marker_of(slot)
     if ctx.coverage is not None:
-        env.update(gcov_environment(box.test_dir.parent))
+        env.update(ctx.coverage.environment(box.test_dir.parent, env.get("LD_PRELOAD")))
     overlay = Overlay(ctx.tree.iotests, box.upper, box.work) if ctx.isolation.cores else None
     launch = Launch(command_of(run.test, ctx.base.python), run.test.path.parent, env,
                     box.run_dir / f"{run.test.name}.out.bad", _isolation_for(run, ctx.isolation), overlay)

@@ -51,6 +51,11 @@ int main(int argc, char **argv)
         printf("%d\\n", grow(argc));
     } else if (argc > 1 && strcmp(argv[1], "shrink") == 0) {
         printf("%d\\n", shrink(argc));
+    } else if (argc > 1 && strcmp(argv[1], "wait") == 0) {
+        extern int pause(void);
+        printf("%d\\n", grow(argc));
+        fflush(stdout);
+        pause();
     }
     return 0;
 }
@@ -78,7 +83,7 @@ def test_gcc_notes_and_counters_say_which_functions_ran(tmp_path: Path) -> None:
     binary = _gcov_binary(src, tmp_path / "build")
     notes = read_notes(next((tmp_path / "build").glob("*.gcno")))
     spans = {f.name: (f.start, f.end) for f in notes.functions}
-    assert spans == {"grow": (4, 7), "shrink": (10, 16), "nothing": (18, 18), "main": (20, 29)}
+    assert spans == {"grow": (4, 7), "shrink": (10, 16), "nothing": (18, 18), "main": (20, 34)}
     prefix = tmp_path / "box"
     subprocess.run([str(binary), "grow"], env=gcov_environment(prefix), check=True, capture_output=True)
     (counts,) = prefix.rglob("*.gcda")
@@ -93,7 +98,7 @@ def test_gcc_notes_and_counters_say_which_functions_ran(tmp_path: Path) -> None:
     cmap = recorder.save(tmp_path / "map.json.gz", "QEMU 7.2.0 tests:x")
     again = load(tmp_path / "map.json.gz")
     assert again.files == {"block/fake.c": [Span("grow", 4, 7), Span("shrink", 10, 16), Span("nothing", 18, 18),
-                                            Span("main", 20, 29)]}
+                                            Span("main", 20, 34)]}
     assert again.runs == cmap.runs and {again.table()[i][1].name for i in again.runs["qcow2-file/001"]} == \
         {"grow", "nothing", "main"}
     # a second recording of other runs keeps the first one's
@@ -246,7 +251,10 @@ def _gcov_tree(fake_tree: FakeTree) -> Path:
     _gcov_binary(source, fake_tree.build)
     fake_tree.add_test("001", '"$QEMU_IMG_PROG" grow >/dev/null; echo ok\n', out="ok\n")
     fake_tree.add_test("002", '"$QEMU_IMG_PROG" shrink >/dev/null; echo ok\n', out="ok\n")
-    fake_tree.add_test("003", "echo ok\n", out="ok\n")
+    # 003's qemu-img is killed with SIGKILL (as common.qemu kills QEMU): its counters must be written all the same
+    fake_tree.add_test("003", '"$QEMU_IMG_PROG" wait >"$TEST_DIR/out" & pid=$!\n'
+                              'until [ -s "$TEST_DIR/out" ]; do sleep 0.05; done\n'
+                              'kill -KILL $pid; wait $pid 2>/dev/null; echo ok\n', out="ok\n")
     return source
 
 
@@ -272,7 +280,7 @@ def test_a_map_then_only_the_affected_runs(fake_tree: FakeTree, tmp_path: Path) 
     table = [(p, s[0]) for p, spans in sorted(data["files"].items()) for s in spans]
     ran = {k: {table[i][1] for i in load(cmap).runs[k]} for k in data["runs"]}
     assert ran == {"qcow2-file/001": {"main", "nothing", "grow"}, "qcow2-file/002": {"main", "nothing", "shrink"},
-                   "qcow2-file/003": set()}
+                   "qcow2-file/003": {"main", "nothing", "grow"}}
     assert not list((tmp_path / "r1").rglob("*.gcda"))  # counters stay in the sandboxes, gone with them
 
     _git(fake_tree.source, "init", "-q")
@@ -305,9 +313,9 @@ def test_a_map_then_only_the_affected_runs(fake_tree: FakeTree, tmp_path: Path) 
     # a run and its summary: the unaffected runs are reported not run, with the reason, in JUnit too
     source.write_text(FAKE_C.replace("return n * 2;", "return n * 4;"))
     proc = run_cli(["--affected-by", "HEAD", "--coverage-map", str(cmap), *fake_tree.args(tmp_path / "r2")])
-    assert proc.returncode == 0 and "1 of 3 runs affected by git diff HEAD" in proc.stdout
+    assert proc.returncode == 0 and "2 of 3 runs affected by git diff HEAD" in proc.stdout
     runs = {r["test"]: r for r in json.loads((tmp_path / "r2" / "results.json").read_text())["runs"]}
-    assert runs["001"]["outcome"] == "pass" and runs["002"]["outcome"] == "not-run"
+    assert runs["001"]["outcome"] == runs["003"]["outcome"] == "pass" and runs["002"]["outcome"] == "not-run"
     assert runs["002"]["reason"].startswith("not affected by the change (coverage map of")
     assert "not affected by the change" in (tmp_path / "r2" / "junit.xml").read_text()
 
