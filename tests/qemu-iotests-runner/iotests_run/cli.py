@@ -329,7 +329,8 @@ def save_coverage(path: Path, recorder: Recorder, planned: Planned, reporter: Re
     functions = len(cmap.table())
     reporter.progress.note(f"iotests-run: coverage map {path}: {len(cmap.runs)} runs, {functions} functions in "
                            f"{len(cmap.files)} source files, {path.stat().st_size // 1024} KB"
-                           + (f"; {len(recorder.problems)} unreadable counter files" if recorder.problems else ""),
+                           + (f"; {len(recorder.problems)} unreadable counter files (first: "
+                              f"{printable(recorder.problems[0])[:200]})" if recorder.problems else ""),
                            quiet_too=True)
 
 

@@ -109,8 +109,12 @@ def read_notes(path: Path) -> Notes:
 
 
 def read_counts(path: Path) -> dict[int, bool | None]:
-    """Each function's ident -> whether it ran (None: it has no counters to tell)."""
-    reader = _Reader(path.read_bytes(), path)
+    """Each function's ident -> whether it ran (None: it has no counters to tell). An empty file (a
+    process killed while it began to write, or another one's file just created) holds nothing."""
+    data = path.read_bytes()
+    if not data:
+        return {}
+    reader = _Reader(data, path)
     reader.header(GCDA_MAGIC)
     ran: dict[int, bool | None] = {}
     current: int | None = None
