@@ -170,7 +170,7 @@ class Recorder:
     _dumps: str = ""
 
     def check_build(self) -> None:
-        if not any(self.build.glob("*.p/*.gcno")) and not any(self.build.glob("**/*.gcno")):
+        if not any(self.build.rglob("*.gcno")):
             raise UsageError(f"--coverage-map needs a gcov build (no .gcno files in {self.build}; "
                              "tools/build-reference-qemu --coverage makes one)")
 
@@ -195,8 +195,8 @@ class Recorder:
         except ValueError:
             return None  # system headers, code generated into the build folder
 
-    def _notes_of(self, counts: Path, prefix: Path) -> Notes | None:
-        gcno = Path("/") / counts.relative_to(prefix).with_suffix(".gcno")
+    def _notes_at(self, gcno: Path) -> Notes | None:
+        """A .gcno, read once per invocation (by the runs' threads and by the map's table alike)."""
         with self._lock:
             if gcno not in self._notes:
                 try:
@@ -205,6 +205,9 @@ class Recorder:
                     self.problems.append(str(exc))
                     self._notes[gcno] = None
             return self._notes[gcno]
+
+    def _notes_of(self, counts: Path, prefix: Path) -> Notes | None:
+        return self._notes_at(Path("/") / counts.relative_to(prefix).with_suffix(".gcno"))
 
     def collect(self, key: str, sandbox_root: Path) -> None:
         """Add what the run's processes executed (its counters' folder) to the run's set."""
@@ -238,10 +241,8 @@ class Recorder:
         """Every function the build compiled from the tree's sources, with the files' digests."""
         spans: dict[str, dict[str, Span]] = {}
         for gcno in sorted(self.build.rglob("*.gcno")):
-            try:
-                notes = read_notes(gcno)
-            except (OSError, GcovError) as exc:
-                self.problems.append(str(exc))
+            notes = self._notes_at(gcno.resolve())
+            if notes is None:
                 continue
             for function in notes.functions:
                 name = self._source_name(notes, function.source)
