@@ -277,9 +277,15 @@ def _helper_tests(helpers: set[str], catalog: Catalog) -> dict[str, str]:
 # --- the diff, from git or a file, and whether the map still describes the tree ----------------------------
 
 def _git(source: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = _git_bytes(source, *args)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, proc.stdout.decode("utf-8", errors="replace"),
+                                       proc.stderr.decode("utf-8", errors="replace"))
+
+
+def _git_bytes(source: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[bytes]:
     try:
-        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL, timeout=300)
+        return subprocess.run(["git", "-C", str(source), *args], capture_output=True, stdin=subprocess.DEVNULL,
+                              timeout=timeout)
     except FileNotFoundError:
         raise UsageError("--affected-by needs git, which is not installed") from None
 
@@ -332,8 +338,7 @@ def old_texts(source: Path, rev: str, changes: Sequence[FileChange], cmap: Cover
     texts = {}
     for change in changes:
         if change.old and change.old in cmap.digests:
-            proc = subprocess.run(["git", "-C", str(source), "show", f"{rev}:./{change.old}"], capture_output=True,
-                                  stdin=subprocess.DEVNULL, timeout=60)
+            proc = _git_bytes(source, "show", f"{rev}:./{change.old}", timeout=60)
             if proc.returncode == 0:
                 texts[change.old] = proc.stdout
     return texts
