@@ -349,7 +349,7 @@ def merge_main(argv: Sequence[str]) -> int:
     p.add_argument("--history", metavar="FILE", type=Path,
                    help="record the merged runs' durations and outcomes in this duration history")
     args = p.parse_args(argv)
-    merged = merge_folders(args.out, args.inputs, args.history)
+    merged = merge_folders(args.out, args.inputs, ["iotests-run", "merge", *argv], args.history)
     out, results, meta = merged.claim.path, merged.results, merged.meta
     if meta["missing_shards"]:
         print(f"iotests-run merge: not among the inputs: shard {', '.join(meta['missing_shards'])}; "

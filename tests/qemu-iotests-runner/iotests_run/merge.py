@@ -89,7 +89,7 @@ def _common_tree(shards: list[Recorded]) -> str:
     return str(trees.pop())
 
 
-def merge_folders(out: Path, inputs: list[Path], history_file: Path | None = None) -> Merged:
+def merge_folders(out: Path, inputs: list[Path], command: list[str], history_file: Path | None = None) -> Merged:
     if not inputs:
         raise UsageError("merge needs at least one results folder")
     _check_folders(out, inputs)
@@ -111,7 +111,9 @@ def merge_folders(out: Path, inputs: list[Path], history_file: Path | None = Non
     meta["merged_from"] = [str(f) for f in inputs]
     meta.pop("shard", None)
     meta["timeline"] = []  # each shard's samples are in its entry of "shards"
+    meta["command"] = command  # the merge's; each shard's stays in its entry of "shards"
     meta["shards"] = [{"folder": str(folder), "shard": s.meta.get("shard"), "started": s.meta.get("started"),
+                       "command": s.meta.get("command") if isinstance(s.meta.get("command"), list) else [],
                        "wall_s": s.meta.get("wall_s"), "complete": s.meta.get("complete") is True,
                        "timeline": s.meta.get("timeline") if isinstance(s.meta.get("timeline"), list) else []}
                       for folder, s in zip(inputs, shards, strict=True)]

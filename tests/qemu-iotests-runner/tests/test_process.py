@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -252,6 +253,13 @@ def test_merge_refuses_shards_that_split_differently_and_its_history_balances_th
     assert [s["shard"]["index"] for s in data["shards"]] == [1, 2]
     timelines = [json.loads((c / "results.json").read_text()).get("timeline", []) for c in cold]
     assert [s["timeline"] for s in data["shards"]] == timelines and any(timelines)
+    # the page names the merge's command line, and each shard's under its timeline (not shard 1's as the merge's)
+    assert data["command"][:2] == ["iotests-run", "merge"] and "--history" in data["command"]
+    for folder, entry in zip(cold, data["shards"], strict=True):
+        assert entry["command"] == json.loads((folder / "results.json").read_text())["command"]
+        assert f"--results {folder}" in " ".join(entry["command"])
+        assert html.escape(" ".join(entry["command"])) in page
+    assert page.index("iotests-run merge ") < page.index('<svg class="timeline"')
 
 
 def test_retry_makes_a_fail_then_pass_flaky_and_keeps_every_attempt(fake_tree: FakeTree, tmp_path: Path) -> None:

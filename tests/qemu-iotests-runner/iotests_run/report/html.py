@@ -210,8 +210,10 @@ def _timelines(results: Sequence[Result], meta: Mapping[str, Any]) -> str:
         name = f"shard {part.get('index')}/{part.get('total')}" if part else f"input {number}"
         wall = f", wall {shard['wall_s']} s" if isinstance(shard.get("wall_s"), (int, float)) else ""
         heading = f"{name} ({shard.get('folder', '?')}){wall}"
+        command = " ".join(map(str, shard.get("command") or []))
+        said = f'<p class="meta"><code>{html.escape(command)}</code></p>' if command else ""
         if chart:
-            charts.append(f'<h3 class="shard">{html.escape(heading)}</h3>{chart}')
+            charts.append(f'<h3 class="shard">{html.escape(heading)}</h3>{said}{chart}')
     return "\n".join(charts)
 
 
