@@ -162,10 +162,16 @@ def affected_part(args: argparse.Namespace, found: Selection, tree_id: str,
     """--affected-by / --affected-by-diff: the runs the change affects (and why), the others not run,
     and the line saying how many."""
     tree = found.tree
-    selection = select_for_change(
-        tree.source, Catalog(tree.iotests, dict(found.all_tests)), tree_id, args.affected_by,
-        args.affected_by_diff, args.coverage_map or reference_cache() / DEFAULT_MAP, args.affected_by_stale_map,
-        lambda text: print(f"iotests-run: warning: {text}", file=sys.stderr))
+    try:
+        selection = select_for_change(
+            tree.source, Catalog(tree.iotests, dict(found.all_tests)), tree_id, args.affected_by,
+            args.affected_by_diff, args.coverage_map or reference_cache() / DEFAULT_MAP, args.affected_by_stale_map,
+            lambda text: print(f"iotests-run: warning: {text}", file=sys.stderr))
+    except UsageError as exc:
+        if not args.affected_by_fallback:
+            raise
+        print(f"iotests-run: warning: every run (--affected-by-fallback): {exc}", file=sys.stderr)
+        return to_run, [], {}, f"{len(to_run)} of {len(to_run)} runs: every run, the change could not select ({exc})"
     kept, unaffected, reasons = selection.split(to_run)
     change = f"{len(kept)} of {len(to_run)} runs affected by {selection.source}"
     if selection.affected.everything:

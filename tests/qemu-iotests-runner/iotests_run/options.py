@@ -196,6 +196,11 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
                       help="as --affected-by, for the change in a patch file (unified diff, a mail with patches)")
     change.add_argument("--affected-by-stale-map", action="store_true",
                         help="use a coverage map although the tree's sources changed since it was made")
+    change.add_argument("--affected-by-fallback", action="store_true",
+                        help="when the change cannot select runs here (no coverage map, a stale one or one of "
+                             "another QEMU, REV unknown in a shallow clone, ...): say why in one line and run "
+                             "everything, instead of exit 2 (for CI and Patchew, where the full run is the safe "
+                             "default)")
     p.add_argument("--pass-env", metavar="NAME", type=_variable_name, action="append", default=[],
                    help="let the tests see this variable although its name looks like a credential "
                         "(TOKEN, SECRET, PASSWORD, ...: those are withheld from tests); repeatable")
@@ -213,8 +218,10 @@ def check_combinations(args: argparse.Namespace) -> None:
         raise UsageError("--repeat with --last-failed: repeat named tests instead (iotests-run TEST --repeat N)")
     if args.until_fail and args.repeat is None:
         raise UsageError("--until-fail needs --repeat N")
-    if args.affected_by_stale_map and not (args.affected_by or args.affected_by_diff):
-        raise UsageError("--affected-by-stale-map needs --affected-by REV or --affected-by-diff FILE")
+    for given, name in ((args.affected_by_stale_map, "--affected-by-stale-map"),
+                        (args.affected_by_fallback, "--affected-by-fallback")):
+        if given and not (args.affected_by or args.affected_by_diff):
+            raise UsageError(f"{name} needs --affected-by REV or --affected-by-diff FILE")
 
 
 def settings_of(args: argparse.Namespace) -> Settings:

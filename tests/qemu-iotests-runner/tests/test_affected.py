@@ -306,6 +306,7 @@ def test_a_map_then_only_the_affected_runs(fake_tree: FakeTree, tmp_path: Path) 
                                       IOTESTS_COVERAGE_MAP=str(cmap), IOTESTS_AFFECTED_BY_DIFF=str(patch)))
     assert patchew.returncode == 0 and patchew.stdout.rstrip().endswith("1 passed, 0 failed, 2 skipped"), \
         patchew.stdout
+    assert f"Selection: 1 of 3 runs affected by {patch}" in patchew.stdout.splitlines()[1]
     # the comment above shrink: outside every function, so everything runs
     source.write_text(FAKE_C.replace("only `qemu-img shrink` runs it", "only shrink runs it"))
     listed = _listing(run_cli(["--affected-by", "HEAD", *args]))
@@ -328,6 +329,19 @@ def test_a_map_then_only_the_affected_runs(fake_tree: FakeTree, tmp_path: Path) 
     assert len(proc.stderr.strip().splitlines()) == 1
     proc = run_cli(["--affected-by", "HEAD", "--affected-by-stale-map", *args])
     assert proc.returncode == 0 and "used anyway (--affected-by-stale-map)" in proc.stderr
+    # CI's choice: a stale map makes the full run, said in one line, never a failed job
+    proc = run_cli(["--affected-by", "HEAD", "--affected-by-fallback", *args])
+    assert proc.returncode == 0 and set(_listing(proc).values()) == {"run"}, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "--affected-by-fallback" in line]
+    assert len(warned) == 1 and "every run" in warned[0] and "is older than the tree's sources" in warned[0]
+    patchew = subprocess.run([str(REPO / "tools" / "patchew" / "run"), str(fake_tree.source), str(fake_tree.build),
+                              "qcow2"], capture_output=True, text=True, cwd=tmp_path,
+                             env=dict(os.environ, IOTESTS_RESULTS=str(tmp_path / "pw-stale"), PYTHON=sys.executable,
+                                      IOTESTS_COVERAGE_MAP=str(cmap), IOTESTS_AFFECTED_BY="HEAD"))
+    # its mail says the runs were all of them, and why
+    assert patchew.stdout.splitlines()[1].startswith("Selection: 3 of 3 runs: every run, the change could not "
+                                                     "select (coverage map"), patchew.stdout
+    assert ", 0 skipped" in patchew.stdout.rstrip().splitlines()[-1], patchew.stdout
     # a diff against a REV whose text of the changed file is not the map's: refused as well
     proc = run_cli(["--affected-by", "HEAD~1", *args])
     assert proc.returncode == 2 and "is older than the tree's sources: block/fake.c" in proc.stderr
@@ -355,6 +369,7 @@ def test_bad_change_selections_are_one_line_and_exit_2(fake_tree: FakeTree, tmp_
         (["--affected-by-diff", str(notes), "--coverage-map", str(notes)], "is not a coverage map"),
         (["--affected-by-diff", str(notes), "--coverage-map", str(maps["9.9.9"])], "is of another tree (QEMU 9.9.9"),
         (["--affected-by-stale-map"], "--affected-by-stale-map needs"),
+        (["--affected-by-fallback"], "--affected-by-fallback needs"),
         (["--affected-by", "HEAD", "--affected-by-diff", str(notes)], "not allowed with argument"),
         (["--coverage-map", str(notes)], "is not a coverage map"),
         (["--coverage-map", str(tmp_path / "m.gz")], "needs a gcov build"),
@@ -372,6 +387,15 @@ def test_bad_change_selections_are_one_line_and_exit_2(fake_tree: FakeTree, tmp_
     assert proc.returncode == 2 and "unknown revision: no-such-rev" in proc.stderr
     proc = run_cli(["--affected-by=--upload-pack=x", "--coverage-map", str(cmap), *args])
     assert proc.returncode == 2 and "unknown revision" in proc.stderr
+    # with --affected-by-fallback, what cannot select runs is one warning line and the full run
+    for extra, words in ((["--affected-by", "no-such-rev", "--coverage-map", str(cmap)], "unknown revision"),
+                         (["--affected-by", "HEAD", "--coverage-map", str(tmp_path / "nomap")], "no coverage map"),
+                         (["--affected-by", "HEAD", "--coverage-map", str(maps["9.9.9"])], "is of another tree")):
+        proc = run_cli([*extra, "--affected-by-fallback", *args])
+        assert proc.returncode == 0 and words in proc.stderr and "every run (--affected-by-fallback)" in proc.stderr
+        runs = json.loads((tmp_path / "r" / "results.json").read_text())["runs"]
+        assert [(r["test"], r["outcome"]) for r in runs] == [("001", "pass")]
+        shutil.rmtree(tmp_path / "r")
 
 
 # --- on the reference tree: a map from its gcov build, a patch to block/qcow2.c -----------------------------

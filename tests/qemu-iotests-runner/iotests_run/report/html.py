@@ -241,6 +241,8 @@ def html_report(results: Sequence[Result], meta: Mapping[str, Any], title: str,
              f"started {meta.get('started', '?')}"]
     if "wall_s" in meta:
         facts.append(f"wall {meta['wall_s']} s")
+    if isinstance(meta.get("affected"), str):
+        facts.append(meta["affected"])
     if meta.get("missing_shards"):
         facts.append(f"INCOMPLETE (shard {', '.join(map(str, meta['missing_shards']))} not merged)")
     elif not meta.get("complete", True):

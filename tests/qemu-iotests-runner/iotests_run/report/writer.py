@@ -116,7 +116,9 @@ def write_people_reports(folder: Path, results: Sequence[Result], meta: Mapping[
                          wall_s: float) -> str:
     """summary.txt and report.html, at the end of a run or a merge; returns the summary's text.
     The copies of a repeated run are folded into one result (repeats.fold), their tally beside it."""
-    text = summary_text(fold(results), title, wall_s, repeated=tallies(results))
+    affected = meta.get("affected")
+    text = summary_text(fold(results), title, wall_s, repeated=tallies(results),
+                        affected=affected if isinstance(affected, str) else None)
     write_atomically(folder / "summary.txt", text)
     page = html_report(fold(results), meta, title, exists=lambda rel: (folder / rel).is_file())
     write_atomically(folder / "report.html", page)
