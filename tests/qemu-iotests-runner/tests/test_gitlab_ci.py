@@ -49,7 +49,7 @@ def test_template_uses_only_options_the_runner_has() -> None:
     used = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", script.split("iotests_run", 1)[1]))
     assert used and used <= known, used - known
     opt_in = set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", doc[".iotests-run"]["script"][0]))
-    assert opt_in == {"--affected-by", "--coverage-map"} and opt_in <= known
+    assert opt_in == {"--affected-by", "--coverage-map", "--affected-by-fallback"} and opt_in <= known
     merge = " ".join(doc[".iotests-run-report"]["script"])
     assert re.search(r"iotests_run merge \S+ \S+ --history " + re.escape(CACHE), merge), merge
 
