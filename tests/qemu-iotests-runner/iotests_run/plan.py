@@ -109,8 +109,11 @@ def static_verdicts(runs: Sequence[Run], default_machine: str, cachemode: str,
 
 
 def shard_from_ci(environ: Mapping[str, str]) -> Shard | None:
-    """GitLab's `parallel:` sets CI_NODE_INDEX and CI_NODE_TOTAL."""
+    """GitLab's `parallel:` sets CI_NODE_INDEX and CI_NODE_TOTAL. A job without `parallel:` has
+    CI_NODE_TOTAL=1 (and gitlab-ci-local sets an index there too): one shard, the whole plan."""
     index, total = environ.get("CI_NODE_INDEX"), environ.get("CI_NODE_TOTAL")
+    if total is not None and total.strip() == "1":
+        return None
     if index and total:
         try:
             return Shard.parse(f"{index}/{total}")

@@ -114,6 +114,14 @@ def test_bad_shard_from_gitlab_names_the_variables(tree: FakeTree, tmp_path: Pat
     expect_usage_error(tmp_path, tree.args(tmp_path / "r"), "CI_NODE_INDEX=5", "CI_NODE_TOTAL=2", env=env)
 
 
+def test_a_gitlab_job_without_parallel_runs_the_whole_plan(tree: FakeTree, tmp_path: Path) -> None:
+    # GitLab sets CI_NODE_TOTAL=1 in a job without `parallel:`; gitlab-ci-local sets an index beside it
+    for index in ("", "1", "2"):
+        env = dict(os.environ, CI_NODE_INDEX=index, CI_NODE_TOTAL="1")
+        proc = run_cli(tree.args(tmp_path / f"r{index}"), env=env)
+        assert proc.returncode == 0 and "shard" not in proc.stdout.lower(), proc.stdout + proc.stderr
+
+
 def test_bad_option_from_iotests_run_args(tree: FakeTree, tmp_path: Path) -> None:
     env = dict(os.environ, IOTESTS_RUN_ARGS="--retry lots")
     proc = run_cli(tree.args(tmp_path / "r"), env=env)
