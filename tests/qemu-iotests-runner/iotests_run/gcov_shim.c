@@ -10,7 +10,14 @@
  *   handler for DUMP_SIGNAL wakes a thread that writes the counters and then an
  *   acknowledgement file "$GCOV_PREFIX.ack.PID";
  * - in every process: kill(PID, SIGKILL) first sends DUMP_SIGNAL to PID when PID handles it,
- *   waits (at most two seconds) for the acknowledgement, then kills as asked.
+ *   waits (at most ten seconds) for the acknowledgement, then kills as asked.
+ *
+ * A program that is already exiting (a QEMU told to `quit`, killed by the test's clean-up while it
+ * still writes its counters) has left gcov's list by then: a dump from the thread would write
+ * nothing and acknowledge at once, and the kill would cut the exit's own dump short (312 lost
+ * every counter of its QEMU that way). So once exit() has begun, the thread leaves the
+ * acknowledgement to this helper's destructor, which runs after the program's own destructors,
+ * gcov's exit dump among them.
  *
  * Nothing else changes: the signal a test sends is still delivered, only later.
  */
@@ -31,6 +38,8 @@
 
 static int wake[2] = { -1, -1 };
 static void (*dump)(void);
+static pthread_mutex_t dumping = PTHREAD_MUTEX_INITIALIZER;
+static int exiting; /* under `dumping` */
 
 static void on_dump_signal(int sig)
 {
@@ -47,9 +56,19 @@ static void ack_path(char *path, size_t size, pid_t pid)
     snprintf(path, size, "%s.ack.%d", prefix ? prefix : "/tmp/iotests-run-gcov", (int)pid);
 }
 
+static void acknowledge(void)
+{
+    char path[PATH_MAX];
+    ack_path(path, sizeof(path), getpid());
+    int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd >= 0) {
+        close(fd);
+    }
+}
+
 static void *dumper(void *arg)
 {
-    char c, path[PATH_MAX];
+    char c;
     sigset_t mine;
     (void)arg;
     /* the only thread that takes DUMP_SIGNAL: no other thread's system call is interrupted by it */
@@ -57,14 +76,54 @@ static void *dumper(void *arg)
     sigaddset(&mine, DUMP_SIGNAL);
     pthread_sigmask(SIG_UNBLOCK, &mine, NULL);
     while (read(wake[0], &c, 1) == 1) {
-        dump();
-        ack_path(path, sizeof(path), getpid());
-        int fd = open(path, O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
-        if (fd >= 0) {
-            close(fd);
+        pthread_mutex_lock(&dumping);
+        if (!exiting) { /* else the destructor below acknowledges, once gcov's exit dump is written */
+            dump();
+            acknowledge();
         }
+        pthread_mutex_unlock(&dumping);
     }
     return NULL;
+}
+
+/* exit() runs the functions registered with atexit in reverse order, the destructors of every
+ * object (_dl_fini, registered by __libc_start_main before main) among them: the program's, gcov's
+ * exit dump there, then ours. This one is registered at the start of main, so it runs before them.
+ * The lock keeps a dump of the thread and gcov's exit dump apart: both writing at once crashed
+ * QEMU (gcov's one file state; a test's SIGKILL right after `quit`). */
+static void on_exit_begins(void)
+{
+    pthread_mutex_lock(&dumping);
+    exiting = 1;
+    pthread_mutex_unlock(&dumping);
+}
+
+typedef int (*main_function)(int, char **, char **);
+static main_function program_main;
+
+static int main_after_registering(int argc, char **argv, char **envp)
+{
+    if (dump) {
+        atexit(on_exit_begins);
+    }
+    return program_main(argc, argv, envp);
+}
+
+int __libc_start_main(main_function main, int argc, char **argv, void (*init)(void), void (*fini)(void),
+                      void (*rtld_fini)(void), void *stack_end)
+{
+    int (*real_start)(main_function, int, char **, void (*)(void), void (*)(void), void (*)(void), void *) =
+        (int (*)(main_function, int, char **, void (*)(void), void (*)(void), void (*)(void), void *))
+            dlsym(RTLD_NEXT, "__libc_start_main");
+    program_main = main;
+    return real_start(main_after_registering, argc, argv, init, fini, rtld_fini, stack_end);
+}
+
+__attribute__((destructor)) static void after_exit_dump(void)
+{
+    if (dump) {
+        acknowledge();
+    }
 }
 
 static int main_program(struct dl_phdr_info *info, size_t size, void *data)
@@ -157,7 +216,7 @@ int kill(pid_t pid, int sig)
         unlink(path);
         if (real_kill(pid, DUMP_SIGNAL) == 0) {
             struct timespec step = { 0, 10 * 1000 * 1000 };
-            for (int i = 0; i < 200 && access(path, F_OK) != 0; i++) {
+            for (int i = 0; i < 1000 && access(path, F_OK) != 0; i++) {
                 nanosleep(&step, NULL);
             }
         }
