@@ -338,6 +338,9 @@ def save_coverage(path: Path, recorder: Recorder, planned: Planned, reporter: Re
                            + (f"; {len(recorder.problems)} unreadable counter files (first: "
                               f"{printable(recorder.problems[0])[:200]})" if recorder.problems else ""),
                            quiet_too=True)
+    if not functions:
+        reporter.progress.note(f"iotests-run: warning: the coverage map holds no function: none of the build's "
+                               f".gcno files names a source under {recorder.source}", quiet_too=True)
 
 
 def exit_status(results: Sequence[Result], complete: bool, strict_flaky: bool) -> int:

@@ -168,6 +168,7 @@ class Recorder:
     _folder: Path | None = None
     _shim: Path | None = None
     _dumps: str = ""
+    _source_roots: list[Path] | None = None
 
     def check_build(self) -> None:
         if not any(self.build.rglob("*.gcno")):
@@ -188,12 +189,31 @@ class Recorder:
             env["IOTESTS_RUN_GCOV_DUMP"] = self._dumps
         return env
 
+    def _roots(self) -> list[Path]:
+        """Where the build's sources are: the tree's, and the folder the build was configured from
+        (config-host.mak's SRC_PATH), when they differ (a CI job whose gcov build came from another
+        checkout of the same sources)."""
+        if self._source_roots is None:
+            roots = [self.source]
+            try:
+                for line in (self.build / "config-host.mak").read_text(errors="replace").splitlines():
+                    if line.startswith("SRC_PATH="):
+                        compiled = Path(os.path.normpath(line.split("=", 1)[1].strip()))
+                        if compiled.is_absolute() and compiled not in roots:
+                            roots.append(compiled)
+            except OSError:
+                pass
+            self._source_roots = roots
+        return self._source_roots
+
     def _source_name(self, notes: Notes, source: str) -> str | None:
         full = Path(os.path.normpath(os.path.join(notes.cwd, source)))
-        try:
-            return str(full.relative_to(self.source))
-        except ValueError:
-            return None  # system headers, code generated into the build folder
+        for root in self._roots():
+            try:
+                return str(full.relative_to(root))
+            except ValueError:
+                continue
+        return None  # system headers, code generated into the build folder
 
     def _notes_at(self, gcno: Path) -> Notes | None:
         """A .gcno, read once per invocation (by the runs' threads and by the map's table alike)."""

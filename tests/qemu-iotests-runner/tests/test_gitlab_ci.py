@@ -15,13 +15,14 @@ import pytest
 import yaml
 from support import ReferenceTree
 
+from iotests_run.coverage_map import load
 from iotests_run.options import make_parser
 from iotests_run.qemu import reference_cache
 
 REPO = Path(__file__).resolve().parents[3]
 TEMPLATE = REPO / "tools" / "gitlab-ci" / "iotests.yml"
-SHARD_JOB, REPORT_JOB = "iotests-qcow2", "iotests-qcow2-report"
-CACHE = ".iotests-run-durations.json"
+SHARD_JOB, REPORT_JOB, MAP_JOB = "iotests-qcow2", "iotests-qcow2-report", "iotests-coverage-map"
+CACHE, MAP_CACHE = ".iotests-run-durations.json", "iotests-run-coverage-map"
 
 
 @pytest.mark.unit
@@ -35,10 +36,19 @@ def test_template_publishes_junit_always_and_has_one_cache_writer() -> None:
     assert report["artifacts"]["expose_as"] and report["artifacts"]["paths"][0] == "iotests-results/report.html"
     assert not any("*" in p or "$" in p for p in report["artifacts"]["paths"])
     assert shard["parallel"] >= 2
-    assert shard["cache"]["policy"] == "pull" and report["cache"]["policy"] == "pull-push"
-    assert CACHE in shard["cache"]["paths"] and CACHE in report["cache"]["paths"]
+    caches = {c["key"]: c for c in shard["cache"]}
+    assert caches["iotests-run-durations"]["policy"] == "pull" and report["cache"]["policy"] == "pull-push"
+    assert CACHE in caches["iotests-run-durations"]["paths"] and CACHE in report["cache"]["paths"]
     assert report["when"] == "always" and report["cache"]["when"] == "always"
     assert doc[SHARD_JOB]["extends"] == ".iotests-run" and doc[REPORT_JOB]["needs"] == [SHARD_JOB]
+    # the coverage map: one writer, asked for only (a schedule), its file the one the shards pull and read
+    mapper = doc[".iotests-run-coverage-map"]
+    assert mapper["cache"]["policy"] == "push" and caches[MAP_CACHE]["policy"] == "pull"
+    assert mapper["cache"]["key"] == MAP_CACHE and mapper["cache"]["paths"] == caches[MAP_CACHE]["paths"]
+    assert mapper["variables"]["IOTESTS_COVERAGE_MAP"] == shard["variables"]["IOTESTS_COVERAGE_MAP"] \
+        == caches[MAP_CACHE]["paths"][0]
+    assert mapper["rules"] == [{"if": "$IOTESTS_MAKE_COVERAGE_MAP"}]
+    assert doc[MAP_JOB]["extends"] == ".iotests-run-coverage-map"
 
 
 @pytest.mark.unit
@@ -52,6 +62,9 @@ def test_template_uses_only_options_the_runner_has() -> None:
     assert opt_in == {"--affected-by", "--coverage-map", "--affected-by-fallback"} and opt_in <= known
     merge = " ".join(doc[".iotests-run-report"]["script"])
     assert re.search(r"iotests_run merge \S+ \S+ --history " + re.escape(CACHE), merge), merge
+    mapper = " ".join(doc[".iotests-run-coverage-map"]["script"]).split("iotests_run", 1)[1]
+    used = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", mapper))
+    assert "--coverage-map" in used and used <= known, used - known
 
 
 # --- the template's jobs run by gitlab-ci-local ---------------------------------------------------------------
@@ -103,11 +116,14 @@ def _fork(top: Path, tree: ReferenceTree) -> Path:
     return project
 
 
-def _pipeline(tool: Path, project: Path, tree: ReferenceTree) -> subprocess.CompletedProcess[str]:
+def _pipeline(tool: Path, project: Path, tree: ReferenceTree, *variables: str,
+              jobs: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """A pipeline (or only `jobs`) with the variables given, as GitLab would run it."""
+    settings = [arg for v in ("IOTESTS_GROUPS=ci-smoke", f"QEMU_BUILD={tree.build}", *variables)
+                for arg in ("--variable", v)]
     return subprocess.run(
         [str(tool), "--shell-isolation", "--no-artifacts-to-source", "--home", str(project.parent / "home"),
-         "--variable", "IOTESTS_GROUPS=ci-smoke", "--variable", f"QEMU_BUILD={tree.build}"],
-        cwd=project, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
+         *settings, *jobs], cwd=project, capture_output=True, text=True, timeout=900, stdin=subprocess.DEVNULL)
 
 
 def _shard_folders(project: Path) -> dict[int, Path]:
@@ -119,6 +135,12 @@ def _shard_folders(project: Path) -> dict[int, Path]:
 def _junit_cases(folder: Path) -> list[tuple[str, bool]]:
     root = ET.parse(folder / "junit.xml").getroot()
     return [(c.get("name") or "", c.find("failure") is not None) for c in root.iter("testcase")]
+
+
+def _junit_skipped(folder: Path) -> dict[str, str]:
+    root = ET.parse(folder / "junit.xml").getroot()
+    return {c.get("name") or "": (skip.get("message") or "") + (skip.text or "")
+            for c in root.iter("testcase") if (skip := c.find("skipped")) is not None}
 
 
 def _cached(project: Path) -> dict[str, float]:
@@ -133,7 +155,7 @@ def _job_log(log: str, job: str) -> str:
 
 @pytest.mark.e2e
 def test_the_template_runs_sharded_keeps_its_artifacts_and_balances_from_its_cache(
-        reference_tree: ReferenceTree, tmp_path: Path) -> None:
+        reference_tree: ReferenceTree, coverage_tree: ReferenceTree, tmp_path: Path) -> None:
     tool = _gitlab_ci_local()
     project = _fork(tmp_path, reference_tree)
     doc = yaml.safe_load(TEMPLATE.read_text())
@@ -178,7 +200,17 @@ def test_the_template_runs_sharded_keeps_its_artifacts_and_balances_from_its_cac
     # longest first onto the least loaded shard: no shard exceeds the mean by more than the longest run
     assert max(loads) <= sum(loads) / 2 + max(durations.values()) + 1e-6
 
-    # 3. a regression: the shard running 001 fails, its artifacts and the merged report are kept
+    # 3. the coverage map job, as a schedule would run it: on the gcov build, into the map's cache
+    mapped = _pipeline(tool, project, reference_tree, "IOTESTS_MAKE_COVERAGE_MAP=1",
+                       f"QEMU_COVERAGE_BUILD={coverage_tree.build}", jobs=(MAP_JOB,))
+    log = mapped.stdout + mapped.stderr
+    assert mapped.returncode == 0 and re.search(rf"PASS +{MAP_JOB}", log), log[-4000:]
+    cmap = load(project / ".gitlab-ci-local" / "cache" / MAP_CACHE / ".iotests-run-coverage-map.json.gz")
+    assert sorted(cmap.runs) == [f"qcow2-file/{t}" for t in SMOKE]
+    assert all(len(functions) > 300 for functions in cmap.runs.values())  # QEMU's, each run its own
+
+    # 4. a regression: the shard running 001 fails, its artifacts and the merged report are kept
+    # (no merge request base here: the map in the cache changes nothing, the full run)
     reference = project / "tests" / "qemu-iotests" / "001.out"
     text = reference.read_text()
     reference.unlink()
@@ -196,3 +228,22 @@ def test_the_template_runs_sharded_keeps_its_artifacts_and_balances_from_its_cac
     assert "-a line 001 does not print" in diff.read_text()
     assert (report / "iotests-results" / "runs" / "qcow2-file" / "001" / "diff.txt").is_file()
     assert (report / "iotests-results" / "report.html").is_file()
+    assert not any("not affected by the change" in why for f in shards.values() for why in _junit_skipped(f).values())
+
+    # 5. a merge request pipeline (its base: the commit before the regression): with the map cached, the
+    # shards run only what the change affects (001.out: 001's runs), report the others not run and why
+    fifth = _pipeline(tool, project, reference_tree, "IOTESTS_AFFECTED_BY=HEAD~1")
+    log = fifth.stdout + fifth.stderr
+    assert fifth.returncode != 0
+    shards = _shard_folders(project)
+    assert sorted(case for folder in shards.values() for case in _junit_cases(folder)) == [
+        ("001", True), *((t, False) for t in SMOKE[1:])]
+    skipped = {test: why for folder in shards.values() for test, why in _junit_skipped(folder).items()}
+    assert sorted(skipped) == SMOKE[1:], skipped
+    assert all("not affected by the change (coverage map of" in why for why in skipped.values()), skipped
+    for index in (1, 2):
+        said = rf"{re.escape(SHARD_JOB)}: \[{index}/2\] .*\d of 4 runs affected by git diff HEAD~1"
+        assert re.search(said, log), index
+    assert re.search(rf"FAIL +{re.escape(REPORT_JOB)}", log)
+    merged = project / ".gitlab-ci-local" / "artifacts" / REPORT_JOB / "iotests-results" / "summary.txt"
+    assert "Selection: 1 of 4 runs affected by git diff HEAD~1" in merged.read_text().splitlines()[1]
