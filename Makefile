@@ -7,7 +7,7 @@ BIN = $(VENV)/bin
 
 .PHONY: demo check check-fast check-block lint reference reference-all reference-coverage browser graphviz gitlab-ci-local venv bench clean
 
-$(BIN)/iotests-run: pyproject.toml meson.build $(shell find tests/qemu-iotests-runner/iotests_run -name '*.py' -o -name '*.json' 2>/dev/null)
+$(BIN)/iotests-run: pyproject.toml meson.build $(shell find tests/qemu-iotests-runner/iotests_run -name '*.py' -o -name '*.json' -o -name '*.c' 2>/dev/null)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q '.[test]'

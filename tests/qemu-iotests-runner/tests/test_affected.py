@@ -445,3 +445,17 @@ def test_a_qcow2_patch_runs_the_qcow2_runs_only(coverage_tree: ReferenceTree, re
     runs = {(r["format"], r["test"]): r for r in
             json.loads((tmp_path / "r-affected" / "results.json").read_text())["runs"]}
     assert {k for k, r in runs.items() if r["outcome"] == "pass"} == {("qcow2", t) for t in writers}
+
+
+@pytest.mark.e2e
+def test_a_qemu_killed_while_it_quits_keeps_its_counters(coverage_tree: ReferenceTree, tmp_path: Path) -> None:
+    # 312 sends `quit` and its clean-up SIGKILLs the QEMU while it still writes its counters at exit: the
+    # helper once dumped beside gcov's exit dump there, which crashed QEMU and lost most of them
+    cmap_file = tmp_path / "map.json.gz"
+    proc = run_cli(["-f", "qcow2", "312", "--coverage-map", str(cmap_file), *coverage_tree.args(tmp_path / "r")])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr
+    cmap = load(cmap_file)
+    table = cmap.table()
+    ran = {(table[i][0], table[i][1].name) for i in cmap.runs["qcow2-file/312"]}
+    assert ("block/mirror.c", "mirror_run") in ran  # what the test is about: its QEMU's mirror job
+    assert ("softmmu/vl.c", "qemu_init") in ran  # and QEMU's start-up, written with the rest at its exit
