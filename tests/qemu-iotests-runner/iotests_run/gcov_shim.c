@@ -13,11 +13,10 @@
  *   waits (at most ten seconds) for the acknowledgement, then kills as asked.
  *
  * A program that is already exiting (a QEMU told to `quit`, killed by the test's clean-up while it
- * still writes its counters) has left gcov's list by then: a dump from the thread would write
- * nothing and acknowledge at once, and the kill would cut the exit's own dump short (312 lost
- * every counter of its QEMU that way). So once exit() has begun, the thread leaves the
- * acknowledgement to this helper's destructor, which runs after the program's own destructors,
- * gcov's exit dump among them.
+ * still writes its counters) is running gcov's exit dump: a dump from the thread beside it crashed
+ * QEMU in gcov's writer, and 312 lost most counters of its QEMU that way. So once exit() has begun
+ * the thread dumps no more, and this helper's destructor, which runs after the program's own
+ * destructors (gcov's exit dump among them), acknowledges.
  *
  * Nothing else changes: the signal a test sends is still delivered, only later.
  */
