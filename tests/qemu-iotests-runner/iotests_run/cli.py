@@ -332,7 +332,7 @@ def save_coverage(path: Path, recorder: Recorder, planned: Planned, reporter: Re
         cmap = recorder.save(path, planned.tree_id)
     finally:
         recorder.close()
-    functions = len(cmap.table())
+    functions = sum(len(spans) for spans in cmap.files.values())
     reporter.progress.note(f"iotests-run: coverage map {path}: {len(cmap.runs)} runs, {functions} functions in "
                            f"{len(cmap.files)} source files, {path.stat().st_size // 1024} KB"
                            + (f"; {len(recorder.problems)} unreadable counter files (first: "

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -168,7 +169,6 @@ class Recorder:
     _folder: Path | None = None
     _shim: Path | None = None
     _dumps: str = ""
-    _source_roots: list[Path] | None = None
 
     def check_build(self) -> None:
         if not any(self.build.rglob("*.gcno")):
@@ -189,26 +189,25 @@ class Recorder:
             env["IOTESTS_RUN_GCOV_DUMP"] = self._dumps
         return env
 
+    @cached_property
     def _roots(self) -> list[Path]:
         """Where the build's sources are: the tree's, and the folder the build was configured from
         (config-host.mak's SRC_PATH), when they differ (a CI job whose gcov build came from another
         checkout of the same sources)."""
-        if self._source_roots is None:
-            roots = [self.source]
-            try:
-                for line in (self.build / "config-host.mak").read_text(errors="replace").splitlines():
-                    if line.startswith("SRC_PATH="):
-                        compiled = Path(os.path.normpath(line.split("=", 1)[1].strip()))
-                        if compiled.is_absolute() and compiled not in roots:
-                            roots.append(compiled)
-            except OSError:
-                pass
-            self._source_roots = roots
-        return self._source_roots
+        roots = [self.source]
+        try:
+            for line in (self.build / "config-host.mak").read_text(errors="replace").splitlines():
+                if line.startswith("SRC_PATH="):
+                    compiled = Path(os.path.normpath(line.split("=", 1)[1].strip()))
+                    if compiled.is_absolute() and compiled not in roots:
+                        roots.append(compiled)
+        except OSError:
+            pass
+        return roots
 
     def _source_name(self, notes: Notes, source: str) -> str | None:
         full = Path(os.path.normpath(os.path.join(notes.cwd, source)))
-        for root in self._roots():
+        for root in self._roots:
             try:
                 return str(full.relative_to(root))
             except ValueError:
