@@ -304,7 +304,8 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
     perturb = malloc_perturb(os.environ)
     reporter, admission = start_reporting(args, cpus, found, planned, held, junit_copy, tests_env.variables,
                                           tests_env.withheld, perturb, started)
-    limits = limits_for(LimitOptions(args.timeout, args.timeout_multiplier, args.hang_timeout, args.grace))
+    limits = limits_for(LimitOptions(args.timeout, args.timeout_multiplier, args.hang_timeout, args.grace,
+                                     args.hang_factor, history.last_passed(planned.history_file, planned.tree_id)))
     ended = run_in_sandboxes(planned.runs, found.tree, results_dir=held.path, scratch=found.scratch,
                              isolate=not args.no_isolation, perturb=perturb, user_env=tests_env.variables,
                              environ=os.environ, limits=limits, retries=args.retry, admission=admission,

@@ -133,6 +133,13 @@ def recent(path: Path, tree: str) -> dict[str, Recent]:
             for k, v in outcomes.items() if isinstance(v, str) and set(v) <= set(LETTER.values())}
 
 
+def last_passed(path: Path, tree: str) -> dict[str, float]:
+    """The duration of every run whose latest remembered outcome on this tree is a pass (history_key -> s)."""
+    durations, _ = load(path, tree)
+    return {key: durations[key] for key, past in recent(path, tree).items()
+            if past.outcomes.endswith(LETTER[Outcome.PASS]) and key in durations}
+
+
 def save(path: Path, tree: str, results: Iterable[Result]) -> None:
     """Add the durations of runs that really ran, and every run's outcome to its recent history;
     a failed save is not an error (the file is a cache)."""

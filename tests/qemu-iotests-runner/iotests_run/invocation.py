@@ -12,7 +12,7 @@ import py_compile
 import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from iotests_run.coverage_map import Recorder
 from iotests_run.cpu import Admission
 from iotests_run.environment import Settings, TestsBase
 from iotests_run.execute import Context, execute_all
+from iotests_run.history import history_key
 from iotests_run.isolation import probe
 from iotests_run.load import Load
 from iotests_run.model import LiveRun, Result, Run
@@ -28,7 +29,7 @@ from iotests_run.qemu import QemuTree
 from iotests_run.registry import Registry
 from iotests_run.repeats import Policy
 from iotests_run.sandbox import ShortRoot
-from iotests_run.supervise import Limits
+from iotests_run.supervise import HANG_FLOOR_S, Limits
 from iotests_run.tracking import CgroupRoot, Trackers
 from iotests_run.watchdog import start as start_watchdog
 
@@ -39,15 +40,25 @@ class LimitOptions:
     multiplier: float  # --timeout-multiplier
     hang_timeout_s: float
     grace_s: float
+    hang_factor: float = 0.0  # --hang-factor
+    passed: Mapping[str, float] = field(default_factory=dict)  # history_key -> its last run's duration, a pass
 
 
 def limits_for(options: LimitOptions) -> Callable[[Run], Limits]:
-    """Each run's limits: --timeout or the shipped per-test override, times the multiplier."""
+    """Each run's limits: --timeout or the shipped per-test override, times the multiplier; --hang-timeout,
+    or sooner for a run that passed last time: --hang-factor times that run's duration (times the
+    multiplier), never under HANG_FLOOR_S. A healthy run cannot sit idle for longer than it took in all."""
     table = json.loads(resources.files("iotests_run").joinpath("timeouts.json").read_text())["tests"]
 
     def limits(run: Run) -> Limits:
         timeout = float(table.get(run.test.key, options.timeout_s)) * options.multiplier
-        return Limits(timeout_s=timeout, hang_timeout_s=options.hang_timeout_s, grace_s=options.grace_s)
+        hang, basis = options.hang_timeout_s, "--hang-timeout"
+        took = options.passed.get(history_key(run))
+        if options.hang_factor and took is not None:
+            sooner = round(max(HANG_FLOOR_S, options.hang_factor * took) * options.multiplier, 1)
+            if sooner < hang:
+                hang, basis = sooner, f"--hang-factor {options.hang_factor:g} x {took:g} s, its last passing run"
+        return Limits(timeout_s=timeout, hang_timeout_s=hang, grace_s=options.grace_s, hang_basis=basis)
 
     return limits
 

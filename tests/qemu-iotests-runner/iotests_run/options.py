@@ -19,11 +19,13 @@ from iotests_run.cpu import Cpus
 from iotests_run.environment import VARIABLE_NAME, Settings
 from iotests_run.errors import UsageError
 from iotests_run.report.progress import NORMAL, QUIET, QUIET_NOTICE_S, VERBOSE
+from iotests_run.supervise import HANG_FLOOR_S
 from iotests_run.text import printable
 
 # No healthy quick iotest comes near these (the slowest take about 16 s on 2 busy cores).
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_HANG_TIMEOUT_S = 120.0
+DEFAULT_HANG_FACTOR = 5.0
 # What QEMU accepts for cache= and aio= (check passes them on as CACHEMODE and AIOMODE).
 CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
 AIO_MODES = ("threads", "native", "io_uring")
@@ -89,6 +91,7 @@ def _number(convert: Callable[[str], float], minimum: float, strict: bool, wordi
 _jobs = _number(int, 1, False, "at least 1")
 _count = _number(int, 0, False, "0 or more")
 _seconds = _number(float, 0, True, "more than 0")
+_factor = _number(float, 0, False, "0 or more")
 
 
 def _variable_name(value: str) -> str:
@@ -141,6 +144,11 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
                    help="multiply every hard limit, for slow machines and sanitizer builds")
     p.add_argument("--hang-timeout", type=_seconds, default=DEFAULT_HANG_TIMEOUT_S, metavar="SECONDS",
                    help="a run whose processes used no CPU and wrote no output this long is a hang "
+                        "(default: %(default)g)")
+    p.add_argument("--hang-factor", type=_factor, default=DEFAULT_HANG_FACTOR, metavar="X",
+                   help="a run that passed the last time it ran on this tree (duration history) is a hang sooner: "
+                        "after X times that run's duration with no CPU and no output, at least "
+                        f"{HANG_FLOOR_S:g} s and at most --hang-timeout; 0: --hang-timeout only "
                         "(default: %(default)g)")
     p.add_argument("--grace", type=_seconds, default=3.0, metavar="SECONDS",
                    help="between TERM and KILL when a run is stopped (default: %(default)g)")

@@ -3,9 +3,10 @@
 The test runs in its own session (and namespaces, and cgroup where allowed)
 with stdin /dev/null and its output in a file. While it runs, it is checked
 once a second: past the hard timeout it is a timeout; when its whole process
-tree used (almost) no CPU and wrote no output for the hang timeout it is a
-hang. Either way diagnostics come first, then TERM to every process of the
-run, a grace period, and KILL. When the test exits, anything it left running
+tree used (almost) no CPU and wrote no output for the hang timeout (shorter for
+a run whose duration history says it passed quickly) it is a hang. Either way
+diagnostics come first, then TERM to every process of the run, a grace period,
+and KILL. When the test exits, anything it left running
 is a leak: described, then killed.
 """
 
@@ -34,6 +35,8 @@ TICK_S = 1.0
 LEAK_GRACE_S = 2.0
 # Below this average CPU use (fraction of one core) a process tree counts as idle.
 IDLE_CPU_RATE = 0.005
+# The shortest hang limit a run's duration history can give it (--hang-factor).
+HANG_FLOOR_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class Limits:
     timeout_s: float
     hang_timeout_s: float
     grace_s: float = 3.0
+    hang_basis: str = "--hang-timeout"  # where hang_timeout_s comes from, for the hang's reason
     diagnostics_budget_s: float = 60.0
 
 
@@ -144,7 +148,7 @@ def _watch(pidfd: int, output: Path, tracker: Tracker, limits: Limits,
         elif cpu - mark_cpu > IDLE_CPU_RATE * (now - mark_t) + 0.02:
             mark_cpu, mark_t = cpu, now
         elif now - max(mark_t, live.last_activity) >= limits.hang_timeout_s:
-            return Stop.HANG, (f"no CPU and no output for {limits.hang_timeout_s:g} s (--hang-timeout); "
+            return Stop.HANG, (f"no CPU and no output for {limits.hang_timeout_s:g} s ({limits.hang_basis}); "
                             f"{cpu:.2f} s CPU in all")
     return None, ""
 

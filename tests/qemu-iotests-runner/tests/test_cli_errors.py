@@ -45,6 +45,7 @@ CASES: dict[str, Case] = {
     "jobs not a number": lambda t, r: (["-j", "many", *t.args(r)], ("many",)),
     "timeout zero": lambda t, r: (["--timeout", "0", *t.args(r)], ("--timeout", "0")),
     "hang timeout not a number": lambda t, r: (["--hang-timeout", "soon", *t.args(r)], ("soon",)),
+    "negative hang factor": lambda t, r: (["--hang-factor", "-1", *t.args(r)], ("--hang-factor", "-1")),
     "negative multiplier": lambda t, r: (["--timeout-multiplier", "-2", *t.args(r)], ("-2",)),
     "scratch with a dot": lambda t, r: (["--scratch", "/tmp/a.b", *t.args(r)], ("--scratch", "/tmp/a.b")),
     "unknown option": lambda t, r: (["--frobnicate", *t.args(r)], ("--frobnicate",)),

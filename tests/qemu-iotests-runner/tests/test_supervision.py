@@ -229,3 +229,21 @@ def test_cleanup_never_follows_a_symlink_out_of_the_sandbox(fake_tree: FakeTree,
     proc = run_cli(["001", *fake_tree.args(tmp_path / "results")])
     assert proc.returncode == (0 if verdict == "pass" else 1), proc.stdout
     assert (outside / "keep.txt").read_text() == "mine"
+
+
+def test_a_run_that_passed_quickly_before_is_a_hang_long_before_the_hang_timeout(fake_tree: FakeTree,
+                                                                                  tmp_path: Path) -> None:
+    """Its duration history says it passed in well under a second: idle for 10 s it is a hang, with its reason."""
+    stuck = tmp_path / "stuck"
+    fake_tree.add_test("001", f'if [ -e "{stuck}" ]; then sleep 3600; fi\necho ok\n', out="ok\n")
+    args = ["-f", "qcow2", "001", "--hang-timeout", "100", "--history", str(tmp_path / "d.json")]
+    assert run_cli([*args, *fake_tree.args(tmp_path / "r1")]).returncode == 0
+    stuck.touch()
+    started = time.monotonic()
+    proc = run_cli([*args, *fake_tree.args(tmp_path / "r2")])
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert time.monotonic() - started < 40
+    run = outcomes(tmp_path / "r2")["001"]
+    assert run["outcome"] == "hang"
+    assert "no CPU and no output for 10 s (--hang-factor 5 x " in str(run["reason"])
+    assert "sleep 3600" in (tmp_path / "r2/runs/qcow2-file/001/diagnostics/processes.txt").read_text()
