@@ -159,6 +159,19 @@ class _Tags(HTMLParser):
         self.attrs += [(k, v or "") for k, v in attrs]
 
 
+def test_a_merged_shard_that_started_no_run_keeps_its_heading() -> None:
+    """A merge request's shard whose runs the change did not affect still says what it was and that it ran nothing."""
+    ran, idle = (Run(TestCase(k, Path(k), frozenset()), "qcow2", "file") for k in ("001", "002"))
+    results = [Result(ran, Outcome.FAIL, "output mismatch", 1.0, started_s=0.5, shard=1),
+               Result(idle, Outcome.NOT_RUN, "not affected by the change (coverage map of 2026-11-30)", shard=2)]
+    shards = [{"shard": {"index": i, "total": 2}, "folder": f"shard{i}", "command": ["iotests-run", f"--shard={i}/2"]}
+              for i in (1, 2)]
+    page = html_report(results, {"shards": shards}, "merged")
+    assert page.count('<svg class="timeline"') == 1
+    assert "shard 2/2 (shard2)" in page and "--shard=2/2" in page
+    assert "started no run: its 1 run(s) were not run" in page
+
+
 def test_no_markup_from_test_names_output_or_merged_files_reaches_the_page(tmp_path: Path) -> None:
     """Names, reasons, diffs and meta of a hostile (merged) results.json are text in the browser's DOM, never markup."""
     run = Run(TestCase(f"tests/{HOSTILE}", Path(HOSTILE), frozenset()), HOSTILE, "file")

@@ -212,8 +212,10 @@ def _timelines(results: Sequence[Result], meta: Mapping[str, Any]) -> str:
         heading = f"{name} ({shard.get('folder', '?')}){wall}"
         command = " ".join(map(str, shard.get("command") or []))
         said = f'<p class="meta"><code>{html.escape(command)}</code></p>' if command else ""
-        if chart:
-            charts.append(f'<h3 class="shard">{html.escape(heading)}</h3>{said}{chart}')
+        if not chart:  # every run of its part was known not to run (not affected, not applicable)
+            mine = sum(r.shard == number for r in results)
+            chart = f'<p class="meta">started no run: its {mine} run(s) were not run (see the matrix)</p>'
+        charts.append(f'<h3 class="shard">{html.escape(heading)}</h3>{said}{chart}')
     return "\n".join(charts)
 
 
