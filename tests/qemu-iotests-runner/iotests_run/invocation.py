@@ -29,7 +29,7 @@ from iotests_run.qemu import QemuTree
 from iotests_run.registry import Registry
 from iotests_run.repeats import Policy
 from iotests_run.sandbox import ShortRoot
-from iotests_run.supervise import HANG_FLOOR_S, Limits
+from iotests_run.supervise import HANG_FLOOR_S, Limits, SoonerHang
 from iotests_run.tracking import CgroupRoot, Trackers
 from iotests_run.watchdog import start as start_watchdog
 
@@ -47,18 +47,20 @@ class LimitOptions:
 def limits_for(options: LimitOptions) -> Callable[[Run], Limits]:
     """Each run's limits: --timeout or the shipped per-test override, times the multiplier; --hang-timeout,
     or sooner for a run that passed last time: --hang-factor times that run's duration (times the
-    multiplier), never under HANG_FLOOR_S. A healthy run cannot sit idle for longer than it took in all."""
+    multiplier), never under HANG_FLOOR_S. A healthy run cannot sit idle for longer than it took in all
+    (supervise.SoonerHang: unless it waits for a disk)."""
     table = json.loads(resources.files("iotests_run").joinpath("timeouts.json").read_text())["tests"]
 
     def limits(run: Run) -> Limits:
         timeout = float(table.get(run.test.key, options.timeout_s)) * options.multiplier
-        hang, basis = options.hang_timeout_s, "--hang-timeout"
+        sooner = None
         took = options.passed.get(history_key(run))
         if options.hang_factor and took is not None:
-            sooner = round(max(HANG_FLOOR_S, options.hang_factor * took) * options.multiplier, 1)
-            if sooner < hang:
-                hang, basis = sooner, f"--hang-factor {options.hang_factor:g} x {took:g} s, its last passing run"
-        return Limits(timeout_s=timeout, hang_timeout_s=hang, grace_s=options.grace_s, hang_basis=basis)
+            after = round(max(HANG_FLOOR_S, options.hang_factor * took) * options.multiplier, 1)
+            if after < options.hang_timeout_s:
+                sooner = SoonerHang(after, f"--hang-factor {options.hang_factor:g} x {took:g} s, its last passing run")
+        return Limits(timeout_s=timeout, hang_timeout_s=options.hang_timeout_s, grace_s=options.grace_s,
+                      sooner_hang=sooner)
 
     return limits
 

@@ -40,12 +40,21 @@ HANG_FLOOR_S = 10.0
 
 
 @dataclass(frozen=True)
+class SoonerHang:
+    """A shorter hang limit, from the run's duration history (--hang-factor). Its clock stands still while
+    a thread of the run sleeps uninterruptibly: waiting for a slow disk is not waiting for an event."""
+
+    after_s: float
+    basis: str  # for the hang's reason
+
+
+@dataclass(frozen=True)
 class Limits:
     timeout_s: float
     hang_timeout_s: float
     grace_s: float = 3.0
-    hang_basis: str = "--hang-timeout"  # where hang_timeout_s comes from, for the hang's reason
     diagnostics_budget_s: float = 60.0
+    sooner_hang: SoonerHang | None = None
 
 
 @dataclass(frozen=True)
@@ -125,10 +134,29 @@ def _terminate(proc: subprocess.Popen[bytes], tracker: Tracker, grace_s: float) 
     kill_all(tracker, signal.SIGKILL)
 
 
+def _waits_uninterruptibly(pids: list[int]) -> bool:
+    """Whether a thread of these processes is in state D (a disk's answer, a FUSE request, a vfork child)."""
+    for pid in pids:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in threads:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] == b"D":  # the state follows "(comm) "
+                return True
+    return False
+
+
 def _watch(pidfd: int, output: Path, tracker: Tracker, limits: Limits,
            registry: Registry, live: LiveRun) -> tuple[Stop | None, str]:
     """Wait for the test; return why it must be stopped (or None when it exited)."""
     size, mark_cpu, mark_t = -1, tracker.cpu_seconds(), live.started
+    waited_on_storage = live.started  # the last tick a thread of the run was in state D, while idle
     while not _wait_exit(pidfd, TICK_S):
         now = time.monotonic()
         if registry.stopping.is_set():
@@ -148,8 +176,14 @@ def _watch(pidfd: int, output: Path, tracker: Tracker, limits: Limits,
         elif cpu - mark_cpu > IDLE_CPU_RATE * (now - mark_t) + 0.02:
             mark_cpu, mark_t = cpu, now
         elif now - max(mark_t, live.last_activity) >= limits.hang_timeout_s:
-            return Stop.HANG, (f"no CPU and no output for {limits.hang_timeout_s:g} s ({limits.hang_basis}); "
-                            f"{cpu:.2f} s CPU in all")
+            return Stop.HANG, (f"no CPU and no output for {limits.hang_timeout_s:g} s (--hang-timeout); "
+                               f"{cpu:.2f} s CPU in all")
+        elif (sooner := limits.sooner_hang) is not None:
+            if _waits_uninterruptibly(tracker.members()):
+                waited_on_storage = now
+            if now - max(mark_t, live.last_activity, waited_on_storage) >= sooner.after_s:
+                return Stop.HANG, (f"no CPU and no output for {sooner.after_s:g} s ({sooner.basis}); "
+                                   f"{cpu:.2f} s CPU in all")
     return None, ""
 
 

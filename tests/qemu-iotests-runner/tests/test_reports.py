@@ -179,7 +179,8 @@ def test_a_run_that_passed_last_time_is_a_hang_after_a_few_times_its_duration(tm
 
     def hang(run: Run, factor: float = 5, hang_timeout: float = 120, multiplier: float = 1) -> tuple[float, str]:
         limits = limits_for(LimitOptions(600, multiplier, hang_timeout, 3, factor, passed))(run)
-        return limits.hang_timeout_s, limits.hang_basis
+        sooner = limits.sooner_hang
+        return (sooner.after_s, sooner.basis) if sooner else (limits.hang_timeout_s, "--hang-timeout")
 
     assert hang(quick) == (10.0, "--hang-factor 5 x 0.7 s, its last passing run")  # never under the floor
     assert hang(slow) == (30.0, "--hang-factor 5 x 6 s, its last passing run")
