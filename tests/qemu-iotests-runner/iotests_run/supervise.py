@@ -6,8 +6,8 @@ once a second: past the hard timeout it is a timeout; when its whole process
 tree used (almost) no CPU and wrote no output for the hang timeout (shorter for
 a run whose duration history says it passed quickly) it is a hang. Either way
 diagnostics come first, then TERM to every process of the run, a grace period,
-and KILL. When the test exits, anything it left running
-is a leak: described, then killed.
+and KILL. When the test exits, anything it left running is a leak: described,
+then killed.
 """
 
 from __future__ import annotations
@@ -147,7 +147,8 @@ def _waits_uninterruptibly(pids: list[int]) -> bool:
                     stat = f.read()
             except OSError:
                 continue
-            if stat[stat.rfind(b")") + 2:stat.rfind(b")") + 3] == b"D":  # the state follows "(comm) "
+            name_end = stat.rfind(b")")  # "pid (comm) STATE ...", comm may hold anything
+            if stat[name_end + 2:name_end + 3] == b"D":
                 return True
     return False
 
