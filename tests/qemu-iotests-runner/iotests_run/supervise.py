@@ -138,18 +138,15 @@ def _waits_uninterruptibly(pids: list[int]) -> bool:
     """Whether a thread of these processes is in state D (a disk's answer, a FUSE request, a vfork child)."""
     for pid in pids:
         try:
-            threads = os.listdir(f"/proc/{pid}/task")
-        except OSError:
+            threads = psutil.Process(pid).threads()
+        except psutil.Error:
             continue
-        for tid in threads:
+        for thread in threads:
             try:
-                with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                    stat = f.read()
-            except OSError:
+                if psutil.Process(thread.id).status() == psutil.STATUS_DISK_SLEEP:
+                    return True
+            except psutil.Error:
                 continue
-            name_end = stat.rfind(b")")  # "pid (comm) STATE ...", comm may hold anything
-            if stat[name_end + 2:name_end + 3] == b"D":
-                return True
     return False
 
 
