@@ -21,6 +21,7 @@ from iotests_run.cpu import Admission
 from iotests_run.diagnostics import Evidence, core_files, examine_cores
 from iotests_run.environment import TestsBase, child_environment
 from iotests_run.history import history_key
+from iotests_run.inputs import read_optional
 from iotests_run.isolation import Isolation, Overlay
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.qemu import QemuTree
@@ -30,7 +31,6 @@ from iotests_run.results_folder import DIFF, LEAKED, REPRODUCER, run_folder
 from iotests_run.sandbox import Sandbox, ShortRoot, remove_tree
 from iotests_run.services import HOST_NETWORK_PROTOCOLS
 from iotests_run.supervise import Ending, Launch, Limits, Watch, supervise
-from iotests_run.text import read_file_text
 from iotests_run.tracking import MARKER, Trackers
 from iotests_run.verdict import Verdict, reference_output, run_verdict, with_core
 
@@ -202,7 +202,7 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     if core_evidence is not None:
         verdict = with_core(verdict, core_evidence.cause)
     # the cases a Python test skipped (iotests.case_notrun appends a line each), as check reads them
-    casenotrun = read_file_text(box.test_dir / f"{run.test.name}.casenotrun", CASENOTRUN_BYTES) or ""
+    casenotrun = read_optional(box.test_dir / f"{run.test.name}.casenotrun", CASENOTRUN_BYTES) or ""
     if verdict.outcome is Outcome.PASS and not ending.leaked:
         box.discard()
         return Result(run, Outcome.PASS, "", duration, cpu_s=ending.cpu_s, casenotrun=casenotrun, started_s=started)

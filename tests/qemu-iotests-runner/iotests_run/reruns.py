@@ -11,9 +11,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from iotests_run.errors import UsageError
+from iotests_run.inputs import read_text
 from iotests_run.model import Outcome, Result, Run
 from iotests_run.results_folder import read_results
-from iotests_run.text import printable, read_small_text
+from iotests_run.text import printable
 
 
 def last_failed(results: Path) -> set[tuple[str, str, str]]:
@@ -29,7 +30,7 @@ class Quarantine:
 
     @staticmethod
     def read(path: Path) -> Quarantine:
-        lines = read_small_text(path, "--quarantine").splitlines()
+        lines = read_text(path, "--quarantine", 1 << 20).splitlines()
         entries = set()
         for number, raw in enumerate(lines, 1):
             words = raw.split("#", 1)[0].split()

@@ -23,9 +23,10 @@ from typing import Any
 
 from iotests_run.discovery import TEST_NAME
 from iotests_run.errors import UsageError
+from iotests_run.inputs import read_optional
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.sandbox import remove_tree
-from iotests_run.text import printable, read_file_text
+from iotests_run.text import printable
 
 MARKER = ".iotests-run"
 RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
@@ -225,7 +226,7 @@ class Recorded:
         """The Result a record describes; its diff read back from the artifacts under artifacts_in."""
         key, fmt, proto = record.get("key") or record["test"], record["format"], record["protocol"]
         folder = record.get("artifacts")
-        diff = read_file_text(artifacts_in / folder / DIFF, DIFF_READ_BYTES, follow_links=False) if folder else None
+        diff = read_optional(artifacts_in / folder / DIFF, DIFF_READ_BYTES, follow_links=False) if folder else None
         return Result(Run(TestCase(key=key, path=iotests / key, groups=frozenset()), fmt, proto, record.get("copy", 0)),
                       Outcome(record["outcome"]), record.get("reason", ""), float(record.get("duration_s", 0)),
                       diff=(diff or "").rstrip("\n"), artifacts=folder,

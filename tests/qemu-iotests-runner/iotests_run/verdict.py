@@ -16,8 +16,8 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from iotests_run.inputs import read_optional
 from iotests_run.model import Outcome, Stop
-from iotests_run.text import read_file_text
 
 NOTRUN_BYTES = 64 * 1024
 
@@ -78,7 +78,7 @@ def judge(returncode: int, reference: Path, output: Path, notrun_file: Path,
     if returncode != 0:
         diff = output_diff(reference, output, reference_label, output_label)
         return Verdict(Outcome.FAIL, f"failed, exit status {returncode}", diff)
-    reason = read_file_text(notrun_file, NOTRUN_BYTES)
+    reason = read_optional(notrun_file, NOTRUN_BYTES)
     if reason is not None:
         return Verdict(Outcome.NOT_RUN, reason.strip())
     diff = output_diff(reference, output, reference_label, output_label)
