@@ -44,7 +44,13 @@ from iotests_run.repeats import Policy, tallies
 from iotests_run.report.progress import QUIET, Eta, Progress
 from iotests_run.report.summary import closing_line
 from iotests_run.report.tap import HEADER, tap_plan
-from iotests_run.report.writer import Reporter, relative_to_cwd, write_machine_reports, write_people_reports
+from iotests_run.report.writer import (
+    Reporter,
+    incomplete,
+    relative_to_cwd,
+    write_machine_reports,
+    write_people_reports,
+)
 from iotests_run.reruns import Quarantine
 from iotests_run.results_folder import Claim, check_outside, claim
 from iotests_run.sandbox import ShortRoot, default_scratch
@@ -122,7 +128,7 @@ def find_tests(args: argparse.Namespace) -> Selection | None:
 def history_of(args: argparse.Namespace, found: Selection) -> tuple[Path, str]:
     """The duration history file (refused unless it is one) and this tree's identity in it."""
     path = Path(args.history) if args.history else reference_cache() / "durations.json"
-    history.check_usable(path)
+    history.check_usable(path, named=bool(args.history))
     return path, history.tree_identity(found.tree.version, found.all_tests)
 
 
@@ -233,8 +239,10 @@ def start_reporting(args: argparse.Namespace, cpus: Cpus, found: Selection, plan
                         live=live, quiet_notice_s=args.still_running_every, repeat=args.repeat or 0)
     quarantine = Quarantine.read(args.quarantine) if args.quarantine else Quarantine(frozenset())
     past = history.recent(planned.history_file, planned.tree_id)  # as it was before this invocation
+    held.reserve()
     reporter = Reporter(held.path, junit_copy, meta, progress, args.tap, [],
-                        lambda r: history.with_past(quarantine.mark(r), past), busy=cpus.busy_clock(), epoch=started)
+                        lambda r: history.with_past(quarantine.mark(r), past), busy=cpus.busy_clock(), epoch=started,
+                        release=held.release)
     if args.tap:
         print(HEADER, flush=True)
     change = f" ({planned.change})" if planned.change else ""
@@ -259,11 +267,17 @@ def finish(args: argparse.Namespace, found: Selection, planned: Planned, reporte
     meta["cpu_s"] = cpu_seconds()
     if args.repeat is not None:
         meta["repeats"] = [t.record() for t in tallies(results)]
-    reporter.write_files()
+    reporter.release()  # the last writes get the room held back for them
+    failed = reporter.write_files(say=False)
     if complete:
-        history.save(planned.history_file, planned.tree_id, results)
+        try:
+            history.save(planned.history_file, planned.tree_id, results)
+        except OSError as exc:
+            reporter.progress.note(f"iotests-run: warning: the duration history {planned.history_file} was not "
+                                   f"saved ({exc.strerror or exc})", quiet_too=True)
     title = f"iotests-run {__version__}: QEMU {found.tree.version} ({found.tree.source})"
-    text = write_people_reports(reporter.results_dir, results, meta, title, meta["wall_s"])
+    text, more = write_people_reports(reporter.results_dir, results, meta, title, meta["wall_s"])
+    failed += more
     if args.tap:
         print(tap_plan(len(results)), flush=True)
     reporter.progress.close()
@@ -274,6 +288,9 @@ def finish(args: argparse.Namespace, found: Selection, planned: Planned, reporte
     else:
         print(f"HTML report: {relative_to_cwd(reporter.results_dir / 'report.html')}", file=out)
         print("\n" + text, end="", file=out, flush=True)
+    if failed:
+        print(f"iotests-run: {incomplete(reporter.results_dir, failed, len(results))}", file=sys.stderr)
+        return EXIT_USAGE
     return exit_status(results, complete=complete, strict_flaky=args.strict_flaky)
 
 
@@ -364,9 +381,13 @@ def merge_main(argv: Sequence[str]) -> int:
     if meta["missing_shards"]:
         print(f"iotests-run merge: not among the inputs: shard {', '.join(meta['missing_shards'])}; "
               "the merged results are incomplete", file=sys.stderr)
-    write_machine_reports(out, results, meta)
+    failed = write_machine_reports(out, results, meta)
     title = f"iotests-run {__version__}: merged {len(args.inputs)} results folders"
-    print(write_people_reports(out, results, meta, title, meta["wall_s"]), end="")
+    text, more = write_people_reports(out, results, meta, title, meta["wall_s"])
+    print(text, end="")
+    if failed or more:
+        print(f"iotests-run merge: {incomplete(out, failed + more, len(results))}", file=sys.stderr)
+        return EXIT_USAGE
     if args.history is not None and merged.tree is not None:  # what the complete shards ran, as they would
         history.save(args.history, merged.tree, [r for r in results if meta["shards"][r.shard - 1]["complete"]])
     return exit_status(results, complete=meta["complete"], strict_flaky=meta["strict_flaky"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import queue
 import shlex
 import signal
-import subprocess
 import threading
 import time
 import traceback
@@ -27,8 +26,8 @@ from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.qemu import QemuTree
 from iotests_run.registry import Registry
 from iotests_run.repeats import DROP, REPORT_AND_STOP, Policy
-from iotests_run.results_folder import DIFF, LEAKED, REPRODUCER, run_folder
-from iotests_run.sandbox import Sandbox, ShortRoot, remove_tree
+from iotests_run.results_folder import DIFF, LEAKED, REPRODUCER, run_folder, short_of_room
+from iotests_run.sandbox import Sandbox, ShortRoot, move_tree, remove_tree, tree_size
 from iotests_run.services import HOST_NETWORK_PROTOCOLS
 from iotests_run.supervise import Ending, Launch, Limits, Watch, supervise
 from iotests_run.tracking import MARKER, Trackers
@@ -71,6 +70,20 @@ def _tail(path: Path) -> str:
         size = f.tell()
         f.seek(max(0, size - OUTPUT_TAIL_BYTES))
         return f.read().decode("utf-8", errors="replace")
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _tail_or_nothing(path: Path) -> str:
+    try:
+        return _tail(path)
+    except OSError:
+        return ""
 
 
 def _write_reproducer(path: Path, cwd: Path, iotests_env: Mapping[str, str], argv: list[str]) -> None:
@@ -122,7 +135,7 @@ def settle_copy(result: Result, ctx: Context) -> Result | None:
 def runner_error(run: Run, exc: Exception) -> Result:
     """An error of the runner itself, recorded as the run's result: no run may go missing."""
     detail = "".join(traceback.format_exception(exc))
-    return Result(run, Outcome.FAIL, f"runner error: {exc!r}", artifacts=run_folder(run), output_tail=detail)
+    return Result(run, Outcome.ERROR, f"runner error: {exc!r}", artifacts=run_folder(run), output_tail=detail)
 
 
 def _attempt(run: Run, slot: str, ctx: Context) -> Result:
@@ -174,7 +187,7 @@ def _prepare(run: Run, slot: str, ctx: Context, rel: str) -> _Prepared:
         env.update(ctx.coverage.environment(box.test_dir.parent, env.get("LD_PRELOAD")))
     overlay = Overlay(ctx.tree.iotests, box.upper, box.work) if ctx.isolation.cores else None
     launch = Launch(command_of(run.test, ctx.base.python), run.test.path.parent, env,
-                    box.run_dir / f"{run.test.name}.out.bad", _isolation_for(run, ctx.isolation), overlay)
+                    box.output(run.test.name), _isolation_for(run, ctx.isolation), overlay)
     return _Prepared(box, iotests_env, launch)
 
 
@@ -214,24 +227,45 @@ def _kept(run: Run, rel: str, prepared: _Prepared, ending: Ending, verdict: Verd
           duration: float, casenotrun: str) -> Result:
     """A run that did not pass cleanly: its TEST_DIR, output, diff, leaks, reproducer and evidence kept."""
     box, output, leaked = prepared.box, prepared.launch.output, ending.leaked
-    if leaked:
-        (box.run_dir / LEAKED).write_text("\n".join(leaked) + "\n", encoding="utf-8")
     notes = [e.summary for e in evidence if e.summary]
-    try:
-        box.keep()
-    except (OSError, subprocess.CalledProcessError) as exc:  # the verdict stands whatever its TEST_DIR does
-        notes.append(f"TEST_DIR not kept: {exc}")
-    if verdict.diff:
-        (box.run_dir / DIFF).write_text(verdict.diff + "\n", encoding="utf-8")
-    _write_reproducer(box.run_dir / REPRODUCER, run.test.path.parent, prepared.iotests_env, prepared.launch.argv)
-    attachments = ([f"{rel}/{output.name}"] + [f"{rel}/{DIFF}"] * bool(verdict.diff)
-                   + [f"{rel}/{LEAKED}"] * bool(leaked))
+    # The verdict stands whatever becomes of its evidence (a full or read-only results disk): what could not be
+    # kept is said in the diagnostics, and left out of the attachments.
+    tail = _tail_or_nothing(output)
+    _keep(notes, "artifacts folder", lambda: box.run_dir.mkdir(parents=True, exist_ok=True))
+
+    def keep(name: str, need: int, write: Callable[[], object]) -> bool:
+        full = short_of_room(box.run_dir, need)
+        if full:
+            notes.append(f"{name} not kept: {full}")
+            return False
+        return _keep(notes, name, write)
+
+    kept_diff = bool(verdict.diff) and keep(DIFF, len(verdict.diff), lambda: (box.run_dir / DIFF).write_text(
+        verdict.diff + "\n", encoding="utf-8"))
+    kept_leaks = bool(leaked) and keep(LEAKED, 0, lambda: (box.run_dir / LEAKED).write_text(
+        "\n".join(leaked) + "\n", encoding="utf-8"))
+    keep(REPRODUCER, 0, lambda: _write_reproducer(box.run_dir / REPRODUCER, run.test.path.parent,
+                                                  prepared.iotests_env, prepared.launch.argv))
+    kept_output = keep(output.name, _size_or_zero(output), lambda: move_tree(output, box.run_dir / output.name))
+    if not keep("TEST_DIR", tree_size(box.test_dir), box.keep):
+        box.discard_scratch()
+    attachments = ([f"{rel}/{output.name}"] * kept_output + [f"{rel}/{DIFF}"] * kept_diff
+                   + [f"{rel}/{LEAKED}"] * kept_leaks)
     if ending.evidence is not None:
         attachments += [f"{rel}/diagnostics/{f}" for f in ending.evidence.files]
     attachments += [f"{rel}/cores/{f}" for e in evidence if e is not ending.evidence for f in e.files]
     return Result(run, verdict.outcome, verdict.reason, duration, diff=verdict.diff, artifacts=rel,
-                  output_tail=_tail(output), diagnostics="\n".join(notes), attachments=tuple(attachments),
+                  output_tail=tail, diagnostics="\n".join(notes), attachments=tuple(attachments),
                   leaked=leaked, cpu_s=ending.cpu_s, casenotrun=casenotrun)
+
+
+def _keep(notes: list[str], name: str, write: Callable[[], object]) -> bool:
+    try:
+        write()
+        return True
+    except OSError as exc:
+        notes.append(f"{name} not kept: {exc.strerror or exc}")
+        return False
 
 
 def execute_all(runs: list[Run], ctx: Context, admission: Admission,

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -31,9 +32,11 @@ from tabulate import tabulate
 from iotests_run.errors import UsageError
 from iotests_run.model import Outcome, Result, Run
 from iotests_run.report.files import write_atomically
+from iotests_run.text import printable
 
 MAX_TREES = 16
 MAX_BYTES = 64 << 20
+STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # last_failure, as save writes it; anything else is ignored
 RECENT = 50  # outcomes remembered per run (test x format x protocol)
 # One letter per outcome in a run's recent history; runs the runner cut short are not remembered.
 LETTER = {Outcome.PASS: "p", Outcome.FAIL: "f", Outcome.TIMEOUT: "t", Outcome.HANG: "h", Outcome.CRASH: "c",
@@ -72,11 +75,12 @@ def _read(path: Path) -> dict[str, Any] | None:
     return trees if isinstance(trees, dict) else None
 
 
-def check_usable(path: Path) -> None:
-    """Refuse (before anything runs) a file that is not ours to overwrite."""
+def check_usable(path: Path, named: bool = True) -> None:
+    """Refuse (before anything runs) a file that is not ours to overwrite; named: given as --history."""
     if _read(path) is None:
-        raise UsageError(f"--history {path} is not an iotests-run duration history; it is left as it is "
-                         "(name another file, or remove it)")
+        what = "--history" if named else "the duration history (the default one; --history FILE names another)"
+        raise UsageError(f"{what} {printable(str(path))} is not an iotests-run duration history; it is left as it "
+                         "is (name another file, or remove it)")
 
 
 def _finite(value: Any) -> bool:
@@ -129,7 +133,8 @@ def recent(path: Path, tree: str) -> dict[str, Recent]:
     if not isinstance(outcomes, dict):
         return {}
     failures = failures if isinstance(failures, dict) else {}
-    return {str(k): Recent(v, failures.get(k) if isinstance(failures.get(k), str) else None)
+    return {str(k): Recent(v, failures.get(k) if isinstance(failures.get(k), str) and STAMP.fullmatch(failures[k])
+                           else None)
             for k, v in outcomes.items() if isinstance(v, str) and set(v) <= set(LETTER.values())}
 
 
@@ -144,6 +149,7 @@ def save(path: Path, tree: str, results: Iterable[Result]) -> None:
     """Add the durations of runs that really ran, and every run's outcome to its recent history;
     a failed save is not an error (the file is a cache)."""
     results = list(results)
+    path = Path(os.path.realpath(path))  # a history reached through a link is saved at its target, link kept
     learnt = {history_key(r.run): round(r.duration_s, 2) for r in results
               if r.outcome.ran_to_its_end and r.duration_s > 0}
     letters: dict[str, str] = {}
@@ -201,7 +207,8 @@ def flaky_report(past: Mapping[str, Recent]) -> str:
         combo, _, test = key.partition("/")
         kinds = ", ".join(f"{r.outcomes.count(letter)} {name}" for letter, name in NAMES.items()
                           if letter in r.outcomes)
-        rows.append((r.failed / len(r.outcomes), [combo, test.removeprefix("tests/"), len(r.outcomes), r.failed,
+        rows.append((r.failed / len(r.outcomes), [printable(combo), printable(test.removeprefix("tests/")),
+                                                  len(r.outcomes), r.failed,
                                                   f"{100 * r.failed / len(r.outcomes):.1f}%", kinds,
                                                   r.last_failure or "?"]))
     if not rows:

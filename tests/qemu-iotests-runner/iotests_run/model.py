@@ -18,12 +18,13 @@ class Outcome(enum.Enum):
     CRASH = "crash"
     FLAKY = "flaky"
     INTERRUPTED = "interrupted"
+    ERROR = "error"  # the runner or the machine failed the run (a full results disk, a runner bug), not the test
 
     # Every grouping of outcomes lives here; nothing else keeps a set of them.
     @property
     def is_failure(self) -> bool:
         """Makes the job red (unless quarantined), and is tried again with --retry."""
-        return self in (Outcome.FAIL, Outcome.TIMEOUT, Outcome.HANG, Outcome.CRASH)
+        return self in (Outcome.FAIL, Outcome.TIMEOUT, Outcome.HANG, Outcome.CRASH, Outcome.ERROR)
 
     @property
     def is_notable(self) -> bool:
@@ -37,7 +38,8 @@ class Outcome(enum.Enum):
 
     @property
     def ran_to_its_end(self) -> bool:
-        """The test ended by itself, so its duration is worth remembering for scheduling."""
+        """The test ended by itself, so its duration is worth remembering for scheduling (and its outcome is the
+        test's own: an ERROR is the machine's, never remembered as the test failing)."""
         return self in (Outcome.PASS, Outcome.FAIL, Outcome.NOT_RUN, Outcome.FLAKY)
 
     @property

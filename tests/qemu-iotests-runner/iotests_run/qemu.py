@@ -63,7 +63,14 @@ def reference_cache() -> Path:
     base = os.environ.get("IOTESTS_RUN_CACHE")
     if base:
         return Path(base)
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    if not xdg:
+        try:
+            xdg = str(Path.home() / ".cache")
+        except (RuntimeError, KeyError):  # HOME unset and no passwd entry for this uid (a bare CI container)
+            raise SetupError(f"no home folder for the cache (HOME is unset and uid {os.getuid()} has no passwd "
+                             "entry): set HOME, XDG_CACHE_HOME or IOTESTS_RUN_CACHE, or name the files (--history, "
+                             "--coverage-map, --qemu-source/--qemu-build)") from None
     return Path(xdg) / "iotests-run"
 
 

@@ -29,6 +29,9 @@ from iotests_run.sandbox import remove_tree
 from iotests_run.text import printable
 
 MARKER = ".iotests-run"
+# Room held back in the folder from the claim to the end (released when the disk is full, so that
+# results.json and junit.xml can still take every run that finished, and at the end for the last writes).
+RESERVE, RESERVE_BYTES = ".iotests-run.reserve", 8 << 20
 RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
 RUNS = "runs"
 # Files of a run's artifacts folder.
@@ -52,6 +55,32 @@ class Claim:
 
     path: Path
     fd: int
+
+    def reserve(self) -> None:
+        """Hold back RESERVE_BYTES (at most an eighth of the free space) for the last writes; nothing when the
+        filesystem cannot allocate it."""
+        try:
+            size = min(RESERVE_BYTES, _free(self.path) // 8)
+            fd = os.open(self.path / RESERVE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                         0o600)
+        except OSError:
+            return
+        try:
+            if size > 0:
+                os.posix_fallocate(fd, 0, size)
+        except OSError:
+            (self.path / RESERVE).unlink(missing_ok=True)
+        finally:
+            os.close(fd)
+
+    def release(self) -> bool:
+        """Give the held-back room to the files; whether there was any."""
+        try:
+            size = os.lstat(self.path / RESERVE).st_size
+            os.unlink(self.path / RESERVE)
+        except OSError:
+            return False
+        return size > 0
 
 
 def _is_previous_results(folder: Path, entries: list[str]) -> bool:
@@ -107,9 +136,28 @@ def claim(folder: Path, what: str) -> Claim:
     os.write(fd, f"iotests-run's results folder: its next run here replaces what is in it.\npid {os.getpid()}\n"
              .encode())
     remove_tree(folder / RUNS)
-    for name in RESULT_FILES:
+    for name in (*RESULT_FILES, RESERVE):
         (folder / name).unlink(missing_ok=True)
     return Claim(folder, fd)
+
+
+def _free(folder: Path) -> int:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def short_of_room(folder: Path, need: int) -> str | None:
+    """Why need more bytes of a run's artifacts may not be kept in the folder (None: they may): the filesystem's
+    last RESERVE_BYTES (an eighth of a small one) are left to the result files, which then still take every run
+    that finished."""
+    try:
+        st = os.statvfs(folder)
+    except OSError:
+        return None
+    free, margin = st.f_bavail * st.f_frsize, min(RESERVE_BYTES, st.f_blocks * st.f_frsize // 8)
+    if free - need > margin:
+        return None
+    return f"the results folder's filesystem has {free >> 10} KB free, left to the result files"
 
 
 def check_outside(path: Path, folder: Path, what: str) -> None:

@@ -26,7 +26,7 @@ SOCKET_NAME_ROOM = 40
 
 @dataclass(frozen=True)
 class Sandbox:
-    run_dir: Path  # under the results folder; kept after anything but a pass
+    run_dir: Path  # under the results folder, made when something is kept there: after anything but a pass
     test_dir: Path
     sock_dir: Path
     tmp_dir: Path
@@ -40,17 +40,27 @@ class Sandbox:
     def work(self) -> Path:
         return self.test_dir.parent / "o" / "w"
 
+    def output(self, name: str) -> Path:
+        """Where the test's output goes while it runs: beside TEST_DIR, not in the results folder, so that a full
+        results disk cannot cut it short (and change the verdict); moved to run_dir when kept."""
+        return self.test_dir.parent / f"{name}.out.bad"
+
     def create(self) -> None:
-        for d in (self.run_dir, self.test_dir, self.sock_dir, self.tmp_dir, self.upper, self.work):
+        if not remove_tree(self.run_dir):
+            raise OSError(f"cannot empty {self.run_dir}, left by an earlier run")
+        for d in (self.test_dir, self.sock_dir, self.tmp_dir, self.upper, self.work):
             if not remove_tree(d):
                 raise OSError(f"cannot empty {d}, left by an earlier run")
             d.mkdir(parents=True)
 
     def discard(self) -> None:
         """After a pass: nothing is kept."""
+        self.discard_scratch()
+        remove_tree(self.run_dir)
+
+    def discard_scratch(self) -> None:
         release_mounts(self.test_dir.parent)
-        for d in (self.run_dir, self.test_dir.parent):
-            remove_tree(d)
+        remove_tree(self.test_dir.parent)
 
     def keep(self) -> None:
         """After anything else: TEST_DIR moves into the run's artifacts folder."""
@@ -192,9 +202,24 @@ def move_tree(src: Path, dst: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        subprocess.run(["cp", "-a", "--one-file-system", "--sparse=always", str(src), str(dst)], check=True,
-                       stdin=subprocess.DEVNULL, capture_output=True)
+        proc = subprocess.run(["cp", "-a", "--one-file-system", "--sparse=always", str(src), str(dst)],
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
+        if proc.returncode != 0:  # (a full disk): no half copy left behind
+            remove_tree(dst)
+            raise OSError(f"cp to {dst} failed: {proc.stderr.strip()[-300:]}") from exc
         remove_tree(src)
+
+
+def tree_size(path: Path) -> int:
+    """The bytes a folder's files take on disk (sparse images by their allocated blocks), links not followed."""
+    total = 0
+    for top, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(top, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
 
 
 PLAIN_PATH = re.compile(r"^[-_a-zA-Z0-9/]+$")

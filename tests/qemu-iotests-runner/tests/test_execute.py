@@ -26,7 +26,7 @@ def test_a_run_whose_execution_raises_still_gets_a_result(monkeypatch: pytest.Mo
     seen: list[Result] = []
     ctx = cast(execute.Context, SimpleNamespace(registry=Registry(), repeat=None))
     results = execute.execute_all(runs, ctx, Admission(2, 2, None), seen.append)
-    assert {r.run.test.key: r.outcome for r in results} == {"001": Outcome.PASS, "002": Outcome.FAIL}
+    assert {r.run.test.key: r.outcome for r in results} == {"001": Outcome.PASS, "002": Outcome.ERROR}
     failed = next(r for r in results if r.run.test.key == "002")
     assert "runner error" in failed.reason and "cannot rename" in failed.reason
     assert seen == results

@@ -27,6 +27,7 @@ PRESENTATION: dict[Outcome, Presentation] = {
     Outcome.CRASH: Presentation("error", False, "", "crash", "CRASH", "CRASH", "#d7aefb"),
     Outcome.FLAKY: Presentation(None, True, "", "flaky", "flaky", "flaky", "#fdd663"),
     Outcome.INTERRUPTED: Presentation("error", False, "", "interrupted", "interrupted", "stopped", "#aecbfa"),
+    Outcome.ERROR: Presentation("error", False, "", "error", "ERROR", "ERROR", "#9aa0a6"),
 }
 
 # Summary table columns, in order.

@@ -3,14 +3,21 @@
 Every other module in report/ is a pure function of the results; this one keeps the list of
 finished runs, decides when the files are rewritten and writes them atomically. Where they
 live is results_folder's business.
+
+A write that fails (a full or read-only disk) never stops the run: each file is replaced only
+when its new version is whole, so what is there stays valid (up to the last write that went
+through), and the failure is said once. When the disk is full, the room the results folder
+held back at its claim (`release`) is given up for one more write, so the files hold every run
+that finished; the final write gets it too.
 """
 
 from __future__ import annotations
 
+import errno
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,11 +69,22 @@ class Reporter:
     unwritten: bool = False
     busy: Callable[[], float] | None = None  # busy core-seconds so far (cpu.Cpus.busy_clock), for the timeline
     epoch: float = 0.0  # when the invocation began, on `clock`
+    release: Callable[[], bool] = lambda: False  # gives up the room held back for a full disk (True: there was some)
+    unwritable: set[Path] = field(default_factory=set)  # files a write failed for (said once each)
     _last: tuple[float, float] | None = None
 
-    def write_files(self) -> None:
-        write_machine_reports(self.results_dir, self.results, self.meta, self.junit_copy)
+    def write_files(self, say: bool = True) -> list[tuple[Path, OSError]]:
+        """results.json and junit.xml as they stand; the files that could not be written (each said once)."""
+        failed = write_machine_reports(self.results_dir, self.results, self.meta, self.junit_copy)
+        if any(e.errno in (errno.ENOSPC, errno.EDQUOT) for _, e in failed) and self.release():
+            failed = write_machine_reports(self.results_dir, self.results, self.meta, self.junit_copy)
         self.written_at, self.unwritten = self.clock(), False
+        for path, exc in failed if say else ():
+            if path not in self.unwritable:
+                self.progress.note(f"iotests-run: warning: cannot write {relative_to_cwd(path)} ({exc.strerror or exc})"
+                                   f": it keeps what it held; the run goes on", quiet_too=True)
+            self.unwritable.add(path)
+        return failed
 
     def record(self, result: Result) -> None:
         result = self.mark(result)
@@ -102,24 +120,46 @@ class Reporter:
         self.meta.setdefault("timeline", []).append([round(now - self.epoch, 1), in_flight, cores])
 
 
+def incomplete(folder: Path, failed: Sequence[tuple[Path, OSError]], finished: int) -> str:
+    """The one line for result files that the end of a run or a merge could not write."""
+    why = "; ".join(dict.fromkeys(str(e.strerror or e) for _, e in failed))
+    return (f"the results in {relative_to_cwd(folder)} are incomplete ({why}): "
+            f"{', '.join(relative_to_cwd(p) for p, _ in failed)} could not be written at the end and each keeps what "
+            f"it held before ({finished} runs finished)")
+
+
+def _write_each(files: Sequence[tuple[Path, Callable[[], str | bytes]]]) -> list[tuple[Path, OSError]]:
+    """Each file made and replaced atomically, the next tried whatever became of the one before; the failures."""
+    failed = []
+    for path, content in files:
+        try:
+            write_atomically(path, content())
+        except OSError as exc:
+            failed.append((path, exc))
+    return failed
+
+
 def write_machine_reports(folder: Path, results: Sequence[Result], meta: Mapping[str, Any],
-                          junit_copy: Path | None = None) -> None:
-    """results.json and junit.xml (and its copy where --junit asked), each replaced atomically."""
-    write_atomically(folder / "results.json", results_json(results, meta))  # every copy of a repeated run
+                          junit_copy: Path | None = None) -> list[tuple[Path, OSError]]:
+    """results.json and junit.xml (and its copy where --junit asked), each replaced atomically; the files
+    that could not be written, with why."""
     xml = junit_xml(fold(results), attachment_base=relative_to_cwd(folder.resolve()))  # one testcase per run
-    write_atomically(folder / "junit.xml", xml)
+    files: list[tuple[Path, Callable[[], str | bytes]]] = [
+        (folder / "results.json", lambda: results_json(results, meta)),  # every copy of a repeated run
+        (folder / "junit.xml", lambda: xml)]
     if junit_copy is not None:
-        write_atomically(junit_copy, xml)
+        files.append((junit_copy, lambda: xml))
+    return _write_each(files)
 
 
 def write_people_reports(folder: Path, results: Sequence[Result], meta: Mapping[str, Any], title: str,
-                         wall_s: float) -> str:
-    """summary.txt and report.html, at the end of a run or a merge; returns the summary's text.
-    The copies of a repeated run are folded into one result (repeats.fold), their tally beside it."""
+                         wall_s: float) -> tuple[str, list[tuple[Path, OSError]]]:
+    """summary.txt and report.html, at the end of a run or a merge; the summary's text and the files that could
+    not be written. The copies of a repeated run are folded into one result (repeats.fold), their tally beside it."""
     affected = meta.get("affected")
     text = summary_text(fold(results), title, wall_s, repeated=tallies(results),
                         affected=affected if isinstance(affected, str) else None)
-    write_atomically(folder / "summary.txt", text)
-    page = html_report(fold(results), meta, title, exists=lambda rel: (folder / rel).is_file())
-    write_atomically(folder / "report.html", page)
-    return text
+    return text, _write_each([
+        (folder / "summary.txt", lambda: text),
+        (folder / "report.html", lambda: html_report(fold(results), meta, title,
+                                                     exists=lambda rel: (folder / rel).is_file()))])
