@@ -58,6 +58,7 @@ gitlab-ci-local:
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	PYTHONPATH=tests/qemu-iotests-runner $(BIN)/lint-imports --no-cache
 
 # Unit and process tiers: seconds, no QEMU needed.
 check-fast: venv

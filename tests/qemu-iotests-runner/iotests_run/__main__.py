@@ -1,7 +1,7 @@
 import sys
 
 try:
-    from iotests_run.cli import main
+    from iotests_run.cli.main import main
 except ModuleNotFoundError as exc:  # a QEMU tree's Python without our dependencies
     if exc.name not in ("junit_xml", "tabulate", "psutil"):
         raise

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from support import FakeTree, ReferenceTree, run_cli
 
-from iotests_run.affected import Affected, FileChange, Hunk, affected, parse_diff
-from iotests_run.coverage_map import CoverageMap, Recorder, Span, gcov_environment, load
-from iotests_run.discovery import discover
-from iotests_run.gcov import read_counts, read_notes
+from iotests_run.affected.coverage_map import CoverageMap, Recorder, Span, gcov_environment, load
+from iotests_run.affected.gcov import read_counts, read_notes
+from iotests_run.affected.selection import Affected, FileChange, Hunk, affected, parse_diff
 from iotests_run.model import Run
+from iotests_run.tree.discovery import discover
 
 REPO = Path(__file__).resolve().parents[3]
 GCC = shutil.which("gcc")

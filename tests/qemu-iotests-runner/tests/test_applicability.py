@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from iotests_run.applicability import declarations, not_applicable
+from iotests_run.tree.applicability import declarations, not_applicable
 
 pytestmark = pytest.mark.unit
 

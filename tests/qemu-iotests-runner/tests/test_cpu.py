@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from iotests_run import cpu
-from iotests_run.cpu import WINDOW_S, Admission
+from iotests_run.run import admission as cpu
+from iotests_run.run.admission import WINDOW_S, Admission
 
 pytestmark = pytest.mark.unit
 

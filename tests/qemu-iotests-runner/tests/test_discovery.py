@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from support import FakeTree
 
-from iotests_run.discovery import discover
 from iotests_run.errors import SetupError, UsageError
+from iotests_run.tree.discovery import discover
 
 pytestmark = pytest.mark.unit
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from support import ReferenceTree, run_cli
 
-from iotests_run.environment import iotests_environment
-from iotests_run.qemu import open_tree
+from iotests_run.tree.environment import iotests_environment
+from iotests_run.tree.qemu import open_tree
 
 pytestmark = pytest.mark.e2e
 
@@ -104,8 +104,8 @@ def test_environment_equals_checks(any_reference_tree: ReferenceTree, tmp_path: 
 
 def test_checks_own_environment_options_equal_checks(any_reference_tree: ReferenceTree, tmp_path: Path) -> None:
     """-nocache/-c, -i and -o as check's: `check -qcow2 -nocache -i native -o ... -- env -0` against ours."""
-    from iotests_run.cpu import Cpus
-    from iotests_run.options import make_parser, settings_of
+    from iotests_run.cli.options import make_parser, settings_of
+    from iotests_run.run.admission import Cpus
 
     user_env = dict(os.environ, TEST_DIR=str(tmp_path / "t"), SOCK_DIR=str(tmp_path / "s"), MALLOC_PERTURB_="17")
     for check_args, our_args in ((["-nocache", "-i", "native", "-o", "compat=0.10"],

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from support import FakeTree
 
-from iotests_run.environment import Settings, child_environment, iotests_environment, malloc_perturb
-from iotests_run.qemu import QemuTree, open_tree
+from iotests_run.tree.environment import Settings, child_environment, iotests_environment, malloc_perturb
+from iotests_run.tree.qemu import QemuTree, open_tree
 
 pytestmark = pytest.mark.unit
 
@@ -86,7 +86,7 @@ def test_malloc_perturb_from_environment_or_random() -> None:
 
 def test_tests_do_not_see_the_pythonpath_that_found_the_runner() -> None:
     import iotests_run
-    from iotests_run.environment import environment_for_tests
+    from iotests_run.tree.environment import environment_for_tests
 
     ours = Path(iotests_run.__file__).resolve().parents[1]
     env = environment_for_tests({"PYTHONPATH": f"{ours}:{ours}/_deps:/home/me/lib", "HOME": "/home/me"})
@@ -96,7 +96,7 @@ def test_tests_do_not_see_the_pythonpath_that_found_the_runner() -> None:
 
 
 def test_tests_do_not_get_credentials_but_keep_checks_variables() -> None:
-    from iotests_run.environment import environment_for_tests
+    from iotests_run.tree.environment import environment_for_tests
 
     user = {"CI_JOB_TOKEN": "t", "GITLAB_TOKEN": "g", "AWS_SECRET_ACCESS_KEY": "a", "REGISTRY_PASSWORD": "r",
             "MY_PASSWD": "p", "GOOGLE_APPLICATION_CREDENTIALS": "c", "OPENAI_API_KEY": "o", "SSH_PRIVATE": "s",

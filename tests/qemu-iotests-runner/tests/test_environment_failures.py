@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 from support import FakeTree
 
-from iotests_run import cli, history, qemu
+from iotests_run.cli.main import main as cli_main
 from iotests_run.errors import SetupError
 from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.plan import history
+from iotests_run.tree import qemu
 
 pytestmark = pytest.mark.unit
 
@@ -75,9 +77,9 @@ def no_home(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_list_without_home_works_when_files_are_named_and_says_what_to_set_otherwise(
         fake_tree: FakeTree, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     fake_tree.add_test("001", "echo ok\n", out="ok\n")
-    assert cli.main([*fake_tree.args(tmp_path / "r"), "--list", "--history", str(tmp_path / "h.json")]) == 0
+    assert cli_main([*fake_tree.args(tmp_path / "r"), "--list", "--history", str(tmp_path / "h.json")]) == 0
     assert "001" in capsys.readouterr().out
-    assert cli.main([*fake_tree.args(tmp_path / "r"), "--list"]) == 2
+    assert cli_main([*fake_tree.args(tmp_path / "r"), "--list"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("iotests-run: no home folder for the cache")
 
@@ -90,7 +92,7 @@ def test_the_default_history_is_not_called_the_history_option(fake_tree: FakeTre
     (tmp_path / "cache").mkdir()
     (tmp_path / "cache" / "durations.json").write_text("my notes\n")
     fake_tree.add_test("001", "echo ok\n", out="ok\n")
-    assert cli.main([*fake_tree.args(tmp_path / "r"), "--list"]) == 2
+    assert cli_main([*fake_tree.args(tmp_path / "r"), "--list"]) == 2
     err = capsys.readouterr().err
     assert "--history " not in err.replace("--history FILE", "") and "the duration history (the default" in err
     assert (tmp_path / "cache" / "durations.json").read_text() == "my notes\n"

@@ -6,10 +6,10 @@ from typing import Any, cast
 
 import pytest
 
-from iotests_run import execute
-from iotests_run.cpu import Admission
 from iotests_run.model import Outcome, Result, Run, TestCase
-from iotests_run.registry import Registry
+from iotests_run.run import execute
+from iotests_run.run.admission import Admission
+from iotests_run.run.registry import Registry
 
 pytestmark = pytest.mark.unit
 
@@ -33,7 +33,7 @@ def test_a_run_whose_execution_raises_still_gets_a_result(monkeypatch: pytest.Mo
 
 
 def test_scratch_sits_on_the_build_folders_file_system(tmp_path: Path) -> None:
-    from iotests_run.sandbox import SCRATCH_CANDIDATES, default_scratch
+    from iotests_run.run.sandbox import SCRATCH_CANDIDATES, default_scratch
 
     on_tmp = Path("/tmp")
     assert default_scratch(on_tmp) == on_tmp
@@ -46,8 +46,8 @@ def test_scratch_sits_on_the_build_folders_file_system(tmp_path: Path) -> None:
 
 
 def test_job_count_from_the_environment_and_make() -> None:
+    from iotests_run.cli.options import default_jobs, extra_arguments
     from iotests_run.errors import UsageError
-    from iotests_run.options import default_jobs, extra_arguments
 
     assert default_jobs({"IOTESTS_RUN_JOBS": "3", "MAKEFLAGS": "rR -j8"}, 2) == 3
     assert default_jobs({"MAKEFLAGS": "rR -j8 --jobserver-auth=fifo:/tmp/x"}, 2) == 8  # make -j8 check-block
@@ -65,10 +65,10 @@ def test_job_count_from_the_environment_and_make() -> None:
 
 
 def test_the_command_line_wins_over_iotests_run_args() -> None:
-    from iotests_run.cpu import Cpus
+    from iotests_run.cli.options import make_parser, parse_arguments
     from iotests_run.errors import UsageError
-    from iotests_run.options import make_parser, parse_arguments
     from iotests_run.report.progress import NORMAL, QUIET, VERBOSE
+    from iotests_run.run.admission import Cpus
 
     def parse(argv: list[str], extra: str) -> Any:
         return parse_arguments(make_parser(Cpus(2, None)), argv, {"IOTESTS_RUN_ARGS": extra})
@@ -96,7 +96,7 @@ def test_mounts_left_under_a_sandbox_are_released(tmp_path: Path) -> None:
     (box / "scratch" / "export" / "inner").mkdir(parents=True)
     script = (f"mount -t tmpfs none {box}/scratch/export && mkdir {box}/scratch/export/inner && "
               f"mount -t tmpfs none {box}/scratch/export/inner && "
-              f"{sys.executable} -c 'from pathlib import Path; from iotests_run.sandbox import release_mounts; "
+              f"{sys.executable} -c 'from pathlib import Path; from iotests_run.run.sandbox import release_mounts; "
               f"print(len(release_mounts(Path(\"{box}\"))))' && grep -c ' {box}/' /proc/self/mountinfo")
     proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
                           capture_output=True, text=True)

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from support import ReferenceTree
 
-from iotests_run.coverage_map import load
-from iotests_run.options import make_parser
-from iotests_run.qemu import reference_cache
+from iotests_run.affected.coverage_map import load
+from iotests_run.cli.options import make_parser
+from iotests_run.tree.qemu import reference_cache
 
 REPO = Path(__file__).resolve().parents[3]
 TEMPLATE = REPO / "tools" / "gitlab-ci" / "iotests.yml"

@@ -169,7 +169,7 @@ def test_removal_never_crosses_a_mount_even_when_it_cannot_be_released(tmp_path:
     (tmp_path / "precious" / "data.txt").write_text("keep me")
     (tmp_path / "box" / "deep" / "m").mkdir(parents=True)
     (tmp_path / "box" / "file").write_text("ours")
-    code = (f"from pathlib import Path; from iotests_run.sandbox import remove_tree; "
+    code = (f"from pathlib import Path; from iotests_run.run.sandbox import remove_tree; "
             f"print(remove_tree(Path('{tmp_path}/box')))")
     script = f"mount --bind {tmp_path}/precious {tmp_path}/box/deep/m && {sys.executable} -c \"{code}\""
     proc = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],

@@ -364,7 +364,7 @@ def _most_at_once(log: Path) -> int:
 
 
 def test_more_runs_start_only_while_cores_idle(fake_tree: FakeTree, tmp_path: Path) -> None:
-    from iotests_run.cpu import Cpus
+    from iotests_run.run.admission import Cpus
 
     cpus = Cpus.here()
     cores = cpus.count
@@ -445,7 +445,7 @@ def counting_test(counter: Path, fails_when: str, extra: str = "") -> str:
 
 def test_repeat_counts_failures_with_an_interval_and_keeps_only_the_first_failing_copies(
         fake_tree: FakeTree, tmp_path: Path) -> None:
-    from iotests_run.repeats import wilson
+    from iotests_run.plan.repeats import wilson
 
     fake_tree.add_test("001", counting_test(tmp_path / "count", "n % 4 == 0"), out="ok\n")  # exactly 1 in 4
     results = tmp_path / "results"

@@ -47,7 +47,7 @@ def test_integrate_is_idempotent_and_remove_restores_the_tree(qemu_like: tuple[P
     meson = (src / "tests" / "meson.build").read_text()
     assert "subdir('qemu-iotests-runner')" in meson and "\nsubdir('qemu-iotests')\n" not in meson
     runner = src / "tests" / "qemu-iotests-runner"
-    assert (runner / "iotests_run" / "cli.py").is_file() and (runner / "meson.build").is_file()
+    assert (runner / "iotests_run" / "cli" / "main.py").is_file() and (runner / "meson.build").is_file()
     assert "installing" not in first.stdout  # the build's Python has the packages already
     after_first = snapshot(src)
     again = integrate(str(src), "--build", str(build))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from iotests_run.model import Outcome, Result, Run, TestCase
-from iotests_run.plan import costs, longest_first, matrix
+from iotests_run.plan.planner import costs, longest_first, matrix
 from iotests_run.report.junit import junit_xml
 from iotests_run.report.results_json import results_json
 from iotests_run.report.summary import closing_line, summary_text
@@ -114,7 +114,7 @@ def test_matrix_and_longest_first() -> None:
 
 
 def test_shards_are_disjoint_complete_and_balanced() -> None:
-    from iotests_run.plan import Shard, split
+    from iotests_run.plan.planner import Shard, split
 
     runs = matrix([case(f"{i:03}") for i in range(1, 61)], ["qcow2", "raw"], ["file"])
     cost = {r: float((int(r.test.key) * 7) % 13 + 0.5) for r in runs}
@@ -136,7 +136,7 @@ def test_shards_are_disjoint_complete_and_balanced() -> None:
 
 
 def test_unknown_runs_get_the_median_of_their_format() -> None:
-    from iotests_run.plan import estimate, estimator
+    from iotests_run.plan.planner import estimate, estimator
 
     durations = {"qcow2-file/001": 1.0, "qcow2-file/002": 3.0, "qcow2-file/003": 8.0, "raw-file/001": 0.5}
     medians = estimator(durations)
@@ -146,7 +146,7 @@ def test_unknown_runs_get_the_median_of_their_format() -> None:
 
 
 def test_history_is_kept_per_tree_and_bounded(tmp_path: Path) -> None:
-    from iotests_run import history
+    from iotests_run.plan import history
 
     path = tmp_path / "durations.json"
     old_tree = history.tree_identity("7.2.0", ["001", "041"])
@@ -166,8 +166,8 @@ def test_history_is_kept_per_tree_and_bounded(tmp_path: Path) -> None:
 
 
 def test_a_run_that_passed_last_time_is_a_hang_after_a_few_times_its_duration(tmp_path: Path) -> None:
-    from iotests_run import history
-    from iotests_run.invocation import LimitOptions, limits_for
+    from iotests_run.plan import history
+    from iotests_run.run.invocation import LimitOptions, limits_for
 
     path = tmp_path / "durations.json"
     quick, slow, broke, new = (matrix([case(n)], ["qcow2"], ["file"])[0] for n in ("001", "002", "003", "004"))
@@ -191,8 +191,8 @@ def test_a_run_that_passed_last_time_is_a_hang_after_a_few_times_its_duration(tm
 
 
 def test_history_refuses_a_file_that_is_not_one_and_ignores_bad_durations(tmp_path: Path) -> None:
-    from iotests_run import history
     from iotests_run.errors import UsageError
+    from iotests_run.plan import history
 
     run = matrix([case("041")], ["qcow2"], ["file"])[0]
     for text in ("{not json", "my thesis\n", '{"other": 1}', "[1, 2]", "[" * 100_000):
@@ -219,7 +219,7 @@ def test_history_refuses_a_file_that_is_not_one_and_ignores_bad_durations(tmp_pa
 
 def test_history_saves_of_two_invocations_both_land(tmp_path: Path) -> None:
     """Each save re-reads the file under a lock: a run that loaded it earlier does not drop another's durations."""
-    from iotests_run import history
+    from iotests_run.plan import history
 
     path = tmp_path / "durations.json"
     a, b = (matrix([case(n)], ["qcow2"], ["file"])[0] for n in ("001", "002"))
@@ -264,7 +264,7 @@ def test_result_files_follow_finished_runs_within_a_second(tmp_path: Path) -> No
 
 
 def test_the_history_remembers_recent_outcomes_per_run(tmp_path: Path) -> None:
-    from iotests_run import history
+    from iotests_run.plan import history
 
     path = tmp_path / "durations.json"
     run = matrix([case("312")], ["qcow2"], ["file"])[0]

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from support import FakeTree, run_cli
 
-from iotests_run import services
-from iotests_run.execute import _isolation_for
-from iotests_run.isolation import Isolation
 from iotests_run.model import Run, TestCase
+from iotests_run.run.execute import _isolation_for
+from iotests_run.run.isolation import Isolation
+from iotests_run.tree import services
 
 
 def _build(tmp_path: Path, *defined: str) -> Path:

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from iotests_run.model import Outcome
-from iotests_run.verdict import judge, output_diff, reference_output
+from iotests_run.run.verdict import judge, output_diff
+from iotests_run.tree.discovery import reference_output
 
 pytestmark = pytest.mark.unit
 

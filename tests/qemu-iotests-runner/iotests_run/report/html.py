@@ -19,7 +19,7 @@ from urllib.parse import quote
 from iotests_run.model import Result
 from iotests_run.report.outcomes import PRESENTATION
 from iotests_run.report.summary import closing_line
-from iotests_run.results_folder import DIFF, REPRODUCER
+from iotests_run.results.folder import DIFF, REPRODUCER
 
 DIFF_LINES = 200
 # Characters, not only lines: one 10 MB line would otherwise land whole in the page.

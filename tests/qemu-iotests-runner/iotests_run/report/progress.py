@@ -18,7 +18,7 @@ from typing import TextIO
 
 from iotests_run.model import LiveRun, Outcome, Result
 from iotests_run.report.outcomes import PRESENTATION
-from iotests_run.results_folder import DIFF
+from iotests_run.results.folder import DIFF
 from iotests_run.text import terminal_safe
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1

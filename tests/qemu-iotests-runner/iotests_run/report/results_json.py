@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from iotests_run.model import Result
-from iotests_run.results_folder import SCHEMA, run_record
+from iotests_run.results.folder import SCHEMA, run_record
 
 
 @functools.cache

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from tabulate import tabulate
 
 from iotests_run.model import Outcome, Result
-from iotests_run.repeats import Tally
+from iotests_run.plan.repeats import Tally
 from iotests_run.report.outcomes import COLUMNS, PRESENTATION
 from iotests_run.text import terminal_safe
 

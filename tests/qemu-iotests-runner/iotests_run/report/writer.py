@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from iotests_run.files import write_atomically
 from iotests_run.model import LiveRun, Result
-from iotests_run.repeats import fold, tallies
-from iotests_run.report.files import write_atomically
+from iotests_run.plan.repeats import fold, tallies
 from iotests_run.report.html import html_report
 from iotests_run.report.junit import junit_xml
 from iotests_run.report.progress import Progress

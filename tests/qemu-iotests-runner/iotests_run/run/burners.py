@@ -11,8 +11,8 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from iotests_run.isolation import Isolation, child_setup
-from iotests_run.tracking import MARKER, CgroupRoot, Tracker
+from iotests_run.run.isolation import Isolation, child_setup
+from iotests_run.run.tracking import MARKER, CgroupRoot, Tracker
 
 # Its argv names it, so that ps shows what it is.
 BURN = "while True: pass  # iotests-run --load"

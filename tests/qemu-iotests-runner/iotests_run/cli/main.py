@@ -23,24 +23,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from iotests_run import __version__, block_state_command, history, plan, reruns
-from iotests_run.affected import select_for_change
-from iotests_run.coverage_map import DEFAULT_FILE as DEFAULT_MAP
-from iotests_run.coverage_map import Recorder, check_target
-from iotests_run.cpu import Admission, Cpus
-from iotests_run.discovery import Catalog, discover
-from iotests_run.environment import (
-    environment_for_tests,
-    malloc_perturb,
-    public_environment,
-)
-from iotests_run.errors import SetupError, UsageError
-from iotests_run.invocation import Hooks, LimitOptions, cpu_seconds, limits_for, run_in_sandboxes
-from iotests_run.merge import merge_folders
+from iotests_run import __version__
+from iotests_run.affected.coverage_map import DEFAULT_FILE as DEFAULT_MAP
+from iotests_run.affected.coverage_map import Recorder, check_target
+from iotests_run.affected.selection import select_for_change
+from iotests_run.cli.options import check_combinations, make_parser, parse_arguments, settings_of
+from iotests_run.debug import block_state_command
+from iotests_run.errors import Parser, SetupError, UsageError
 from iotests_run.model import Outcome, Result, Run, TestCase, fails_the_job
-from iotests_run.options import Parser, check_combinations, make_parser, parse_arguments, settings_of
-from iotests_run.qemu import QemuTree, open_tree, reference_cache
-from iotests_run.repeats import Policy, tallies
+from iotests_run.plan import history, planner
+from iotests_run.plan.repeats import Policy, tallies
 from iotests_run.report.progress import QUIET, Eta, Progress
 from iotests_run.report.summary import closing_line
 from iotests_run.report.tap import HEADER, tap_plan
@@ -51,11 +43,22 @@ from iotests_run.report.writer import (
     write_machine_reports,
     write_people_reports,
 )
-from iotests_run.reruns import Quarantine
-from iotests_run.results_folder import Claim, check_outside, claim
-from iotests_run.sandbox import ShortRoot, default_scratch
-from iotests_run.services import unavailable
+from iotests_run.results import reruns
+from iotests_run.results.folder import Claim, check_outside, claim
+from iotests_run.results.merge import merge_folders
+from iotests_run.results.reruns import Quarantine
+from iotests_run.run.admission import Admission, Cpus
+from iotests_run.run.invocation import Hooks, LimitOptions, cpu_seconds, limits_for, run_in_sandboxes
+from iotests_run.run.sandbox import ShortRoot, default_scratch
 from iotests_run.text import printable
+from iotests_run.tree.discovery import Catalog, discover
+from iotests_run.tree.environment import (
+    environment_for_tests,
+    malloc_perturb,
+    public_environment,
+)
+from iotests_run.tree.qemu import QemuTree, open_tree, reference_cache
+from iotests_run.tree.services import unavailable
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 EXIT_BISECT_SKIP, EXIT_BISECT_ABORT = 125, 128  # with --bisect, for git bisect run
@@ -90,7 +93,7 @@ class Planned:
     cost: dict[Run, float]  # predicted seconds
     history_file: Path
     tree_id: str
-    shard: plan.ShardPart | None = None
+    shard: planner.ShardPart | None = None
     why: Mapping[Run, str] = field(default_factory=dict)  # --affected-by: why each run to start is affected
     change: str | None = None  # --affected-by: "N of M runs affected by <diff>"
 
@@ -139,24 +142,24 @@ def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
     durations, warning = history.load(history_file, tree_id)
     if warning:
         print(f"iotests-run: warning: {printable(warning)}", file=sys.stderr)
-    wanted = [r for r in plan.matrix(found.tests, found.formats, found.protocols)
+    wanted = [r for r in planner.matrix(found.tests, found.formats, found.protocols)
               if found.again is None or (r.test.key, r.format, r.protocol) in found.again]
-    skipped, to_run = plan.static_verdicts(wanted, tree.default_machine, settings_of(args).cache,
+    skipped, to_run = planner.static_verdicts(wanted, tree.default_machine, settings_of(args).cache,
                                            read_declarations=not args.no_static_skip)
     missing = {p: why for p in found.protocols if (why := unavailable(p, tree.build))}
-    skipped, to_run = plan.without_protocols(missing, skipped, to_run)
+    skipped, to_run = planner.without_protocols(missing, skipped, to_run)
     reasons: dict[Run, str] = {}
     change = None
     if args.affected_by or args.affected_by_diff:
         to_run, unaffected, reasons, change = affected_part(args, found, tree_id, to_run)
         skipped += unaffected
-    cost = plan.costs(to_run, durations)
-    shard = args.shard or plan.shard_from_ci(os.environ)
+    cost = planner.costs(to_run, durations)
+    shard = args.shard or planner.shard_from_ci(os.environ)
     part = None
     if shard is not None:
-        skipped, to_run, part = plan.take_shard(shard, skipped, to_run, cost)
+        skipped, to_run, part = planner.take_shard(shard, skipped, to_run, cost)
         print(part.note(), file=sys.stderr if args.list or args.tap else sys.stdout, flush=True)
-    runs = plan.longest_first(to_run, cost)
+    runs = planner.longest_first(to_run, cost)
     if args.repeat is not None:  # copies of one run next to each other, so that they run side by side
         runs = [replace(r, copy=k) for r in runs for k in range(1, args.repeat + 1)]
         cost = {**cost, **{r: cost[r.base] for r in runs}}
@@ -306,7 +309,7 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
     if args.list:
         if planned.change:
             print(f"iotests-run: {planned.change}", file=sys.stderr)
-        print(plan.listing(planned.skipped, planned.runs, planned.why), end="")
+        print(planner.listing(planned.skipped, planned.runs, planned.why), end="")
         return EXIT_OK
     # Every output path is checked before the results folder is claimed (which empties it).
     junit_copy = check_junit_copy(Path(args.junit)) if args.junit else None

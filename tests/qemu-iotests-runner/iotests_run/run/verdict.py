@@ -22,18 +22,6 @@ from iotests_run.model import Outcome, Stop
 NOTRUN_BYTES = 64 * 1024
 
 
-def reference_output(test: Path, fmt: str, default_machine: str, cachemode: str) -> Path:
-    """The reference output check would compare with; it may not exist."""
-    candidates = []
-    if cachemode == "none":
-        candidates.append(Path(f"{test}.out.nocache"))
-    candidates += [Path(f"{test}.out.{fmt}"), Path(f"{test}.{default_machine}.out")]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    return Path(f"{test}.out")
-
-
 def _lines(path: Path) -> list[str]:
     # errors="replace": check would crash on invalid UTF-8; we still judge the run.
     with path.open(encoding="utf-8", errors="replace") as f:

@@ -19,10 +19,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from iotests_run import history
 from iotests_run.errors import SetupError, UsageError
 from iotests_run.model import Result
-from iotests_run.results_folder import RUNS, Claim, Recorded, claim, read_results
+from iotests_run.plan import history
+from iotests_run.results.folder import RUNS, Claim, Recorded, claim, read_results
 
 
 @dataclass

@@ -30,8 +30,8 @@ from typing import Any
 from tabulate import tabulate
 
 from iotests_run.errors import UsageError
+from iotests_run.files import write_atomically
 from iotests_run.model import Outcome, Result, Run
-from iotests_run.report.files import write_atomically
 from iotests_run.text import printable
 
 MAX_TREES = 16

@@ -26,13 +26,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from iotests_run import coverage_map
-from iotests_run.coverage_map import CoverageMap, Span, source_digest
-from iotests_run.discovery import Catalog
+from iotests_run.affected import coverage_map
+from iotests_run.affected.coverage_map import CoverageMap, Span, source_digest
 from iotests_run.errors import UsageError
-from iotests_run.history import history_key
 from iotests_run.model import Outcome, Result, Run
+from iotests_run.plan.history import history_key
 from iotests_run.text import printable
+from iotests_run.tree.discovery import Catalog
 
 IOTESTS = "tests/qemu-iotests/"
 RUNNER = "tests/qemu-iotests-runner/"

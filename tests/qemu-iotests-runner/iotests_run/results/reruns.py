@@ -13,7 +13,7 @@ from pathlib import Path
 from iotests_run.errors import UsageError
 from iotests_run.inputs import read_text
 from iotests_run.model import Outcome, Result, Run
-from iotests_run.results_folder import read_results
+from iotests_run.results.folder import read_results
 from iotests_run.text import printable
 
 

@@ -16,22 +16,22 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from iotests_run.adoption import Adopter
-from iotests_run.coverage_map import Recorder
-from iotests_run.cpu import Admission
-from iotests_run.environment import Settings, TestsBase
-from iotests_run.execute import Context, execute_all
-from iotests_run.history import history_key
-from iotests_run.isolation import probe
-from iotests_run.load import Load
+from iotests_run.affected.coverage_map import Recorder
 from iotests_run.model import LiveRun, Result, Run
-from iotests_run.qemu import QemuTree
-from iotests_run.registry import Registry
-from iotests_run.repeats import Policy
-from iotests_run.sandbox import ShortRoot
-from iotests_run.supervise import HANG_FLOOR_S, Limits, SoonerHang
-from iotests_run.tracking import CgroupRoot, Trackers
-from iotests_run.watchdog import start as start_watchdog
+from iotests_run.plan.history import history_key
+from iotests_run.plan.repeats import Policy
+from iotests_run.run.admission import Admission
+from iotests_run.run.adoption import Adopter
+from iotests_run.run.burners import Load
+from iotests_run.run.execute import Context, execute_all
+from iotests_run.run.isolation import probe
+from iotests_run.run.registry import Registry
+from iotests_run.run.sandbox import ShortRoot
+from iotests_run.run.supervise import HANG_FLOOR_S, Limits, SoonerHang
+from iotests_run.run.tracking import CgroupRoot, Trackers
+from iotests_run.run.watchdog import start as start_watchdog
+from iotests_run.tree.environment import Settings, TestsBase
+from iotests_run.tree.qemu import QemuTree
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ def limits_for(options: LimitOptions) -> Callable[[Run], Limits]:
     or sooner for a run that passed last time: --hang-factor times that run's duration (times the
     multiplier), never under HANG_FLOOR_S. A healthy run cannot sit idle for longer than it took in all
     (supervise.SoonerHang: unless it waits for a disk)."""
-    table = json.loads(resources.files("iotests_run").joinpath("timeouts.json").read_text())["tests"]
+    table = json.loads(resources.files("iotests_run.run").joinpath("timeouts.json").read_text())["tests"]
 
     def limits(run: Run) -> Limits:
         timeout = float(table.get(run.test.key, options.timeout_s)) * options.multiplier

@@ -5,7 +5,7 @@ on stdin. When the pipe closes (the runner exited, or was killed with SIGKILL)
 it kills whatever is left in the invocation's cgroups, or carries its marker,
 and removes the cgroups and scratch folder.
 
-    python -m iotests_run.watchdog MARKER_PREFIX SCRATCH_ROOT [CGROUP_ROOT]
+    python -m iotests_run.run.watchdog MARKER_PREFIX SCRATCH_ROOT [CGROUP_ROOT]
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from iotests_run.sandbox import remove_tree
-from iotests_run.tracking import MARKER, CgroupRoot, _signal_all, marked_processes
+from iotests_run.files import remove_tree
+from iotests_run.run.tracking import MARKER, CgroupRoot, marked_processes, signal_all
 
 
 def cleanup(marker_prefix: str, scratch: Path, cgroup: Path | None) -> None:
@@ -28,12 +28,12 @@ def cleanup(marker_prefix: str, scratch: Path, cgroup: Path | None) -> None:
         pids = marked_processes(prefix, prefix=True)
         if not pids:
             break
-        _signal_all(pids, signal.SIGKILL)
+        signal_all(pids, signal.SIGKILL)
     remove_tree(scratch)
 
 
 def start(marker_prefix: str, scratch: Path, cgroup: Path | None) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "iotests_run.watchdog", marker_prefix, str(scratch)]
+    argv = [sys.executable, "-m", "iotests_run.run.watchdog", marker_prefix, str(scratch)]
     if cgroup is not None:
         argv.append(str(cgroup))
     return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

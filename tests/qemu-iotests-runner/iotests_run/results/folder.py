@@ -21,12 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from iotests_run.discovery import TEST_NAME
 from iotests_run.errors import UsageError
+from iotests_run.files import remove_tree
 from iotests_run.inputs import read_optional
 from iotests_run.model import Outcome, Result, Run, TestCase
-from iotests_run.sandbox import remove_tree
 from iotests_run.text import printable
+from iotests_run.tree.discovery import TEST_NAME
 
 MARKER = ".iotests-run"
 # Room held back in the folder from the claim to the end (released when the disk is full, so that

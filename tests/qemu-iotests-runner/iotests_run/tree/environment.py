@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from iotests_run.diagnostics import DEPS
-from iotests_run.qemu import QemuTree
+from iotests_run import DEPS
+from iotests_run.tree.qemu import QemuTree
 
 # Formats that are not "generic" (IMGFMT_GENERIC=false).
 NON_GENERIC_FORMATS = frozenset({"bochs", "cloop", "dmg"})

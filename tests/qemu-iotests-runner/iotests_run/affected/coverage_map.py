@@ -27,9 +27,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from iotests_run.affected.gcov import GcovError, Notes, read_counts, read_notes
 from iotests_run.errors import UsageError
-from iotests_run.gcov import GcovError, Notes, read_counts, read_notes
-from iotests_run.report.files import write_atomically
+from iotests_run.files import write_atomically
 
 FORMAT = "iotests-run coverage map 1"
 GCOV_FOLDER = "gcov"  # in each run's sandbox: its GCOV_PREFIX
@@ -139,7 +139,7 @@ def dump_addresses(build: Path) -> dict[Path, int]:
 def build_shim(folder: Path) -> Path:
     """gcov_shim.c (counters written before a SIGKILL), compiled for this machine."""
     source = folder / "gcov_shim.c"
-    source.write_bytes(resources.files("iotests_run").joinpath("gcov_shim.c").read_bytes())
+    source.write_bytes(resources.files("iotests_run.affected").joinpath("gcov_shim.c").read_bytes())
     shim = folder / "gcov_shim.so"
     proc = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", "-o", str(shim), str(source), "-ldl", "-lpthread"],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)

@@ -15,23 +15,25 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
-from iotests_run.coverage_map import Recorder
-from iotests_run.cpu import Admission
-from iotests_run.diagnostics import Evidence, core_files, examine_cores
-from iotests_run.environment import TestsBase, child_environment
-from iotests_run.history import history_key
+from iotests_run.affected.coverage_map import Recorder
+from iotests_run.debug.diagnostics import Evidence, core_files, examine_cores
+from iotests_run.files import move_tree, remove_tree, tree_size
 from iotests_run.inputs import read_optional
-from iotests_run.isolation import Isolation, Overlay
 from iotests_run.model import Outcome, Result, Run, TestCase
-from iotests_run.qemu import QemuTree
-from iotests_run.registry import Registry
-from iotests_run.repeats import DROP, REPORT_AND_STOP, Policy
-from iotests_run.results_folder import DIFF, LEAKED, REPRODUCER, run_folder, short_of_room
-from iotests_run.sandbox import Sandbox, ShortRoot, move_tree, remove_tree, tree_size
-from iotests_run.services import HOST_NETWORK_PROTOCOLS
-from iotests_run.supervise import Ending, Launch, Limits, Watch, supervise
-from iotests_run.tracking import MARKER, Trackers
-from iotests_run.verdict import Verdict, reference_output, run_verdict, with_core
+from iotests_run.plan.history import history_key
+from iotests_run.plan.repeats import DROP, REPORT_AND_STOP, Policy
+from iotests_run.results.folder import DIFF, LEAKED, REPRODUCER, run_folder, short_of_room
+from iotests_run.run.admission import Admission
+from iotests_run.run.isolation import Isolation, Overlay
+from iotests_run.run.registry import Registry
+from iotests_run.run.sandbox import Sandbox, ShortRoot
+from iotests_run.run.supervise import Ending, Launch, Limits, Watch, supervise
+from iotests_run.run.tracking import MARKER, Trackers
+from iotests_run.run.verdict import Verdict, run_verdict, with_core
+from iotests_run.tree.discovery import reference_output
+from iotests_run.tree.environment import TestsBase, child_environment
+from iotests_run.tree.qemu import QemuTree
+from iotests_run.tree.services import HOST_NETWORK_PROTOCOLS
 
 OUTPUT_TAIL_BYTES = 4096
 CASENOTRUN_BYTES = 64 * 1024

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from iotests_run.tracking import cgroup2_mount, cgroup_usage_seconds
+from iotests_run.run.tracking import cgroup2_mount, cgroup_usage_seconds
 
 CGROUP_MOUNT = Path("/sys/fs/cgroup")
 SELF_CGROUP = Path("/proc/self/cgroup")

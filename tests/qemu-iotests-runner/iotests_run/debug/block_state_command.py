@@ -16,10 +16,9 @@ from pathlib import Path
 
 import psutil
 
-from iotests_run import blockstate
-from iotests_run.diagnostics import QEMU_PROGRAMS, core_origin, tool
-from iotests_run.errors import SetupError, UsageError
-from iotests_run.options import Parser
+from iotests_run.debug import blockstate
+from iotests_run.debug.diagnostics import QEMU_PROGRAMS, core_origin, tool
+from iotests_run.errors import Parser, SetupError, UsageError
 from iotests_run.text import terminal_safe
 
 TIMEOUT_S = 60.0

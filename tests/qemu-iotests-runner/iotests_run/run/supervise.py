@@ -23,11 +23,11 @@ from pathlib import Path
 
 import psutil
 
-from iotests_run.diagnostics import Evidence, collect
-from iotests_run.isolation import Isolation, Overlay, child_setup
+from iotests_run.debug.diagnostics import Evidence, collect
 from iotests_run.model import LiveRun, Stop
-from iotests_run.registry import Registry
-from iotests_run.tracking import Tracker, kill_all
+from iotests_run.run.isolation import Isolation, Overlay, child_setup
+from iotests_run.run.registry import Registry
+from iotests_run.run.tracking import Tracker, kill_all
 
 TICK_S = 1.0
 # A process the test told to stop just before it exited (nbd-qemu-allocation's qemu-nbd gets

@@ -114,3 +114,15 @@ def _read_group_local(local: Path, keys: list[str], groups: dict[str, set[str]])
         if "/" in name or key not in keys:
             raise SetupError(f"{local}:{number}: unknown test: {printable(name)}")
         groups[key].update(extra)
+
+
+def reference_output(test: Path, fmt: str, default_machine: str, cachemode: str) -> Path:
+    """The reference output check would compare with; it may not exist."""
+    candidates = []
+    if cachemode == "none":
+        candidates.append(Path(f"{test}.out.nocache"))
+    candidates += [Path(f"{test}.out.{fmt}"), Path(f"{test}.{default_machine}.out")]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return Path(f"{test}.out")

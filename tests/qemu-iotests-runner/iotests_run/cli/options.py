@@ -12,15 +12,16 @@ import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from iotests_run import __version__, plan
-from iotests_run.cpu import Cpus
-from iotests_run.environment import VARIABLE_NAME, Settings
-from iotests_run.errors import UsageError
+from iotests_run import __version__
+from iotests_run.errors import Parser, UsageError
+from iotests_run.plan import planner
 from iotests_run.report.progress import NORMAL, QUIET, QUIET_NOTICE_S, VERBOSE
-from iotests_run.supervise import HANG_FLOOR_S
+from iotests_run.run.admission import Cpus
+from iotests_run.run.supervise import HANG_FLOOR_S
 from iotests_run.text import printable
+from iotests_run.tree.environment import VARIABLE_NAME, Settings
 
 # No healthy quick iotest comes near these (the slowest take about 16 s on 2 busy cores).
 DEFAULT_TIMEOUT_S = 600.0
@@ -66,11 +67,6 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: Sequence[str],
             raise UsageError(f"IOTESTS_RUN_ARGS: {exc}") from None
         parser.set_defaults(**vars(defaults))
     return parser.parse_args(argv)
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
 
 
 def _number(convert: Callable[[str], float], minimum: float, strict: bool, wording: str) -> Callable[[str], Any]:
@@ -187,7 +183,7 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
                         "keeps each run's last outcomes) and exit")
     p.add_argument("--list", action="store_true",
                    help="print the plan (test, format, protocol, run or skip: reason; tab-separated) and exit")
-    p.add_argument("--shard", metavar="I/N", type=plan.Shard.parse,
+    p.add_argument("--shard", metavar="I/N", type=planner.Shard.parse,
                    help="run the I-th of N duration-balanced shards (default: CI_NODE_INDEX/CI_NODE_TOTAL if set)")
     p.add_argument("--history", metavar="FILE", type=Path,
                    help="duration history to read and update (default: ~/.cache/iotests-run/durations.json)")

@@ -21,8 +21,8 @@ from typing import Protocol
 
 import psutil
 
-from iotests_run.adoption import Adopter
-from iotests_run.isolation import cgroup_works
+from iotests_run.run.adoption import Adopter
+from iotests_run.run.isolation import cgroup_works
 
 MARKER = "IOTESTS_RUN_SANDBOX"
 
@@ -43,7 +43,7 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
-def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+def signal_all(pids: list[int], sig: signal.Signals) -> None:
     for pid in pids:
         try:
             os.kill(pid, sig)
@@ -58,7 +58,7 @@ def kill_all(tracker: Tracker, sig: signal.Signals = signal.SIGKILL, settle_s: f
         pids = [p for p in tracker.members() if p != os.getpid()]
         if not pids:
             return
-        _signal_all(pids, sig)
+        signal_all(pids, sig)
         if sig != signal.SIGKILL or time.monotonic() > deadline:
             return
         time.sleep(0.02)

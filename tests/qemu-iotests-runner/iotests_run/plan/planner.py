@@ -9,13 +9,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from iotests_run.applicability import Declarations, declarations, not_applicable
-from iotests_run.environment import NON_GENERIC_FORMATS
 from iotests_run.errors import UsageError
-from iotests_run.history import history_key
 from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.plan.history import history_key
 from iotests_run.text import printable
-from iotests_run.verdict import reference_output
+from iotests_run.tree.applicability import Declarations, declarations, not_applicable
+from iotests_run.tree.discovery import reference_output
+from iotests_run.tree.environment import NON_GENERIC_FORMATS
 
 # GitLab's `parallel:` allows 200 jobs; far more shards than runs only spread nothing thinner.
 MAX_SHARDS = 1000

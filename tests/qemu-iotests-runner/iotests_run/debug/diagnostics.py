@@ -23,7 +23,8 @@ from pathlib import Path
 
 import psutil
 
-from iotests_run import blockstate
+from iotests_run import DEPS
+from iotests_run.debug import blockstate
 
 QEMU_PROGRAMS = re.compile(r"^(qemu-system-.*|qemu-img|qemu-io|qemu-nbd|qemu-storage-daemon)$")
 PER_TOOL_TIMEOUT_S = 20.0
@@ -56,10 +57,6 @@ def _describe(pid: int) -> tuple[str, list[str]]:
 
 def _is_python(cmd: list[str]) -> bool:
     return bool(cmd) and os.path.basename(cmd[0]).startswith("python")
-
-
-# Where tools/qemu-integrate installs our dependencies, beside the package in a QEMU tree.
-DEPS = Path(__file__).resolve().parents[1] / "_deps"
 
 
 def tool(name: str) -> str | None:
