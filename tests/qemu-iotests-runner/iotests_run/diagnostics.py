@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -24,6 +25,9 @@ from pathlib import Path
 import psutil
 
 from iotests_run import blockstate
+from iotests_run.errors import UsageError
+from iotests_run.inputs import read_head
+from iotests_run.text import printable
 
 QEMU_PROGRAMS = re.compile(r"^(qemu-system-.*|qemu-img|qemu-io|qemu-nbd|qemu-storage-daemon)$")
 PER_TOOL_TIMEOUT_S = 20.0
@@ -160,6 +164,72 @@ def collect(pids: list[int], folder: Path, qemu_gdb: Path | None, budget_s: floa
 
 
 ELF_MAGIC = b"\x7fELF"
+
+
+# What check_core reads of a core: its ELF header and program headers (65535 of them need 3.6 MB).
+CORE_HEAD_BYTES = 4 << 20
+ET_CORE = 4
+PN_XNUM = 0xFFFF
+PT_LOAD, PT_NOTE = 1, 4
+ELF_KINDS = {1: "a relocatable object", 2: "an executable", 3: "a shared object or PIE executable"}
+# Per ELF class: the file header, the program header (type, offset, file size picked out), sh_info of section 0.
+_ELF_LAYOUT = {
+    1: ("16sHHIIIIIHHHHHH", "IIIIIIII", (0, 1, 4), 28),
+    2: ("16sHHIQQQIHHHHHH", "IIQQQQQQ", (0, 2, 5), 44),
+}
+
+
+def check_core(path: Path, what: str) -> None:
+    """Refuse what gdb would open without complaint and then read nothing from: an empty or text file,
+    an ELF file that is not a core, a gzip'd core, a core cut short (gdb then reads the program's
+    static data, and the block state says "0 nodes"). Only the headers are read."""
+    head, size = read_head(path, what, CORE_HEAD_BYTES)
+    name = printable(str(path))
+    if head[:2] == b"\x1f\x8b":
+        raise UsageError(f"{what}: {name} is gzip-compressed; gunzip it first")
+    if head[:4] != ELF_MAGIC:
+        raise UsageError(f"{what}: {name} is not a core file ({'empty' if not head else 'not ELF'})")
+    layout = _ELF_LAYOUT.get(head[4]) if len(head) > 5 and head[5] in (1, 2) else None
+    if layout is None:
+        raise UsageError(f"{what}: {name} is an ELF file of unknown class or byte order")
+    order = "<" if head[5] == 1 else ">"
+    header, program, picks, sh_info_at = (order + layout[0], order + layout[1], layout[2], layout[3])
+    if len(head) < struct.calcsize(header):
+        raise UsageError(f"{what}: {name} is truncated (within its ELF header)")
+    fields = struct.unpack_from(header, head)
+    e_type, e_phoff, e_shoff, e_phentsize, e_phnum = fields[1], fields[5], fields[6], fields[9], fields[10]
+    if e_type != ET_CORE:
+        raise UsageError(f"{what}: {name} is {ELF_KINDS.get(e_type, f'an ELF file of type {e_type}')}, not a core")
+    if e_phnum == PN_XNUM:  # the count is in section header 0
+        e_phnum = _u32(head, e_shoff + sh_info_at, order)
+    _check_segments(head, size, e_phoff, e_phentsize, e_phnum, program, picks, f"{what}: {name}")
+
+
+def _u32(head: bytes, offset: int, order: str) -> int:
+    return int(struct.unpack_from(order + "I", head, offset)[0]) if 0 <= offset <= len(head) - 4 else 0
+
+
+def _check_segments(head: bytes, size: int, phoff: int, phentsize: int, phnum: int, program: str,
+                    picks: tuple[int, int, int], named: str) -> None:
+    """Every program header readable, every segment's bytes within the file."""
+    if phnum == 0 or phentsize < struct.calcsize(program):
+        raise UsageError(f"{named} has no program headers (a core lists its memory in them)")
+    table_end = phoff + phnum * phentsize
+    if table_end > size:
+        raise UsageError(f"{named} is truncated ({size} bytes; its program headers end at byte {table_end})")
+    if table_end > len(head):
+        raise UsageError(f"{named}: its program headers end beyond the first {CORE_HEAD_BYTES >> 20} MB")
+    loads, needed = 0, 0
+    for i in range(phnum):
+        entry = struct.unpack_from(program, head, phoff + i * phentsize)
+        p_type, p_offset, p_filesz = (entry[k] for k in picks)
+        if p_type in (PT_LOAD, PT_NOTE) and p_filesz:
+            needed = max(needed, p_offset + p_filesz)
+        loads += p_type == PT_LOAD
+    if not loads:
+        raise UsageError(f"{named} has no memory segments (no PT_LOAD)")
+    if needed > size:
+        raise UsageError(f"{named} is truncated ({size} bytes; its segments need {needed})")
 
 
 def core_files(upper: Path) -> list[Path]:
