@@ -254,6 +254,16 @@ def core_origin(gdb: str, core: Path, timeout: float) -> tuple[str, str]:
     return (program.group(1) if program else ""), (signal_name.group(1) if signal_name else "a signal")
 
 
+def _core_problem(core: Path) -> str:
+    """Why a core's memory cannot be walked (cut short at the core size limit, say), "" when it can:
+    gdb would read the program's static data instead and report an empty block graph."""
+    try:
+        check_core(core, "core")
+    except UsageError as exc:
+        return str(exc).removeprefix(f"core: {printable(str(core))} ")
+    return ""
+
+
 def _compress(path: Path) -> Path:
     """gzip a kept core (QEMU's are hundreds of MB, mostly zeros; CI artifact limits are not)."""
     packed = path.with_name(path.name + ".gz")
@@ -288,12 +298,16 @@ def examine_cores(cores: list[Path], folder: Path, cwd: Path, budget_s: float) -
         block = f"core-{n}-{name}-block"
         argv = [gdb, "-batch", "-nx", "-ex", "set pagination off", "-ex", "bt", "-ex", "echo \\n=== all threads ===\\n",
                 "-ex", "thread apply all bt"]
-        if QEMU_PROGRAMS.match(name):
+        unread = _core_problem(kept) if QEMU_PROGRAMS.match(name) else ""
+        walk = bool(QEMU_PROGRAMS.match(name)) and not unread
+        if walk:
             argv += ["-ex", "echo \\n=== end of threads ===\\n", *blockstate.gdb_commands(folder / f"{block}.json")]
         argv += [executable, str(kept)] if executable else ["-c", str(kept)]
         text = _run_tool(argv, folder / bt_file, min(PER_TOOL_TIMEOUT_S, max(deadline - time.monotonic(), 1)))
         files += [_compress(kept).name, bt_file]
-        if QEMU_PROGRAMS.match(name):
+        if unread:
+            block_lines.append(f"{name} ({kept.name}) block: not read: the core {unread}")
+        if walk:
             state = blockstate.load(folder / f"{block}.json")
             files += blockstate.write(state, folder, block, f"Block-layer state of {name} from {kept.name}")
             if (folder / f"{block}.json").is_file():

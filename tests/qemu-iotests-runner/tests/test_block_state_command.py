@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from support import Completed, run_cli
 
-from iotests_run import block_state_command, blockstate
-from iotests_run.diagnostics import check_core
+from iotests_run import block_state_command, blockstate, diagnostics
+from iotests_run.diagnostics import check_core, examine_cores
 from iotests_run.errors import SetupError, UsageError
 from iotests_run.inputs import read_head
 
@@ -471,3 +471,25 @@ def test_load_says_why_there_is_no_document(tmp_path: Path) -> None:
     assert blockstate.load(tmp_path / "refused") == {"error": "no all_bdrv_states\\x1b[2J"}
     (tmp_path / "fine").write_text(json.dumps(HOSTILE))
     assert blockstate.load(tmp_path / "fine") == HOSTILE  # raw: --json keeps what the walker read
+
+
+@pytest.mark.process
+@needs_gdb
+def test_a_run_s_core_cut_short_is_not_walked(tmp_path: Path, fake_qemu: subprocess.Popen[bytes],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    gcore = shutil.which("gcore")
+    if gcore is None:
+        pytest.skip("gdb's gcore is not installed")
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    subprocess.run([gcore, "-o", str(upper / "core"), str(fake_qemu.pid)], capture_output=True, check=True,
+                   stdin=subprocess.DEVNULL)
+    core = upper / f"core.{fake_qemu.pid}"
+    with core.open("r+b") as f:  # as the kernel leaves it at the core size limit
+        f.truncate(core.stat().st_size // 2)
+    # gcore writes its notes last, so gdb cannot name the program of a cut gcore; the kernel's come first
+    monkeypatch.setattr(diagnostics, "core_origin", lambda *a: (str(tmp_path / "qemu-io"), "SIGSEGV"))
+    evidence = examine_cores([core], tmp_path / "diagnostics", tmp_path, 60)
+    assert "qemu-io (core-1) block: not read: the core is truncated (" in evidence.summary
+    assert "0 nodes" not in evidence.summary
+    assert not list((tmp_path / "diagnostics").glob("*block*"))
