@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -231,8 +232,21 @@ def main(argv: Sequence[str]) -> int:
     title = f"Block-layer state of {who}, {where}"
     state = _walk(gdb, target, who, where, args.pid)
     rendered = _render(state, title, outputs)
-    print(terminal_safe(blockstate.text(state, title)), end="")
-    print(terminal_safe(blockstate.summary(state, who)))
     for option, path in outputs:
         _write(option, path, rendered[option])
+    _print(terminal_safe(blockstate.text(state, title)) + terminal_safe(blockstate.summary(state, who)) + "\n")
     return 0
+
+
+def _print(text: str) -> None:
+    """The dump on stdout, after the files: a reader that stops early (`| head`) ends it quietly, a stdout
+    that cannot take it (`> /dev/full`) is one line; neither leaves Python a buffer to fail on at exit."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        if not isinstance(exc, BrokenPipeError):
+            raise UsageError(f"cannot write the dump to stdout ({exc.strerror or exc})") from None

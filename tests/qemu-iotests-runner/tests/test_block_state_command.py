@@ -169,7 +169,7 @@ def test_a_write_that_fails_names_the_file_and_leaves_no_temporary(tmp_path: Pat
         block_state_command.main(["--pid", "1", "--json", str(target)])
     monkeypatch.setattr(os, "replace", real_replace)
     assert list(tmp_path.iterdir()) == []
-    assert "1 node" in capsys.readouterr().out  # the dump was printed all the same
+    assert capsys.readouterr().out == ""  # the files come first: no dump that looks like success
 
 
 @pytest.mark.process
@@ -188,6 +188,29 @@ def test_a_full_disk_is_one_line_exit_2(tmp_path: Path, fake_gdb: dict[str, str]
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True, stdin=subprocess.DEVNULL)
+
+
+def _run_with_stdout(args: list[str], env: dict[str, str], stdout: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "iotests_run", "block-state", *args], env=env, stdout=stdout,
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=120)
+
+
+@pytest.mark.process
+def test_a_stdout_closed_early_or_full_leaves_the_files_written(tmp_path: Path, fake_gdb: dict[str, str],
+                                                                 fake_qemu: subprocess.Popen[bytes]) -> None:
+    read, write = os.pipe()
+    os.close(read)  # `| head` that has already stopped reading
+    try:
+        closed = _run_with_stdout(["--pid", str(fake_qemu.pid), "--json", str(tmp_path / "a.json")], fake_gdb, write)
+    finally:
+        os.close(write)
+    assert closed.returncode == 0 and closed.stderr == "", closed.stderr
+    assert json.loads((tmp_path / "a.json").read_text())["nodes"][0]["node_name"] == "top"
+    with open("/dev/full", "w") as full:
+        proc = _run_with_stdout(["--pid", str(fake_qemu.pid), "--json", str(tmp_path / "b.json")], fake_gdb, full)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "iotests-run: cannot write the dump to stdout (No space left on device)\n"
+    assert (tmp_path / "b.json").is_file()
 
 
 # 2. Pids ---------------------------------------------------------------------------------------------
