@@ -41,8 +41,8 @@ def gdb_commands(json_out: Path) -> list[str]:
 
 
 def load(path: Path) -> dict[str, Any]:
-    """The walker's document, its strings made printable (_printable); {"error": ...} when gdb wrote none,
-    or it is unreadable or not shaped as the walker writes it."""
+    """The walker's document as it wrote it (the renderers make its strings printable, --json keeps them);
+    {"error": ...} when gdb wrote none, or it is unreadable or not shaped as the walker writes it."""
     try:
         data = parse_json(read_bytes(path, "block state", MAX_JSON_BYTES, follow_links=False), "block state", path)
     except UsageError as exc:
