@@ -88,6 +88,28 @@ def read_text(path: Path, what: str, limit: int, *, follow_links: bool = True) -
         raise UsageError(f"{what}: {printable(str(path))} is not UTF-8 text (byte {exc.start})") from None
 
 
+def read_head(path: Path, what: str, limit: int) -> tuple[bytes, int]:
+    """A regular file's first limit bytes and its size: for files too big to read whole (a core of
+    hundreds of MB), whose header says what they are and how long they must be."""
+    try:
+        fd = os.open(path, _READ)
+    except OSError as exc:
+        raise _open_error(exc, path, what) from None
+    try:
+        with _opened(fd, path, what):
+            size = os.fstat(fd).st_size
+            chunks, got = [], 0
+            while got < limit:
+                chunk = os.read(fd, min(1 << 20, limit - got))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+            return b"".join(chunks), size
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {printable(str(path))} ({exc.strerror or exc})") from None
+
+
 def read_optional(path: Path, limit: int, *, follow_links: bool = True) -> str | None:
     """A file a test (or a merged folder) may have planted: its first limit bytes as text, or None when
     it is absent, not a regular file or unreadable. Never blocks, never raises."""

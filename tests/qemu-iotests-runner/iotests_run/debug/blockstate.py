@@ -10,15 +10,25 @@ installed), and a one-line summary for results.json, JUnit, the summary and repo
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from iotests_run.errors import UsageError
+from iotests_run.inputs import parse_json, read_bytes
+from iotests_run.text import printable
 
 GDB_SCRIPT = Path(__file__).resolve().parent / "gdbscripts" / "block_state.py"
 SWITCH_FRAMES = {"qemu_coroutine_switch", "qemu_coroutine_yield"}
 DOT_TIMEOUT_S = 20.0
+MAX_JSON_BYTES = 64 << 20  # the walker's bounds (1000 nodes, 50 requests each, 30 frames) stay well below
+MAX_DEPTH = 16  # the walker nests 5 deep
 # BdrvChildRole and BlockPermission bits (include/block/block-common.h)
 ROLES = ((1, "data"), (2, "metadata"), (4, "filtered"), (8, "cow"), (16, "primary"))
 PERMS = ((1, "consistent-read"), (2, "write"), (4, "write-unchanged"), (8, "resize"))
@@ -31,16 +41,66 @@ def gdb_commands(json_out: Path) -> list[str]:
 
 
 def load(path: Path) -> dict[str, Any]:
-    """The walker's document; {"error": ...} when gdb wrote none or it is unreadable."""
+    """The walker's document as it wrote it (the renderers make its strings printable, --json keeps them);
+    {"error": ...} when gdb wrote none, or it is unreadable or not shaped as the walker writes it."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        return {"error": f"no block state from gdb ({exc.__class__.__name__})"}
-    return data if isinstance(data, dict) else {"error": "no block state from gdb"}
+        data = parse_json(read_bytes(path, "block state", MAX_JSON_BYTES, follow_links=False), "block state", path)
+    except UsageError as exc:
+        reason = "gdb wrote none" if "no such file" in str(exc) else str(exc).split(": ", 1)[-1]
+        return {"error": f"no block state from gdb ({reason})"}
+    if not isinstance(data, dict) or not _well_formed(data, SHAPE):
+        return {"error": "no block state from gdb (not a document of the walker)"}
+    if "error" in data:  # the walker's own refusal (no debug info, no process)
+        return {"error": printable_string(str(data["error"]))}
+    return data
+
+
+def _renderable(state: dict[str, Any]) -> dict[str, Any]:
+    """What the renderers show: the document with its strings printable, or the reason it cannot be shown."""
+    if not isinstance(state, dict) or not _well_formed(state, SHAPE):
+        return {"error": "no block state from gdb (not a document of the walker)"}
+    return dict(_printable(state))
+
+
+# The walker's lists (of objects) and the lists inside their elements: what the renderers iterate.
+SHAPE: dict[str, Any] = {"nodes": {"children": {}, "requests": {"backtrace": {}}}, "backends": {},
+                         "jobs": {"nodes": {}}, "threads": {"callers": {"backtrace": {}}}}
+
+
+def _well_formed(document: dict[str, Any], shape: dict[str, Any]) -> bool:
+    """Each list the renderers iterate is a list of objects (absent is fine)."""
+    for key, inner in shape.items():
+        items = document.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(i, dict) and _well_formed(i, inner) for i in items):
+            return False
+    return True
+
+
+# Text read from QEMU's memory (node names, file names, job ids...) may hold line breaks and escape
+# sequences; surrogates from a hand-made document could not even be encoded.
+_UNPRINTABLE = re.compile("[\ud800-\udfff\ufffe\uffff]")
+
+
+def printable_string(value: str) -> str:
+    """One line, no control character, encodable as UTF-8 and allowed in XML."""
+    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", printable(value))
+
+
+def _printable(value: Any, depth: int = 0) -> Any:
+    """The document with every string (keys too) made printable, nesting bounded."""
+    if isinstance(value, str):
+        return printable_string(value)
+    if depth > MAX_DEPTH:
+        return None
+    if isinstance(value, dict):
+        return {printable_string(str(k)): _printable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v, depth + 1) for v in value]
+    return value
 
 
 def _bits(value: int | None, table: Iterable[tuple[int, str]]) -> list[str]:
-    return [name for bit, name in table if value and value & bit]
+    return [name for bit, name in table if isinstance(value, int) and value & bit]
 
 
 def _node_label(node: dict[str, Any]) -> str:
@@ -59,6 +119,7 @@ def requests(state: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]
 
 def summary(state: dict[str, Any], who: str) -> str:
     """One line: the graph's size and the first request in flight with the innermost frames of its coroutine."""
+    state, who = _renderable(state), printable_string(who)
     if "error" in state:
         return f"{who} block: {state['error']}"
     nodes, reqs = state.get("nodes", []), requests(state)
@@ -82,6 +143,7 @@ def _context(address: str | None, main: str | None) -> str:
 
 def text(state: dict[str, Any], title: str) -> str:
     """The readable dump."""
+    state, title = _renderable(state), printable_string(title)
     out = [title, ""]
     if "error" in state:
         return "\n".join([*out, f"no block state: {state['error']}", ""])
@@ -151,21 +213,34 @@ def _frame_line(frame: dict[str, Any]) -> str:
     return f"{frame.get('function') or '??'} ({frame.get('pc')}){where}"
 
 
+# graphviz passes an entity in a label through to SVG as it is: a raw & could start one ("&#27;").
+_DOT_ENTITIES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\\": "\\\\", '"': '\\"'})
+MAX_DOT_FILENAME = 60
+
+
 def _dot_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    """A DOT quoted string whose lines (\\n in a label) are each made printable, with backslashes and quotes
+    escaped and &, <, > as entities: SVG is XML, which allows no control character and no stray &."""
+    return '"' + "\\n".join(printable_string(line).translate(_DOT_ENTITIES) for line in value.split("\n")) + '"'
+
+
+def _short(filename: str) -> str:
+    return filename if len(filename) <= MAX_DOT_FILENAME else "..." + filename[-MAX_DOT_FILENAME + 3:]
 
 
 def dot(state: dict[str, Any], title: str) -> str:
     """The graph for graphviz: boxes are nodes (red: requests in flight; yellow: quiesced), ellipses
     block backends, hexagons jobs; edges carry the child's name and permissions (R consistent-read,
     W write, w write-unchanged, s resize; shared after the slash)."""
+    state = _renderable(state)
     lines = ["digraph block {", f"  label={_dot_string(title)}; labelloc=t; rankdir=TB;",
              '  node [fontname="monospace", fontsize=10]; edge [fontname="monospace", fontsize=9];']
     for node in state.get("nodes", []):
         reqs = node.get("requests", [])
         colour = "#f28b82" if reqs or node.get("in_flight") else "#fdd663" if node.get("quiesce_counter") else "#ffffff"
         label = (f"{node.get('node_name') or node.get('address')}\n{node.get('driver') or '?'}\n"
-                 f"in_flight {node.get('in_flight')}, quiesced {node.get('quiesce_counter')}")
+                 + (f"{_short(str(node['filename']))}\n" if node.get("filename") else "")
+                 + f"in_flight {node.get('in_flight')}, quiesced {node.get('quiesce_counter')}")
         label += "".join(f"\n{r.get('type')} {r.get('offset')}+{r.get('bytes')}" for r in reqs[:4])
         lines.append(f"  {_dot_string(str(node.get('address')))} [shape=box, style=filled, "
                      f"fillcolor={_dot_string(colour)}, label={_dot_string(label)}];")
@@ -221,12 +296,43 @@ def write(state: dict[str, Any], folder: Path, stem: str, title: str) -> list[st
     return files
 
 
-def run_gdb(argv: list[str], timeout: float) -> None:
-    """gdb in batch mode, output discarded (the walker writes its file); bounded in time."""
+GDB_GRACE_S = 5.0
+
+
+@dataclass(frozen=True)
+class GdbRun:
+    output: str  # what gdb printed, stdout and stderr together
+    failure: str  # "" when gdb finished; else why not ("gdb did not finish within 60 s")
+
+
+def run_gdb(argv: list[str], timeout: float) -> GdbRun:
+    """gdb in batch mode in its own session, bounded in time. Its output tells why it read nothing (an
+    attach refused, a file that is no core). Past the time it gets SIGTERM first, on which gdb detaches
+    from a live process (one killed outright can leave it stopped), then SIGKILL."""
     try:
-        subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
-    except (OSError, subprocess.TimeoutExpired):
-        pass
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    except OSError as exc:
+        return GdbRun("", f"gdb could not run: {exc.strerror or exc}")
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        return GdbRun("", f"gdb did not finish within {timeout:g} s")
+    return GdbRun(out.decode("utf-8", errors="replace"), "")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    for sig, wait in ((signal.SIGTERM, GDB_GRACE_S), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.communicate(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def json_text(state: dict[str, Any]) -> str:

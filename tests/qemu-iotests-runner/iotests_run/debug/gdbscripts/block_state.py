@@ -302,6 +302,8 @@ def _threads(coroutines: Coroutines) -> list[dict[str, Any]]:
 
 
 def block_state() -> dict[str, Any]:
+    if not gdb.selected_inferior().pid:  # else all_bdrv_states would be read from the program file: "0 nodes"
+        raise gdb.GdbError("no process or core to read (gdb could not attach, or did not load the core)")
     states = _static("all_bdrv_states")
     if states is None:
         raise gdb.GdbError("no all_bdrv_states: not a QEMU block-layer program, or no debug info")
