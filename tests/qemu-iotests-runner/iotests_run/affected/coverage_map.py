@@ -20,21 +20,31 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from iotests_run import inputs
 from iotests_run.affected.gcov import GcovError, Notes, read_counts, read_notes
 from iotests_run.errors import UsageError
 from iotests_run.files import write_atomically
+from iotests_run.inputs import number, relative_parts
+from iotests_run.model import Outcome, Result
+from iotests_run.plan.history import history_key
+from iotests_run.text import printable
 
 FORMAT = "iotests-run coverage map 1"
 GCOV_FOLDER = "gcov"  # in each run's sandbox: its GCOV_PREFIX
 DEFAULT_FILE = "coverage-map.json.gz"  # in ~/.cache/iotests-run: the map --affected-by reads unless told
-MAX_BYTES = 256 << 20
+MAX_BYTES = 32 << 20  # the gzip'd file (QEMU 7.2's quick runs on two formats: 382 KB)
+MAX_INFLATED = 64 << 20  # the JSON it inflates to (JSON's objects take about ten times that in memory)
+MAX_FUNCTIONS = 1 << 20  # QEMU 10.0 compiles about 33,000
+MAX_EXECUTED = 50_000_000  # functions executed, summed over the runs (about 1,000 to 4,500 per run)
+MAX_SOURCE = 64 << 20  # one source file whose digest the map keeps
+MAX_LINE = (1 << 32) - 1  # a line number as gcc's notes hold it (32 bits)
 
 
 def source_digest(data: bytes) -> str:
@@ -76,35 +86,89 @@ def _bits(indexes: Iterable[int], size: int) -> str:
     return base64.b64encode(bytes(raw)).decode()
 
 
-def _indexes(text: str) -> frozenset[int]:
-    raw = base64.b64decode(text, validate=True)
+def _indexes(text: Any, size: int, what: str) -> frozenset[int]:
+    """A run's bitset over the function table: bits beyond the table (or more bytes than it needs) are
+    refused here, so that nothing later indexes past the table."""
+    if not isinstance(text, str) or len(text) > 4 * ((size + 7) // 8 + 2) // 3 + 4:
+        raise UsageError(f"{what}: not a bitset of the map's {size} functions")
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise UsageError(f"{what}: not base64") from None
+    if len(raw) > (size + 7) // 8 or int.from_bytes(raw, "little") >> size:
+        raise UsageError(f"{what}: a bit beyond the map's {size} functions")
     return frozenset(i * 8 + b for i, byte in enumerate(raw) if byte for b in range(8) if byte >> b & 1)
 
 
-def load(path: Path) -> CoverageMap:
-    """A map file, checked; anything else is one UsageError line."""
-    try:
-        if path.stat().st_size > MAX_BYTES:
-            raise UsageError(f"coverage map {path} is larger than {MAX_BYTES >> 20} MB")
-        data = json.loads(gzip.decompress(path.read_bytes()))
-    except FileNotFoundError:
-        raise UsageError(f"no coverage map: {path} (make one with --coverage-map on a gcov build)") from None
-    except (OSError, EOFError, gzip.BadGzipFile, ValueError, RecursionError) as exc:
-        raise UsageError(f"{path} is not a coverage map ({str(exc)[:100]})") from None
+def _field(data: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
+    value = data.get(key)
+    if not isinstance(value, kind):
+        raise UsageError(f"{what} (field {key!r} is not a {kind.__name__})")
+    return value
+
+
+def _spans(path: str, spans: Any, what: str) -> list[Span]:
+    relative_parts(path, what)  # a name inside the source tree, never /abs or ../
+    if not isinstance(spans, list):
+        raise UsageError(f"{what} (the functions of {printable(path)[:100]} are not a list)")
+    out = []
+    for item in spans:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
+            raise UsageError(f"{what} (a function of {printable(path)[:100]} is not [name, start, end])")
+        start = int(number(item[1], f"{what}: start line of {printable(item[0])[:60]}", 0, MAX_LINE, integer=True))
+        end = int(number(item[2], f"{what}: end line of {printable(item[0])[:60]}", start, MAX_LINE, integer=True))
+        out.append(Span(item[0], start, end))
+    return out
+
+
+def _parse(data: Any, what: str) -> CoverageMap:
+    """The map's JSON, every field checked and every number bounded before anything is built from it."""
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise UsageError(f"{path} is not a coverage map ({FORMAT!r} expected)")
-    try:
-        files = {str(p): [Span(str(n), int(s), int(e)) for n, s, e in spans] for p, spans in data["files"].items()}
-        runs = {str(k): _indexes(v) for k, v in data["runs"].items()}
-        return CoverageMap(str(data["tree"]), str(data["created"]), files,
-                           {str(k): str(v) for k, v in data["digests"].items()}, runs,
-                           frozenset(int(i) for i in data.get("uncounted", [])))
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise UsageError(f"{path} is not a coverage map (bad field: {str(exc)[:80]})") from None
+        raise UsageError(f"{what} ({FORMAT!r} expected)")
+    raw_files = _field(data, "files", dict, what)
+    if sum(len(spans) for spans in raw_files.values() if isinstance(spans, list)) > MAX_FUNCTIONS:
+        raise UsageError(f"{what} (more than {MAX_FUNCTIONS} functions)")
+    files = {p: _spans(p, spans, what) for p, spans in raw_files.items()}
+    size = sum(len(spans) for spans in files.values())
+    digests = {}
+    for key, digest in _field(data, "digests", dict, what).items():
+        relative_parts(key, what)
+        if not isinstance(digest, str) or len(digest) > 128:
+            raise UsageError(f"{what} (the digest of {printable(key)[:100]} is not a short string)")
+        digests[key] = digest
+    runs, bits = {}, 0
+    for key, text in _field(data, "runs", dict, what).items():
+        runs[key] = _indexes(text, size, f"{what}: run {printable(key)[:60]}")
+        bits += len(runs[key])
+        if bits > MAX_EXECUTED:
+            raise UsageError(f"{what} (more than {MAX_EXECUTED} executed functions over its runs)")
+    uncounted = data.get("uncounted", [])
+    if not isinstance(uncounted, list) or len(uncounted) > size:
+        raise UsageError(f"{what} (field 'uncounted' is not a list of the map's functions)")
+    unknown = frozenset(int(number(i, f"{what}: uncounted function", 0, size - 1, integer=True)) for i in uncounted)
+    tree, created = _field(data, "tree", str, what), _field(data, "created", str, what)
+    return CoverageMap(tree, created, files, digests, runs, unknown)
 
 
-def save(path: Path, cmap: CoverageMap) -> None:
-    write_atomically(path, gzip.compress(json.dumps(cmap.to_json(), separators=(",", ":")).encode(), 6))
+def load(path: Path) -> CoverageMap:
+    """A map file, checked; anything else is one UsageError line (a FIFO or a device is refused unread,
+    the file and what it inflates to are capped, every number is bounded)."""
+    name = printable(str(path))
+    if not os.path.lexists(path):
+        raise UsageError(f"no coverage map: {name} (make one with --coverage-map on a gcov build)")
+    data = inputs.read_bytes(path, "coverage map", MAX_BYTES)
+    what = f"{name} is not a coverage map"
+    if data[:2] != b"\x1f\x8b":
+        raise UsageError(f"{what} (not gzip data)")
+    text = inputs.gunzip(data, "coverage map", path, MAX_INFLATED)
+    return _parse(inputs.parse_json(text, "coverage map", path), what)
+
+
+def save(path: Path, cmap: CoverageMap) -> int:
+    """Write the map whole or not at all (a temporary file renamed over it); its size in bytes."""
+    data = gzip.compress(json.dumps(cmap.to_json(), separators=(",", ":")).encode(), 6)
+    write_atomically(path, data)
+    return len(data)
 
 
 def gcov_environment(sandbox_root: Path) -> dict[str, str]:
@@ -169,6 +233,7 @@ class Recorder:
     _folder: Path | None = None
     _shim: Path | None = None
     _dumps: str = ""
+    saved_bytes: int = 0  # the size of the map file last written
 
     def check_build(self) -> None:
         if not any(self.build.rglob("*.gcno")):
@@ -275,8 +340,8 @@ class Recorder:
         digests = {}
         for name in list(spans):
             try:
-                digests[name] = source_digest((self.source / name).read_bytes())
-            except OSError:
+                digests[name] = source_digest(inputs.read_beneath(self.source, name, "source file", MAX_SOURCE))
+            except UsageError:  # not a regular file of the tree (reached by a link, gone): not mapped
                 del spans[name]
         return {n: sorted(s.values(), key=lambda x: x.start) for n, s in spans.items()}, digests
 
@@ -304,7 +369,7 @@ class Recorder:
         for key, ran in self.executed.items():
             cmap.runs[key] = frozenset(index[f] for f in ran if f in index)
         cmap.uncounted = frozenset(index[f] for f in self.uncounted if f in index)
-        save(path, cmap)
+        self.saved_bytes = save(path, cmap)
         return cmap
 
 
@@ -324,3 +389,34 @@ def _earlier(path: Path, tree: str, digests: Mapping[str, str]) -> CoverageMap |
         return None
     earlier = load(path)  # a file that is not a map is refused, never overwritten
     return earlier if earlier.tree == tree and earlier.digests == dict(digests) else None
+
+
+# Outcomes after which every process of the run exited by itself, so that all its counters were written.
+WHOLE_COVERAGE = frozenset({Outcome.PASS, Outcome.FAIL, Outcome.NOT_RUN})
+
+
+def save_recording(path: Path, recorder: Recorder, tree: str, results: Iterable[Result],
+                   note: Callable[[str], None]) -> None:
+    """--coverage-map FILE after the runs: the map written, or one warning line when it cannot be (a full
+    disk, the file turned into something else meanwhile); the runs' results and reports are written
+    either way, so a failed save is never a traceback."""
+    recorder.forget(history_key(r.run) for r in results if r.outcome not in WHOLE_COVERAGE or r.leaked)
+    try:
+        cmap = recorder.save(path, tree)
+    except OSError as exc:
+        note(f"iotests-run: warning: the coverage map {printable(str(path))} was not saved "
+             f"({printable(exc.strerror or str(exc))})")
+        return
+    except UsageError as exc:
+        note(f"iotests-run: warning: the coverage map {printable(str(path))} was not saved ({printable(str(exc))})")
+        return
+    finally:
+        recorder.close()
+    functions = sum(len(spans) for spans in cmap.files.values())
+    note(f"iotests-run: coverage map {path}: {len(cmap.runs)} runs, {functions} functions in "
+         f"{len(cmap.files)} source files, {recorder.saved_bytes // 1024} KB"
+         + (f"; {len(recorder.problems)} unreadable counter files (first: "
+            f"{printable(recorder.problems[0])[:200]})" if recorder.problems else ""))
+    if not functions:
+        note(f"iotests-run: warning: the coverage map holds no function: none of the build's "
+             f".gcno files names a source under {recorder.source}")

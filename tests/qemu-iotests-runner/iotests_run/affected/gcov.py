@@ -21,13 +21,26 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from iotests_run import inputs
+from iotests_run.errors import UsageError
+
 GCNO_MAGIC, GCDA_MAGIC = 0x67636E6F, 0x67636461  # "gcno", "gcda"
 TAG_FUNCTION, TAG_ARC_COUNTS = 0x01000000, 0x01A10000
 OLDEST = 12  # lengths in bytes and a header checksum since gcc 12
+MAX_BYTES = 64 << 20  # one object's notes or counters (QEMU's largest .gcno: a few MB)
 
 
 class GcovError(Exception):
     """A file that is not gcc 12+ coverage data, or is cut short."""
+
+
+def _contents(path: Path) -> bytes:
+    """A coverage file's bytes: a regular file only, never through a link (the counters are written in
+    the run's sandbox, where a test could have put a FIFO or a link in their place), at most MAX_BYTES."""
+    try:
+        return inputs.read_bytes(path, "coverage data", MAX_BYTES, follow_links=False)
+    except UsageError as exc:
+        raise GcovError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -84,7 +97,7 @@ class _Reader:
 
 
 def read_notes(path: Path) -> Notes:
-    reader = _Reader(path.read_bytes(), path)
+    reader = _Reader(_contents(path), path)
     reader.header(GCNO_MAGIC)
     cwd = reader.string()
     reader.word()  # whether the unit has unexecuted blocks
@@ -111,7 +124,7 @@ def read_notes(path: Path) -> Notes:
 def read_counts(path: Path) -> dict[int, bool | None]:
     """Each function's ident -> whether it ran (None: it has no counters to tell). An empty file (a
     process killed while it began to write, or another one's file just created) holds nothing."""
-    data = path.read_bytes()
+    data = _contents(path)
     if not data:
         return {}
     reader = _Reader(data, path)

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from iotests_run import inputs
 from iotests_run.affected import coverage_map
 from iotests_run.affected.coverage_map import CoverageMap, Span, source_digest
 from iotests_run.errors import UsageError
@@ -39,6 +40,8 @@ RUNNER = "tests/qemu-iotests-runner/"
 BASH_COMMON = {"common.rc", "common.config"}
 PYTHON_COMMON = {"iotests.py"}
 MAX_DIFF_BYTES = 64 << 20
+MAX_LINE = 1 << 31  # a line number or count of a hunk header beyond it is no diff of a source file
+MAX_SOURCE_BYTES = 64 << 20  # one mapped source file, read for its digest
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,10 @@ class Hunk:
     start: int  # first line of the old side; for a pure insertion, the line it follows (0: the top)
     count: int  # lines of the old side replaced or removed; 0: lines inserted only
 
-    def lines(self) -> range:
-        return range(self.start, self.start + self.count)
+    @property
+    def last(self) -> int:
+        """The last old-side line replaced or removed (start - 1 for an insertion)."""
+        return self.start + self.count - 1
 
 
 @dataclass
@@ -56,13 +61,26 @@ class FileChange:
     new: str | None  # None: a deleted file
     hunks: list[Hunk] = field(default_factory=list)
     sections: int = 1  # how many sections of the diff change this file
+    binary: bool = False  # a binary change ("GIT binary patch", "Binary files ... differ"): no lines to map
 
     @property
     def path(self) -> str:
         return self.old or self.new or ""
 
 
-_HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? \+\d+(?:,(\d+))? @@")
+_HUNK = re.compile(r"@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+_BINARY = re.compile(r"Binary files (.+) and (.+) differ$")
+_BODY = (" ", "-", "+", "\\")  # how a hunk's lines begin (or they are empty: a context line a mailer trimmed)
+
+
+def _line_number(digits: str | None, lineno: int, source: str) -> int:
+    """A hunk header's number, bounded before it is used (a 5000-digit number is no line of a file)."""
+    if digits is None:
+        return 1
+    if len(digits) > 10 or int(digits) > MAX_LINE:
+        raise UsageError(f"{source}: line {lineno}: a hunk header's line number beyond {MAX_LINE}: "
+                         f"{digits[:20]}{'...' if len(digits) > 20 else ''}")
+    return int(digits)
 
 
 def _strip(name: str) -> str | None:
@@ -74,10 +92,12 @@ def _strip(name: str) -> str | None:
     return name[2:] if name[:2] in ("a/", "b/") else name
 
 
-def parse_diff(text: str) -> list[FileChange]:
+def parse_diff(text: str, source: str = "diff") -> list[FileChange]:
     """The files a unified diff changes (git's or diff -u's), each with its hunks' old-side ranges.
     Text around the sections (a mail's headers and message) is skipped; a hunk's body is consumed by
-    its line counts, so that a removed line starting with "-- " is never taken for a file header."""
+    its line counts, so that a removed line starting with "-- " is never taken for a file header (and
+    stops at a line no hunk holds, so that a header counting too many lines swallows no other file).
+    A binary change is marked so: the map cannot place it. `source` names the diff in messages."""
     changes: dict[str, FileChange] = {}
     current: FileChange | None = None
     headed = False  # a "diff --git" line began the section: the ---/+++ lines that follow are its own
@@ -99,6 +119,14 @@ def parse_diff(text: str) -> list[FileChange]:
             current.old = None
         elif line.startswith("deleted file mode") and current is not None:
             current.new = None
+        elif line == "GIT binary patch" and headed and current is not None:
+            current.binary = True
+        elif (binary := _BINARY.match(line)) is not None:
+            if headed and current is not None:
+                current.binary = True
+            else:  # diff -r's line for a binary file, no header before it
+                old, new = _strip(binary.group(1)), _strip(binary.group(2))
+                _section(changes, FileChange(old, new)).binary = True
         elif line.startswith("--- ") and i < len(lines) and lines[i].startswith("+++ "):
             old, new = _strip(line[4:]), _strip(lines[i][4:])
             i += 1
@@ -111,19 +139,29 @@ def parse_diff(text: str) -> list[FileChange]:
             headed = False
             m = _HUNK.match(line)
             if not m:
-                raise UsageError(f"diff line {i}: not a hunk header: {printable(line)[:80]}")
-            old_count = 1 if m.group(2) is None else int(m.group(2))
-            new_count = 1 if m.group(3) is None else int(m.group(3))
-            current.hunks.append(Hunk(int(m.group(1)), old_count))
-            while i < len(lines) and (old_count > 0 or new_count > 0):
-                body = lines[i]
-                i += 1
-                if body.startswith("\\"):  # "\ No newline at end of file"
-                    continue
-                kind = body[:1]
-                old_count -= kind in (" ", "-", "")
-                new_count -= kind in (" ", "+", "")
+                raise UsageError(f"{source}: line {i}: not a hunk header: {printable(line)[:80]}")
+            start = _line_number(m.group(1), i, source)
+            old_count = _line_number(m.group(2), i, source)
+            _line_number(m.group(3), i, source)
+            new_count = _line_number(m.group(4), i, source)
+            current.hunks.append(Hunk(start, old_count))
+            i = _skip_body(lines, i, old_count, new_count)
     return list(changes.values())
+
+
+def _skip_body(lines: Sequence[str], i: int, old_count: int, new_count: int) -> int:
+    """Where a hunk's body ends: after its counts' lines, or at the first line no hunk holds."""
+    while i < len(lines) and (old_count > 0 or new_count > 0):
+        body = lines[i]
+        if body and not body.startswith(_BODY):
+            break
+        i += 1
+        if body.startswith("\\"):  # "\ No newline at end of file"
+            continue
+        kind = body[:1]
+        old_count -= kind in (" ", "-", "")
+        new_count -= kind in (" ", "+", "")
+    return i
 
 
 def _section(changes: dict[str, FileChange], change: FileChange) -> FileChange:
@@ -157,7 +195,7 @@ class Affected:
         if hit:
             path, span = table[hit[0]]
             more = f" and {len(hit) - 1} more changed function(s)" if len(hit) > 1 else ""
-            return f"executes {span.name} ({path}){more}"
+            return f"executes {printable(span.name)} ({printable(path)}){more}"
         return None
 
 
@@ -207,15 +245,15 @@ def affected(changes: Iterable[FileChange], cmap: CoverageMap, catalog: Catalog)
     for change in changes:
         path = change.path
         if path.startswith(RUNNER):
-            return Affected(f"this runner changed ({path})", frozenset(), {})
+            return Affected(f"this runner changed ({printable(path)})", frozenset(), {})
         if path.startswith(IOTESTS):
             rel = path[len(IOTESTS):]
             test = _test_of(rel, catalog) or (_test_of(change.new[len(IOTESTS):], catalog)
                                               if change.new and change.new.startswith(IOTESTS) else None)
             if test is not None:
-                tests[test] = f"the test changed ({path})"
+                tests[test] = f"the test changed ({printable(path)})"
             elif rel in _MACHINERY or "/" in rel:
-                return Affected(f"the iotests machinery changed ({path})", frozenset(), {})
+                return Affected(f"the iotests machinery changed ({printable(path)})", frozenset(), {})
             else:
                 helpers.add(rel)
             continue
@@ -224,13 +262,17 @@ def affected(changes: Iterable[FileChange], cmap: CoverageMap, catalog: Catalog)
             continue
         spans = cmap.files.get(path)
         if spans is None:
-            return Affected(f"{path} changed, and it has no functions in the coverage map", frozenset(), {})
+            return Affected(f"{printable(path)} changed, and it has no functions in the coverage map",
+                            frozenset(), {})
+        if change.binary:
+            return Affected(f"{printable(path)} changed as binary data, which the coverage map cannot place",
+                            frozenset(), {})
         whole = change.sections > 1 or change.old is None or change.new is None or change.old != change.new
         for hunk in change.hunks if not whole else []:
             inside = [i for i, s in enumerate(spans) if _touches(hunk, s.start, s.end)]
             if not _covered(hunk, [spans[i] for i in inside]):
                 line = hunk.start if hunk.count else f"{hunk.start}-{hunk.start + 1}"
-                return Affected(f"{path}:{line} changed outside any function of the coverage map",
+                return Affected(f"{printable(path)}:{line} changed outside any function of the coverage map",
                                 frozenset(), {})
             functions.update(index[(path, spans[i].name)] for i in inside)
         if whole:
@@ -238,8 +280,8 @@ def affected(changes: Iterable[FileChange], cmap: CoverageMap, catalog: Catalog)
     unknown = functions & cmap.uncounted
     if unknown:
         path, span = table[min(unknown)]
-        return Affected(f"{span.name} ({path}) changed, and its counters cannot tell which runs executed it",
-                        frozenset(), {})
+        return Affected(f"{printable(span.name)} ({printable(path)}) changed, and its counters cannot tell which "
+                        "runs executed it", frozenset(), {})
     if helpers:
         tests.update(_helper_tests(helpers, catalog))
     return Affected(None, frozenset(functions), tests)
@@ -248,16 +290,22 @@ def affected(changes: Iterable[FileChange], cmap: CoverageMap, catalog: Catalog)
 def _touches(hunk: Hunk, start: int, end: int) -> bool:
     if hunk.count == 0:  # inserted after line `start`: inside when both neighbours are the function's
         return start <= hunk.start < end
-    return hunk.start <= end and start <= hunk.start + hunk.count - 1
+    return hunk.start <= end and start <= hunk.last
 
 
 def _covered(hunk: Hunk, spans: Sequence[Span]) -> bool:
+    """Whether the spans together hold every line the hunk replaces: compared as ranges, so that a
+    header claiming two billion lines costs no more than one claiming two."""
     if hunk.count == 0:
         return bool(spans)
-    lines = set(hunk.lines())
-    for span in spans:
-        lines -= set(range(span.start, span.end + 1))
-    return not lines
+    reached = hunk.start - 1  # the hunk's lines up to here are inside a span
+    for span in sorted(spans, key=lambda s: s.start):
+        if span.start > reached + 1:
+            return False
+        reached = max(reached, span.end)
+        if reached >= hunk.last:
+            return True
+    return reached >= hunk.last
 
 
 def _helper_tests(helpers: set[str], catalog: Catalog) -> dict[str, str]:
@@ -303,20 +351,16 @@ def diff_against(source: Path, rev: str) -> str:
 
 
 def read_diff(path: Path) -> str:
-    try:
-        if path.stat().st_size > MAX_DIFF_BYTES:
-            raise UsageError(f"--affected-by-diff {path}: larger than {MAX_DIFF_BYTES >> 20} MB")
-        return path.read_bytes().decode("utf-8", errors="replace")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise UsageError(f"--affected-by-diff: no such file: {path}") from None
-    except OSError as exc:
-        raise UsageError(f"--affected-by-diff: cannot read {path} ({exc.strerror or exc})") from None
+    """--affected-by-diff FILE's text: a regular file only (a FIFO or /dev/zero is refused unread), capped."""
+    return inputs.read_bytes(path, "--affected-by-diff", MAX_DIFF_BYTES).decode("utf-8", errors="replace")
 
 
 def stale_files(cmap: CoverageMap, source: Path, changes: Sequence[FileChange],
                 old_text: Mapping[str, bytes] | None) -> list[str]:
     """Mapped files whose text is not the text the map was made from: the tree's files outside the
-    diff as they are now, the diff's files as they were at REV (old_text; unknown for a patch file)."""
+    diff as they are now, the diff's files as they were at REV (old_text; unknown for a patch file).
+    Each is read beneath the source folder (the map's names are checked relative paths when it loads);
+    one that is not a regular file there (gone, a link, a FIFO) is stale, never followed or waited on."""
     changed = {c.path for c in changes} | {c.new for c in changes if c.new}
     stale = []
     for path, digest in sorted(cmap.digests.items()):
@@ -325,8 +369,8 @@ def stale_files(cmap: CoverageMap, source: Path, changes: Sequence[FileChange],
                 stale.append(path)
             continue
         try:
-            data = (source / path).read_bytes()
-        except OSError:
+            data = inputs.read_beneath(source, path, "source file", MAX_SOURCE_BYTES)
+        except UsageError:
             stale.append(path)
             continue
         if source_digest(data) != digest:
@@ -354,7 +398,7 @@ class ChangeSelection:
 
     @property
     def reason(self) -> str:
-        return f"not affected by the change (coverage map of {self.cmap.created[:10]})"
+        return f"not affected by the change (coverage map of {printable(self.cmap.created[:10])})"
 
     def split(self, runs: Sequence[Run]) -> tuple[list[Run], list[Result], dict[Run, str]]:
         """The runs the change affects (with why), and the others as not run."""
@@ -379,19 +423,64 @@ def select_for_change(source: Path, catalog: Catalog, tree: str, rev: str | None
     """--affected-by REV / --affected-by-diff FILE: the map checked against the tree, the diff mapped."""
     cmap = coverage_map.load(map_file)
     if _version(cmap.tree) != _version(tree):
-        raise UsageError(f"coverage map {map_file} is of another tree ({cmap.tree}; this one is {_version(tree)})")
+        raise UsageError(f"coverage map {map_file} is of another tree ({printable(cmap.tree)[:100]}; this one is "
+                         f"{_version(tree)})")
     if rev is not None:
-        text, what = diff_against(source, rev), f"git diff {rev}"
+        text, what = diff_against(source, rev), f"git diff {printable(rev)}"
     else:
         assert diff_file is not None
-        text, what = read_diff(diff_file), str(diff_file)
-    changes = parse_diff(text)
+        text, what = read_diff(diff_file), printable(str(diff_file))
+    changes = parse_diff(text, what)
+    if not changes and rev is None:  # an HTML page, an empty file: no change to select by, never 0 runs
+        raise UsageError(f"--affected-by-diff {what}: no diff in it (no 'diff --git', '---'/'+++' or 'Binary "
+                         "files' line)")
     stale = stale_files(cmap, source, changes, old_texts(source, rev, changes, cmap) if rev is not None else None)
     if stale:
-        shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
-        line = (f"coverage map {map_file} ({cmap.created}) is older than the tree's sources: {shown} changed "
-                "outside the diff")
+        shown = ", ".join(printable(p) for p in stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+        line = (f"coverage map {map_file} ({printable(cmap.created)[:40]}) is older than the tree's sources: "
+                f"{shown} changed outside the diff")
         if not stale_ok:
             raise UsageError(f"{line}; make a new map (--coverage-map on a gcov build) or give --affected-by-stale-map")
         warn(f"{line}; used anyway (--affected-by-stale-map)")
     return ChangeSelection(affected(changes, cmap, catalog), cmap, what)
+
+
+@dataclass(frozen=True)
+class ChangeOptions:
+    """What the command line asked of --affected-by (exactly one of rev and diff_file is given)."""
+
+    rev: str | None
+    diff_file: Path | None
+    map_file: Path
+    stale_ok: bool = False
+    fallback: bool = False
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The runs a change keeps (each with why), the others as not run, and the line saying how many."""
+
+    kept: list[Run]
+    unaffected: list[Result]
+    why: dict[Run, str]
+    line: str
+
+
+def choose_runs(to_run: list[Run], source: Path, catalog: Catalog, tree: str, options: ChangeOptions,
+                warn: Callable[[str], None]) -> Chosen:
+    """Planning's step for --affected-by / --affected-by-diff. With --affected-by-fallback, whatever
+    keeps the change from selecting (a UsageError) is one warning line and every run."""
+    try:
+        selection = select_for_change(source, catalog, tree, options.rev, options.diff_file, options.map_file,
+                                      options.stale_ok, warn)
+    except UsageError as exc:
+        if not options.fallback:
+            raise
+        warn(f"every run (--affected-by-fallback): {exc}")
+        return Chosen(to_run, [], {}, f"{len(to_run)} of {len(to_run)} runs: every run, the change could not "
+                                      f"select ({exc})")
+    kept, unaffected, reasons = selection.split(to_run)
+    line = f"{len(kept)} of {len(to_run)} runs affected by {selection.source}"
+    if selection.affected.everything:
+        line += f" (all: {selection.affected.everything})"
+    return Chosen(kept, unaffected, reasons, line)

@@ -25,12 +25,12 @@ from typing import Any
 
 from iotests_run import __version__
 from iotests_run.affected.coverage_map import DEFAULT_FILE as DEFAULT_MAP
-from iotests_run.affected.coverage_map import Recorder, check_target
-from iotests_run.affected.selection import select_for_change
+from iotests_run.affected.coverage_map import Recorder, check_target, save_recording
+from iotests_run.affected.selection import ChangeOptions, choose_runs
 from iotests_run.cli.options import check_combinations, make_parser, parse_arguments, settings_of
 from iotests_run.debug import block_state_command
 from iotests_run.errors import Parser, SetupError, UsageError
-from iotests_run.model import Outcome, Result, Run, TestCase, fails_the_job
+from iotests_run.model import Result, Run, TestCase, fails_the_job
 from iotests_run.plan import history, planner
 from iotests_run.plan.repeats import Policy, tallies
 from iotests_run.report.progress import QUIET, Eta, Progress
@@ -150,9 +150,14 @@ def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
     skipped, to_run = planner.without_protocols(missing, skipped, to_run)
     reasons: dict[Run, str] = {}
     change = None
-    if args.affected_by or args.affected_by_diff:
-        to_run, unaffected, reasons, change = affected_part(args, found, tree_id, to_run)
-        skipped += unaffected
+    if args.affected_by is not None or args.affected_by_diff is not None:
+        chosen = choose_runs(to_run, tree.source, Catalog(tree.iotests, dict(found.all_tests)), tree_id,
+                             ChangeOptions(args.affected_by, args.affected_by_diff,
+                                           args.coverage_map or reference_cache() / DEFAULT_MAP,
+                                           args.affected_by_stale_map, args.affected_by_fallback),
+                             lambda text: print(f"iotests-run: warning: {text}", file=sys.stderr))
+        to_run, reasons, change = chosen.kept, chosen.why, chosen.line
+        skipped += chosen.unaffected
     cost = planner.costs(to_run, durations)
     shard = args.shard or planner.shard_from_ci(os.environ)
     part = None
@@ -164,28 +169,6 @@ def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
         runs = [replace(r, copy=k) for r in runs for k in range(1, args.repeat + 1)]
         cost = {**cost, **{r: cost[r.base] for r in runs}}
     return Planned(skipped, runs, cost, history_file, tree_id, part, reasons, change)
-
-
-def affected_part(args: argparse.Namespace, found: Selection, tree_id: str,
-                  to_run: list[Run]) -> tuple[list[Run], list[Result], dict[Run, str], str]:
-    """--affected-by / --affected-by-diff: the runs the change affects (and why), the others not run,
-    and the line saying how many."""
-    tree = found.tree
-    try:
-        selection = select_for_change(
-            tree.source, Catalog(tree.iotests, dict(found.all_tests)), tree_id, args.affected_by,
-            args.affected_by_diff, args.coverage_map or reference_cache() / DEFAULT_MAP, args.affected_by_stale_map,
-            lambda text: print(f"iotests-run: warning: {text}", file=sys.stderr))
-    except UsageError as exc:
-        if not args.affected_by_fallback:
-            raise
-        print(f"iotests-run: warning: every run (--affected-by-fallback): {exc}", file=sys.stderr)
-        return to_run, [], {}, f"{len(to_run)} of {len(to_run)} runs: every run, the change could not select ({exc})"
-    kept, unaffected, reasons = selection.split(to_run)
-    change = f"{len(kept)} of {len(to_run)} runs affected by {selection.source}"
-    if selection.affected.everything:
-        change += f" (all: {selection.affected.everything})"
-    return kept, unaffected, reasons, change
 
 
 def check_junit_copy(path: Path) -> Path:
@@ -314,7 +297,7 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
     # Every output path is checked before the results folder is claimed (which empties it).
     junit_copy = check_junit_copy(Path(args.junit)) if args.junit else None
     recorder = None
-    if args.coverage_map and not (args.affected_by or args.affected_by_diff):
+    if args.coverage_map and args.affected_by is None and args.affected_by_diff is None:
         check_target(args.coverage_map)
         recorder = Recorder(found.tree.source, found.tree.build)
         recorder.check_build()
@@ -338,30 +321,9 @@ def run(args: argparse.Namespace, cpus: Cpus) -> int:
         reporter.progress.note(f"iotests-run: killed {len(ended.orphans)} process(es) left by runs that cannot be "
                                f"told apart without cgroups: {'; '.join(ended.orphans)}", quiet_too=True)
     if recorder is not None:
-        save_coverage(args.coverage_map, recorder, planned, reporter)
+        save_recording(args.coverage_map, recorder, planned.tree_id, reporter.results,
+                       lambda text: reporter.progress.note(text, quiet_too=True))
     return finish(args, found, planned, reporter, not ended.interrupted, started)
-
-
-# Outcomes after which every process of the run exited by itself, so that all its counters were written.
-WHOLE_COVERAGE = frozenset({Outcome.PASS, Outcome.FAIL, Outcome.NOT_RUN})
-
-
-def save_coverage(path: Path, recorder: Recorder, planned: Planned, reporter: Reporter) -> None:
-    recorder.forget(history.history_key(r.run) for r in reporter.results
-                    if r.outcome not in WHOLE_COVERAGE or r.leaked)
-    try:
-        cmap = recorder.save(path, planned.tree_id)
-    finally:
-        recorder.close()
-    functions = sum(len(spans) for spans in cmap.files.values())
-    reporter.progress.note(f"iotests-run: coverage map {path}: {len(cmap.runs)} runs, {functions} functions in "
-                           f"{len(cmap.files)} source files, {path.stat().st_size // 1024} KB"
-                           + (f"; {len(recorder.problems)} unreadable counter files (first: "
-                              f"{printable(recorder.problems[0])[:200]})" if recorder.problems else ""),
-                           quiet_too=True)
-    if not functions:
-        reporter.progress.note(f"iotests-run: warning: the coverage map holds no function: none of the build's "
-                               f".gcno files names a source under {recorder.source}", quiet_too=True)
 
 
 def exit_status(results: Sequence[Result], complete: bool, strict_flaky: bool) -> int:

@@ -222,9 +222,11 @@ def check_combinations(args: argparse.Namespace) -> None:
         raise UsageError("--repeat with --last-failed: repeat named tests instead (iotests-run TEST --repeat N)")
     if args.until_fail and args.repeat is None:
         raise UsageError("--until-fail needs --repeat N")
+    if args.affected_by is not None and not args.affected_by.strip():
+        raise UsageError("--affected-by: an empty revision (give one, e.g. HEAD or origin/master)")
     for given, name in ((args.affected_by_stale_map, "--affected-by-stale-map"),
                         (args.affected_by_fallback, "--affected-by-fallback")):
-        if given and not (args.affected_by or args.affected_by_diff):
+        if given and args.affected_by is None and args.affected_by_diff is None:
             raise UsageError(f"{name} needs --affected-by REV or --affected-by-diff FILE")
 
 
