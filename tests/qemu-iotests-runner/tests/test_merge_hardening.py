@@ -17,6 +17,8 @@ from support import Completed, run_cli
 from test_cli_errors import expect_usage_error
 
 from iotests_run import merge
+from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.report import html
 
 RUN = {"test": "001", "format": "qcow2", "protocol": "file", "outcome": "fail", "duration_s": 1.0,
        "started_s": 0.5, "artifacts": "runs/qcow2-file/001"}
@@ -225,3 +227,30 @@ def test_warnings_are_bounded_however_many_files_are_left_out(tmp_path: Path) ->
         os.mkfifo(shard / "runs" / f"pipe{i}")
     copied = merge.copy_artifacts(tmp_path / "out", [shard])
     assert len(copied.warnings) == merge.SHOWN_WARNINGS and copied.left_out == merge.SHOWN_WARNINGS * 3
+
+
+# H4, L9: the page is bounded whatever it is given ------------------------------------------------------
+
+def _result(i: int, outcome: Outcome = Outcome.PASS, started: float | None = 0.0, duration: float = 1.0,
+            combo: tuple[str, str] = ("qcow2", "file")) -> Result:
+    key = f"{i:06d}"
+    return Result(Run(TestCase(key, Path(key), frozenset()), *combo), outcome, duration_s=duration,
+                  started_s=started)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("value", [1e300, float("inf"), float("nan"), -5.0])
+def test_the_timeline_is_bounded_whatever_the_numbers(value: float) -> None:
+    runs = [_result(1, started=value, duration=value), _result(2, started=0.0, duration=value)]
+    samples: list[Any] = [[value, value, value], ["x", None, 1], [1], None, [0, 1, None]]
+    chart = html.timeline(runs, samples)
+    assert chart.startswith('<svg class="timeline"') and len(chart) < 20_000
+
+
+@pytest.mark.unit
+def test_the_timeline_draws_a_bounded_number_of_bars_and_points() -> None:
+    runs = [_result(i, started=float(i % 1000), duration=1000.0) for i in range(20_000)]
+    samples = [[float(t), 1000, 3.0] for t in range(200_000)]
+    chart = html.timeline(runs, samples)
+    assert chart.count("<rect") <= html.TIMELINE_BARS and len(chart) < 3_000_000
+    assert "not drawn" in chart

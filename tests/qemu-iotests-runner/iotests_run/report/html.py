@@ -9,7 +9,9 @@ the run's files (output, diff, diagnostics, leaked processes, reproducer).
 
 from __future__ import annotations
 
+import heapq
 import html
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +21,7 @@ from urllib.parse import quote
 from iotests_run.model import Result
 from iotests_run.report.outcomes import PRESENTATION
 from iotests_run.report.summary import closing_line
-from iotests_run.results_folder import DIFF, REPRODUCER
+from iotests_run.results_folder import DIFF, MAX_SECONDS, REPRODUCER
 
 DIFF_LINES = 200
 # Characters, not only lines: one 10 MB line would otherwise land whole in the page.
@@ -116,7 +118,7 @@ def _details(result: Result, exists: Callable[[str], bool]) -> str:
              f" ({result.duration_s:.1f} s)</h3>",
              f"<div>{html.escape(_trimmed(result.reason, TEXT_CHARS, ''))}</div>"]
     if result.recent:
-        parts.append(f'<div class="recent">{html.escape(result.recent)}</div>')
+        parts.append(f'<div class="recent">{html.escape(_trimmed(result.recent, TEXT_CHARS, ""))}</div>')
     if links:
         parts.append(f"<div>Files: {links}</div>")
     # the block graphs of the run's hung or crashed QEMU processes (an <img> runs no script of the SVG's)
@@ -142,42 +144,84 @@ def _details(result: Result, exists: Callable[[str], bool]) -> str:
 TIMELINE_WIDTH = 1000
 LANE_PX, GRAPH_PX = 12, 60
 NICE_STEPS_S = (1, 2, 5, 10, 15, 20, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200)
+# Whatever a (merged) results.json holds, a chart draws at most this much: the longest bars (problems first) in
+# the first lanes, the samples thinned to about two a pixel, the charts of the first inputs.
+TIMELINE_BARS = 2000
+TIMELINE_LANES = 200
+TIMELINE_POINTS = 2 * TIMELINE_WIDTH
+TIMELINE_CHARTS = 50
 
 
-def _lanes(runs: Sequence[Result]) -> list[int]:
-    """A lane per run, so that runs in one lane never overlap (greedy, by start)."""
-    ends: list[float] = []
+def _clamped(value: Any) -> float | None:
+    """A finite number from 0 to MAX_SECONDS, or None: what the chart may scale (1e300 or inf must not size it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return min(max(float(value), 0.0), MAX_SECONDS)
+
+
+def _lanes(spans: Sequence[tuple[float, float]]) -> list[int]:
+    """A lane per (start, duration), sorted by start, so that runs in one lane never overlap: each takes the
+    lowest lane free at its start (two heaps: a million runs in n log n, not n x lanes)."""
+    busy: list[tuple[float, int]] = []  # (end, lane)
+    free: list[int] = []
     lanes = []
-    for r in runs:
-        start = r.started_s or 0.0
-        lane = next((i for i, end in enumerate(ends) if end <= start + 1e-3), len(ends))
-        if lane == len(ends):
-            ends.append(0.0)
-        ends[lane] = start + r.duration_s
+    for start, duration in spans:
+        while busy and busy[0][0] <= start + 1e-3:
+            heapq.heappush(free, heapq.heappop(busy)[1])
+        lane = heapq.heappop(free) if free else len(busy) + len(free)
+        heapq.heappush(busy, (start + duration, lane))
         lanes.append(lane)
     return lanes
 
 
-def timeline(results: Sequence[Result], samples: Sequence[Sequence[Any]]) -> str:
+def _points(samples: Sequence[Any]) -> list[tuple[float, float, float | None]]:
+    """The samples that are [seconds, runs in flight, busy cores or null], thinned to TIMELINE_POINTS."""
+    points = []
+    for sample in samples:
+        if isinstance(sample, (list, tuple)) and len(sample) == 3:
+            at, flight = _clamped(sample[0]), _clamped(sample[1])
+            if at is not None and flight is not None:
+                points.append((at, flight, _clamped(sample[2])))
+    return points[::math.ceil(len(points) / TIMELINE_POINTS) or 1]
+
+
+def _bar(r: Result, start: float, duration: float, lane: int, scale: float) -> str:
+    cpu = f", {r.cpu_s:.1f} s CPU" if isinstance(r.cpu_s, (int, float)) else ""
+    tip = f"{r.run.label}: {PRESENTATION[r.outcome].column}, {duration:.1f} s from {start:.1f} s{cpu}"
+    return (f'<rect class="bar o-{r.outcome.value}" x="{start * scale:.1f}" '
+            f'y="{lane * LANE_PX}" width="{max(duration * scale, 1):.1f}" height="{LANE_PX - 2}" '
+            f'fill="{PRESENTATION[r.outcome].colour}" stroke="#5f6368" stroke-width="0.3">'
+            f"<title>{html.escape(tip)}</title></rect>")
+
+
+def _drawn(runs: Sequence[tuple[Result, float, float]], lanes: Sequence[int]) -> list[int]:
+    """Which runs get a bar: those in the first TIMELINE_LANES lanes, at most TIMELINE_BARS of them, runs that
+    did not pass cleanly and then the longest first (the short ones are what a crowded chart leaves out)."""
+    fits = [i for i, lane in enumerate(lanes) if lane < TIMELINE_LANES]
+    if len(fits) > TIMELINE_BARS:
+        fits = sorted(fits, key=lambda i: (not _notable(runs[i][0]), -runs[i][2]))[:TIMELINE_BARS]
+    return sorted(fits)
+
+
+def timeline(results: Sequence[Result], samples: Sequence[Any]) -> str:
     """Where the time went: a bar per started run in its lane (colour: outcome; hover: test, duration,
-    CPU), and under it the runs in flight and the busy cores, sampled once a second. Inline SVG."""
-    runs = sorted((r for r in results if r.started_s is not None), key=lambda r: (r.started_s or 0.0, r.run.label))
+    CPU), and under it the runs in flight and the busy cores, sampled once a second. Inline SVG, bounded
+    (TIMELINE_BARS, TIMELINE_POINTS, MAX_SECONDS) whatever the numbers it is given."""
+    runs = sorted(((r, start, _clamped(r.duration_s) or 0.0) for r in results
+                   if (start := _clamped(r.started_s)) is not None), key=lambda x: (x[1], x[0].run.label))
     if not runs:
         return ""
-    points = [(float(s[0]), int(s[1]), s[2]) for s in samples if len(s) == 3]
-    total = max([(r.started_s or 0.0) + r.duration_s for r in runs] + [p[0] for p in points] + [1.0])
+    points = _points(samples if isinstance(samples, (list, tuple)) else [])
+    total = max([start + duration for _, start, duration in runs] + [p[0] for p in points] + [1.0])
     scale = TIMELINE_WIDTH / total
-    lanes = _lanes(runs)
-    top = (max(lanes) + 1) * LANE_PX
+    lanes = _lanes([(start, duration) for _, start, duration in runs])
+    drawn = _drawn(runs, lanes)
+    top = (max((lanes[i] for i in drawn), default=0) + 1) * LANE_PX
     parts = [f'<svg class="timeline" width="{TIMELINE_WIDTH + 120}" height="{top + GRAPH_PX + 30}" '
              'xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="10">']
-    for r, lane in zip(runs, lanes, strict=True):
-        cpu = f", {r.cpu_s:.1f} s CPU" if r.cpu_s is not None else ""
-        tip = f"{r.run.label}: {PRESENTATION[r.outcome].column}, {r.duration_s:.1f} s from {r.started_s:.1f} s{cpu}"
-        parts.append(f'<rect class="bar o-{r.outcome.value}" x="{(r.started_s or 0) * scale:.1f}" '
-                     f'y="{lane * LANE_PX}" width="{max(r.duration_s * scale, 1):.1f}" height="{LANE_PX - 2}" '
-                     f'fill="{PRESENTATION[r.outcome].colour}" stroke="#5f6368" stroke-width="0.3">'
-                     f"<title>{html.escape(tip)}</title></rect>")
+    parts += [_bar(runs[i][0], runs[i][1], runs[i][2], lanes[i], scale) for i in drawn]
+    if len(drawn) < len(runs):
+        parts.append(f'<text x="{TIMELINE_WIDTH + 4}" y="{top - 2}">{len(runs) - len(drawn)} runs not drawn</text>')
     if points:
         peak = max([p[1] for p in points] + [p[2] or 0 for p in points] + [1])
         for index, colour, name in ((1, "#1a73e8", "runs in flight"), (2, "#c5221f", "busy cores")):
@@ -188,34 +232,47 @@ def timeline(results: Sequence[Result], samples: Sequence[Sequence[Any]]) -> str
                              'stroke-width="2"/>')
                 parts.append(f'<text x="{TIMELINE_WIDTH + 4}" y="{top + 12 * index}" fill="{colour}">{name}</text>')
         parts.append(f'<text x="{TIMELINE_WIDTH + 4}" y="{top + GRAPH_PX}">peak {peak:g}</text>')
-    step = next((s for s in NICE_STEPS_S if s >= total / 10), NICE_STEPS_S[-1])  # about ten round labels
+    # about ten round labels (beyond two hours, whole hours)
+    step = next((s for s in NICE_STEPS_S if s >= total / 10), math.ceil(total / 10 / 3600) * 3600)
     parts += [f'<text x="{t * scale:.1f}" y="{top + GRAPH_PX + 22}">{t} s</text>'
               for t in range(0, int(total) + 1, step)]
     parts.append("</svg>")
     return "\n".join(parts)
 
 
+def _words(value: Any) -> str:
+    """A command line as a (merged) results.json holds it: a list of words, else nothing."""
+    return " ".join(map(str, value)) if isinstance(value, list) else ""
+
+
 def _timelines(results: Sequence[Result], meta: Mapping[str, Any]) -> str:
-    """One timeline for a run; for a merge, one per input (each shard ran on its own clock)."""
+    """One timeline for a run; for a merge, one per input (each shard ran on its own clock), the first
+    TIMELINE_CHARTS of them."""
     shards = meta.get("shards")
     if not isinstance(shards, list) or not shards:
         samples = meta.get("timeline")
         return timeline(results, samples if isinstance(samples, list) else [])
+    by_shard: dict[int, list[Result]] = {}
+    for r in results:
+        by_shard.setdefault(r.shard, []).append(r)
     charts = []
-    for number, shard in enumerate(shards, 1):
+    for number, shard in enumerate(shards[:TIMELINE_CHARTS], 1):
         shard = shard if isinstance(shard, dict) else {}
         samples = shard.get("timeline")
-        chart = timeline([r for r in results if r.shard == number], samples if isinstance(samples, list) else [])
+        mine = by_shard.get(number, [])
+        chart = timeline(mine, samples if isinstance(samples, list) else [])
         part = shard.get("shard") if isinstance(shard.get("shard"), dict) else {}
         name = f"shard {part.get('index')}/{part.get('total')}" if part else f"input {number}"
         wall = f", wall {shard['wall_s']} s" if isinstance(shard.get("wall_s"), (int, float)) else ""
         heading = f"{name} ({shard.get('folder', '?')}){wall}"
-        command = " ".join(map(str, shard.get("command") or []))
+        command = _words(shard.get("command"))
         said = f'<p class="meta"><code>{html.escape(command)}</code></p>' if command else ""
         if not chart:  # every run of its part was known not to run (not affected, not applicable)
-            mine = sum(r.shard == number for r in results)
-            chart = f'<p class="meta">started no run: its {mine} run(s) were not run (see the matrix)</p>'
+            chart = f'<p class="meta">started no run: its {len(mine)} run(s) were not run (see the matrix)</p>'
         charts.append(f'<h3 class="shard">{html.escape(heading)}</h3>{said}{chart}')
+    if len(shards) > TIMELINE_CHARTS:
+        charts.append(f'<p class="meta">the timelines of {len(shards) - TIMELINE_CHARTS} more inputs are not '
+                      "drawn</p>")
     return "\n".join(charts)
 
 
