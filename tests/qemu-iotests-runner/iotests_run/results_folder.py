@@ -235,12 +235,14 @@ def _paths(value: Any) -> bool:
     return isinstance(value, list) and all(_inside(v) for v in value)
 
 
+_OUTCOMES = tuple(o.value for o in Outcome)
+
 # field: (required, accepts, what it must be)
 _FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "test": (True, lambda v: isinstance(v, str) and bool(TEST_NAME.fullmatch(v)), "a test name"),
     "format": (True, _word, "a format name"),
     "protocol": (True, _word, "a protocol name"),
-    "outcome": (True, lambda v: v in {o.value for o in Outcome}, f"one of {', '.join(o.value for o in Outcome)}"),
+    "outcome": (True, lambda v: v in _OUTCOMES, f"one of {', '.join(_OUTCOMES)}"),
     "key": (False, lambda v: isinstance(v, str) and bool(TEST_NAME.fullmatch(v.removeprefix("tests/"))),
             "a test key"),
     "reason": (False, _text, "text"),

@@ -254,3 +254,45 @@ def test_the_timeline_draws_a_bounded_number_of_bars_and_points() -> None:
     chart = html.timeline(runs, samples)
     assert chart.count("<rect") <= html.TIMELINE_BARS and len(chart) < 3_000_000
     assert "not drawn" in chart
+
+
+@pytest.mark.unit
+def test_the_page_is_bounded_however_many_runs_and_says_what_it_left_out() -> None:
+    combos = [("qcow2", "file"), ("raw", "file"), ("qed", "nbd")]
+    results = [_result(i, Outcome.FAIL if i % 97 == 0 else Outcome.PASS, combo=combo, started=None)
+               for i in range(20_000) for combo in combos]
+    results += [_result(1, combo=(f"f{i}", "file")) for i in range(html.MATRIX_COLUMNS - len(combos) + 5)]
+    page = html.html_report(results, {"qemu": "x", "command": [1, None], "wall_s": "long"}, "merged")
+    assert len(page) < 10_000_000
+    assert page.count("<tr") <= html.MATRIX_ROWS + 1 and page.count('class="run"') == html.DETAILS
+    failing = {f"{i:06d}" for i in range(0, 20_000, 97)}
+    assert all(f'title="{key}"' in page for key in failing)  # every test with a problem keeps its row
+    assert f"{20_000 - html.MATRIX_ROWS} more tests and 5 more format-protocol columns" in page
+    assert all(f"<th>{f}-{p}</th>" in page for f, p in combos)  # the columns with the most runs are kept
+    assert f"{len(failing) * 3 - html.DETAILS} more runs that did not pass cleanly" in page
+
+
+@pytest.mark.process
+def test_a_hundred_thousand_run_merge_stays_small_and_quick(tmp_path: Path) -> None:
+    """L9: memory grows with the runs, not faster, and report.html stays a page (a 1e6-run merge took 3.7 GB and
+    wrote 335 MB of it)."""
+    import resource
+    import time
+
+    combos = [(f, p) for f in ("qcow2", "raw", "qed", "vmdk", "vpc") for p in ("file", "nbd")]
+    runs = [{"test": f"{t:06d}", "format": f, "protocol": p, "outcome": "fail" if t % 500 == 0 else "pass",
+             "duration_s": 1.5, "cpu_s": 0.7, "started_s": t * 0.02} for t in range(10_000) for f, p in combos]
+    shards = [make_shard(tmp_path, f"s{i}", runs=runs[i::4], timeline=[[t, 8, 2.0] for t in range(5000)])
+              for i in range(4)]
+    for shard in shards:
+        for child in sorted((shard / "runs").rglob("*"), reverse=True):
+            child.unlink() if child.is_file() else child.rmdir()
+    started = time.monotonic()
+    proc = run_merge(tmp_path, *shards)
+    took = time.monotonic() - started
+    assert proc.returncode == 1, proc.stderr
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss >> 10
+    report = (tmp_path / "out" / "report.html").stat().st_size
+    print(f"1e5-run merge: {took:.1f} s, peak {peak_mb} MB, report.html {report >> 10} KB")
+    assert report < 8 << 20 and peak_mb < 1024 and took < 120
+    assert len(json.loads((tmp_path / "out" / "results.json").read_text())["runs"]) == 100_000

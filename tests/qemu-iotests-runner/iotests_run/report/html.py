@@ -27,6 +27,12 @@ DIFF_LINES = 200
 # Characters, not only lines: one 10 MB line would otherwise land whole in the page.
 DIFF_CHARS = 20_000
 TEXT_CHARS = 4_000  # a reason, a diagnostics summary, the leaked list
+# The page stays a page (tens of MB at most) however many runs a merge joins: the matrix shows the tests with a
+# problem and then others up to MATRIX_ROWS, at most MATRIX_COLUMNS format-protocols, and DETAILS runs that did
+# not pass cleanly are detailed below it; the rest are counted in the page (every run is in results.json).
+MATRIX_ROWS = 2_000
+MATRIX_COLUMNS = 100
+DETAILS = 500
 
 STYLE = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #202124; }
@@ -276,18 +282,71 @@ def _timelines(results: Sequence[Result], meta: Mapping[str, Any]) -> str:
     return "\n".join(charts)
 
 
+def _shown_rows(by_test: Mapping[str, Mapping[str, Result]]) -> set[str]:
+    """The tests the matrix shows: every one with a problem, then the others in order, MATRIX_ROWS in all."""
+    problems = [key for key, cells in by_test.items() if any(_notable(r) for r in cells.values())]
+    shown = set(problems[:MATRIX_ROWS])
+    for key in by_test:
+        if len(shown) >= MATRIX_ROWS:
+            break
+        shown.add(key)
+    return shown
+
+
+def _left_out(by_test: Mapping[str, Mapping[str, Result]], shown: set[str], combos: Sequence[str]) -> str:
+    """What the matrix leaves out, as counts, said in the page (every run stays in results.json and junit.xml)."""
+    hidden = [r for key, cells in by_test.items() for combo, r in cells.items()
+              if key not in shown or combo not in combos]
+    if not hidden:
+        return ""
+    counts = Counter(PRESENTATION[r.outcome].column for r in hidden)
+    tests = sum(key not in shown for key in by_test)
+    columns = len({r.run.combo for r in hidden} - set(combos))
+    where = [f"{tests} more tests" if tests else "", f"{columns} more format-protocol columns" if columns else ""]
+    tally = ", ".join(f"{c}: {n}" for c, n in counts.items())
+    return (f'<p class="meta">Not in the matrix ({" and ".join(w for w in where if w)}, every run in results.json '
+            f'and junit.xml): {len(hidden)} runs ({html.escape(tally)})</p>')
+
+
+def _fact_text(value: Any) -> str:
+    return value if isinstance(value, str) else "?"
+
+
+def _facts(meta: Mapping[str, Any]) -> list[str]:
+    """The page's first line, from a meta that may come from a merged (hostile) results.json."""
+    qemu: Mapping[str, Any] = meta["qemu"] if isinstance(meta.get("qemu"), dict) else {}
+    facts = [f"QEMU {_fact_text(qemu.get('version'))} ({_fact_text(qemu.get('source'))})",
+             f"started {_fact_text(meta.get('started'))}"]
+    if isinstance(meta.get("wall_s"), (int, float)):
+        facts.append(f"wall {meta['wall_s']} s")
+    if isinstance(meta.get("affected"), str):
+        facts.append(meta["affected"])
+    missing = meta.get("missing_shards")
+    if missing and isinstance(missing, list):
+        facts.append(f"INCOMPLETE (shard {', '.join(map(str, missing[:TIMELINE_CHARTS]))} not merged)")
+    elif not meta.get("complete", True):
+        facts.append("INCOMPLETE (interrupted)")
+    return facts
+
+
 def html_report(results: Sequence[Result], meta: Mapping[str, Any], title: str,
                 exists: Callable[[str], bool] = lambda path: True) -> str:
-    """The page; `exists` says whether a file (relative to the results folder) is there to link to."""
-    combos = sorted({r.run.combo for r in results})
+    """The page; `exists` says whether a file (relative to the results folder) is there to link to. Bounded
+    whatever the runs: MATRIX_ROWS tests (problems first) by MATRIX_COLUMNS format-protocols, DETAILS entries
+    below; what is left out is counted in the page."""
+    runs_of = Counter(r.run.combo for r in results)  # the columns kept: those with the most runs
+    combos = sorted(sorted(runs_of, key=lambda c: (-runs_of[c], c))[:MATRIX_COLUMNS])
     by_test: dict[str, dict[str, Result]] = {}
     for r in sorted(results, key=lambda r: r.run.test.key):
         by_test.setdefault(r.run.test.key, {})[r.run.combo] = r
     counts = Counter(r.outcome for r in results)
+    shown = _shown_rows(by_test)
 
     head = "".join(f"<th>{html.escape(c)}</th>" for c in combos)
     rows = []
     for key, cells in by_test.items():
+        if key not in shown:
+            continue
         problem = any(_notable(r) for r in cells.values())
         name = next(iter(cells.values())).run.test.name
         rows.append(f'<tr{" class=problem" if problem else ""}><th class="test" title="{html.escape(key)}">'
@@ -295,31 +354,22 @@ def html_report(results: Sequence[Result], meta: Mapping[str, Any], title: str,
     legend = "".join(f'<span class="o-{o.value}">{html.escape(PRESENTATION[o].column)}: {counts[o]}</span>'
                      for o in PRESENTATION if counts[o])
     notable = [r for r in sorted(results, key=lambda r: (r.run.combo, r.run.test.key)) if _notable(r)]
-    qemu = meta.get("qemu", {})
-    facts = [f"QEMU {qemu.get('version', '?')} ({qemu.get('source', '?')})",
-             f"started {meta.get('started', '?')}"]
-    if "wall_s" in meta:
-        facts.append(f"wall {meta['wall_s']} s")
-    if isinstance(meta.get("affected"), str):
-        facts.append(meta["affected"])
-    if meta.get("missing_shards"):
-        facts.append(f"INCOMPLETE (shard {', '.join(map(str, meta['missing_shards']))} not merged)")
-    elif not meta.get("complete", True):
-        facts.append("INCOMPLETE (interrupted)")
-    command = " ".join(meta.get("command", []))
+    more = (f'<p class="meta">{len(notable) - DETAILS} more runs that did not pass cleanly are not detailed here: '
+            "see summary.txt, results.json and junit.xml</p>") if len(notable) > DETAILS else ""
+    command = _words(meta.get("command"))
     charts = _timelines(results, meta)
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{html.escape(title)}</h1>",
-        f'<p class="meta">{html.escape(" · ".join(facts))}<br><code>{html.escape(command)}</code></p>',
+        f'<p class="meta">{html.escape(" · ".join(_facts(meta)))}<br><code>{html.escape(command)}</code></p>',
         f'<p class="closing" id="closing">{html.escape(closing_line(results))}</p>',
         f'<p class="legend">{legend}</p>',
         '<p class="controls"><label><input type="checkbox" id="only-problems"> only tests with problems</label>'
         ' · <span id="shown"></span></p>',
         f'<table class="matrix"><thead><tr><th>test</th>{head}</tr></thead><tbody>',
-        *rows, "</tbody></table>",
+        *rows, "</tbody></table>", _left_out(by_test, shown, combos),
         f"<h2>Where the time went</h2>{charts}" if charts else "",
         f"<h2>Runs that did not pass cleanly ({len(notable)})</h2>" if notable else "",
-        *(_details(r, exists) for r in notable),
+        *(_details(r, exists) for r in notable[:DETAILS]), more,
         f"<script>{SCRIPT}</script>", "</body></html>", ""])
