@@ -58,7 +58,7 @@ class Stop(enum.Enum):
     INTERRUPTED = "interrupted"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TestCase:
     """One iotest file: `040` or `tests/backing-file-invalidation`."""
 
@@ -74,7 +74,7 @@ class TestCase:
         return self.path.name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Run:
     """One test under one format and one protocol (with --repeat, one copy of it: copy 1..N)."""
 
@@ -107,7 +107,7 @@ class LiveRun:
     stop: threading.Event = field(default_factory=threading.Event)  # this run alone is to stop (--until-fail)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Result:
     run: Run
     outcome: Outcome

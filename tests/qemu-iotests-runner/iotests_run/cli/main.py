@@ -343,6 +343,11 @@ def merge_main(argv: Sequence[str]) -> int:
     args = p.parse_args(argv)
     merged = merge_folders(args.out, args.inputs, ["iotests-run", "merge", *argv], args.history)
     out, results, meta = merged.claim.path, merged.results, merged.meta
+    for warning in merged.warnings:
+        print(f"iotests-run merge: warning: {warning}", file=sys.stderr)
+    if merged.left_out > len(merged.warnings):
+        print(f"iotests-run merge: warning: {merged.left_out - len(merged.warnings)} more files of the inputs' runs/ "
+              "left out (links, FIFOs, devices or beyond the caps)", file=sys.stderr)
     if meta["missing_shards"]:
         print(f"iotests-run merge: not among the inputs: shard {', '.join(meta['missing_shards'])}; "
               "the merged results are incomplete", file=sys.stderr)

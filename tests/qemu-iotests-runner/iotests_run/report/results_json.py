@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from iotests_run.model import Result
@@ -16,10 +16,17 @@ def _record_text(result: Result) -> str:
     return json.dumps(run_record(result))
 
 
-def results_json(results: Iterable[Result], meta: Mapping[str, Any]) -> str:
-    """The document, one run per line; each run is serialised once (the file is rewritten after every run)."""
+def results_json_chunks(results: Iterable[Result], meta: Mapping[str, Any]) -> Iterator[str]:
+    """The document in pieces, one run per line; each run is serialised once (the file is rewritten after every
+    run), and written as it comes (a merge of a million runs holds no second copy of them as one string)."""
     inner = json.dumps({"schema": SCHEMA, **{k: v for k, v in meta.items() if k not in ("runs", "schema")}},
                        indent=2)[1:-1].rstrip()
-    runs = ",\n    ".join(_record_text(r) for r in sorted(results, key=lambda r: (r.run.combo, r.run.test.key)))
-    return "{" + inner + ("," if inner else "") + f'\n  "runs": [\n    {runs}\n  ]\n}}\n'
+    yield "{" + inner + ("," if inner else "") + '\n  "runs": [\n    '
+    for index, result in enumerate(sorted(results, key=lambda r: (r.run.combo, r.run.test.key))):
+        yield (",\n    " if index else "") + _record_text(result)
+    yield "\n  ]\n}\n"
 
+
+def results_json(results: Iterable[Result], meta: Mapping[str, Any]) -> str:
+    """The document, one run per line."""
+    return "".join(results_json_chunks(results, meta))

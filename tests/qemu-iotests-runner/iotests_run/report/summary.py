@@ -26,13 +26,18 @@ def closing_line(results: Sequence[Result]) -> str:
 
 
 def _counts_table(results: Sequence[Result]) -> str:
-    combos = sorted({r.run.combo for r in results})
-    used = [c for c in COLUMNS if any(PRESENTATION[r.outcome].column == c for r in results)]
+    """Runs by outcome column per format-protocol, counted in one pass (a merge may hold a million runs)."""
+    counts: dict[str, Counter[str]] = {}
+    seconds: dict[str, float] = {}
+    for r in results:
+        counts.setdefault(r.run.combo, Counter())[PRESENTATION[r.outcome].column] += 1
+        seconds[r.run.combo] = seconds.get(r.run.combo, 0.0) + r.duration_s
+    total: Counter[str] = sum(counts.values(), Counter())
+    used = [c for c in COLUMNS if total[c]]
     rows: list[list[object]] = []
-    for combo in [*combos, "total"]:
-        mine = [r for r in results if combo in ("total", r.run.combo)]
-        count = Counter(PRESENTATION[r.outcome].column for r in mine)
-        rows.append([combo, *(count[c] for c in used), len(mine), f"{sum(r.duration_s for r in mine):.1f}"])
+    for combo, count in [*sorted(counts.items()), ("total", total)]:
+        spent = sum(seconds.values()) if combo == "total" else seconds[combo]
+        rows.append([combo, *(count[c] for c in used), count.total(), f"{spent:.1f}"])
     return _table(rows, ["format-protocol", *used, "runs", "test time s"])
 
 

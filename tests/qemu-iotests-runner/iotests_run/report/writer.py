@@ -16,7 +16,7 @@ from __future__ import annotations
 import errno
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from iotests_run.plan.repeats import fold, tallies
 from iotests_run.report.html import html_report
 from iotests_run.report.junit import junit_xml
 from iotests_run.report.progress import Progress
-from iotests_run.report.results_json import results_json
+from iotests_run.report.results_json import results_json_chunks
 from iotests_run.report.summary import summary_text
 from iotests_run.report.tap import tap_line
 
@@ -128,7 +128,7 @@ def incomplete(folder: Path, failed: Sequence[tuple[Path, OSError]], finished: i
             f"it held before ({finished} runs finished)")
 
 
-def _write_each(files: Sequence[tuple[Path, Callable[[], str | bytes]]]) -> list[tuple[Path, OSError]]:
+def _write_each(files: Sequence[tuple[Path, Callable[[], str | bytes | Iterable[str]]]]) -> list[tuple[Path, OSError]]:
     """Each file made and replaced atomically, the next tried whatever became of the one before; the failures."""
     failed = []
     for path, content in files:
@@ -144,8 +144,8 @@ def write_machine_reports(folder: Path, results: Sequence[Result], meta: Mapping
     """results.json and junit.xml (and its copy where --junit asked), each replaced atomically; the files
     that could not be written, with why."""
     xml = junit_xml(fold(results), attachment_base=relative_to_cwd(folder.resolve()))  # one testcase per run
-    files: list[tuple[Path, Callable[[], str | bytes]]] = [
-        (folder / "results.json", lambda: results_json(results, meta)),  # every copy of a repeated run
+    files: list[tuple[Path, Callable[[], str | bytes | Iterable[str]]]] = [
+        (folder / "results.json", lambda: results_json_chunks(results, meta)),  # every copy of a repeated run
         (folder / "junit.xml", lambda: xml)]
     if junit_copy is not None:
         files.append((junit_copy, lambda: xml))

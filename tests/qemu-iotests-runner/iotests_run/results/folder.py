@@ -23,7 +23,7 @@ from typing import Any
 
 from iotests_run.errors import UsageError
 from iotests_run.files import remove_tree
-from iotests_run.inputs import read_optional
+from iotests_run.inputs import open_beneath, parse_json, read_beneath, read_bytes
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.text import printable
 from iotests_run.tree.discovery import TEST_NAME
@@ -40,6 +40,14 @@ SCHEMA = 3  # results.json's "schema": 2 added it and each run's "quarantined", 
 # 3 added "history_tree", "shard" (a shard's part of the split) and "shards" (a merge's inputs), each run's "shard"
 # How much of a recorded diff.txt merge reads back (the full file stays in the artifacts).
 DIFF_READ_BYTES = 1 << 20
+# Bounds on what a results.json read back (a shard, the last run) may hold: a run is about 400 bytes of it,
+# no run lasts (or starts) beyond MAX_SECONDS, and a --repeat copy number or a merge's input number is bounded.
+RESULTS_JSON_BYTES = 1 << 30
+MAX_RUNS = 2_000_000
+MAX_SECONDS = 1e6
+MAX_CPU_SECONDS = 1e9
+MAX_COPY = 1_000_000
+MAX_INPUTS = 10_000
 
 
 def run_folder(run: Run) -> str:
@@ -88,10 +96,10 @@ def _is_previous_results(folder: Path, entries: list[str]) -> bool:
     ours = {*RESULT_FILES, RUNS}
     if not all(e in ours or any(e.startswith(f".{f}.") for f in RESULT_FILES) for e in entries):
         return False
-    try:
-        data = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    try:  # a FIFO or a device there must not block or fill memory
+        data = json.loads(read_bytes(folder / "results.json", "", RESULTS_JSON_BYTES, follow_links=False))
         return str(data.get("tool", "")).startswith("iotests-run ")
-    except (OSError, ValueError, AttributeError, RecursionError):
+    except (UsageError, ValueError, AttributeError, RecursionError):
         return False
 
 
@@ -200,8 +208,15 @@ def _word(value: Any) -> bool:
     return isinstance(value, str) and bool(value) and all(c.isalnum() or c in "_.+-" for c in value)
 
 
+def _bounded(value: Any, high: float, integer: bool = False) -> bool:
+    """A JSON number from 0 to high (an int where asked): 1e300 seconds would pass a finiteness check and then
+    size a timeline."""
+    kind = int if integer else (int, float)
+    return isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= high
+
+
 def _seconds(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    return _bounded(value, MAX_SECONDS)
 
 
 def _inside(value: Any) -> bool:
@@ -220,27 +235,29 @@ def _paths(value: Any) -> bool:
     return isinstance(value, list) and all(_inside(v) for v in value)
 
 
+_OUTCOMES = tuple(o.value for o in Outcome)
+
 # field: (required, accepts, what it must be)
 _FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
     "test": (True, lambda v: isinstance(v, str) and bool(TEST_NAME.fullmatch(v)), "a test name"),
     "format": (True, _word, "a format name"),
     "protocol": (True, _word, "a protocol name"),
-    "outcome": (True, lambda v: v in {o.value for o in Outcome}, f"one of {', '.join(o.value for o in Outcome)}"),
+    "outcome": (True, lambda v: v in _OUTCOMES, f"one of {', '.join(_OUTCOMES)}"),
     "key": (False, lambda v: isinstance(v, str) and bool(TEST_NAME.fullmatch(v.removeprefix("tests/"))),
             "a test key"),
     "reason": (False, _text, "text"),
     "diagnostics": (False, _text, "text"),
-    "duration_s": (False, _seconds, "seconds (a finite number, 0 or more)"),
-    "cpu_s": (False, lambda v: v is None or _seconds(v), "seconds or null"),
+    "duration_s": (False, _seconds, f"seconds (a number from 0 to {MAX_SECONDS:g})"),
+    "cpu_s": (False, lambda v: v is None or _bounded(v, MAX_CPU_SECONDS), f"null or 0 to {MAX_CPU_SECONDS:g} seconds"),
     "artifacts": (False, lambda v: v is None or _inside(v), "null or a folder under runs/"),
     "attachments": (False, _paths, "a list of files under runs/"),
     "leaked": (False, _texts, "a list of text"),
     "quarantined": (False, lambda v: isinstance(v, bool), "true or false"),
     "casenotrun": (False, _text, "text"),
     "recent": (False, _text, "text"),
-    "started_s": (False, lambda v: v is None or _seconds(v), "seconds or null"),
-    "copy": (False, lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v, "a copy number"),
-    "shard": (False, lambda v: isinstance(v, int) and not isinstance(v, bool) and 0 <= v, "a shard number"),
+    "started_s": (False, lambda v: v is None or _seconds(v), f"null or 0 to {MAX_SECONDS:g} seconds"),
+    "copy": (False, lambda v: _bounded(v, MAX_COPY, integer=True), f"a copy number (0 to {MAX_COPY})"),
+    "shard": (False, lambda v: _bounded(v, MAX_INPUTS, integer=True), f"an input number (0 to {MAX_INPUTS})"),
 }
 
 
@@ -256,8 +273,19 @@ def _checked(record: Any, where: str) -> dict[str, Any]:
     return record
 
 
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a number results.json may hold")
+def read_beneath_optional(root: Path, rel: str, limit: int) -> str | None:
+    """The first limit bytes of root/rel as text, reached with no link followed at any component (a merged
+    folder's diff.txt must not be a way out of it); None when it is absent or not a regular file."""
+    try:
+        fd = open_beneath(root, rel, "")
+    except UsageError:
+        return None
+    try:
+        return os.read(fd, limit).decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 @dataclass(frozen=True)
@@ -270,12 +298,19 @@ class Recorded:
         """(test key, format, protocol) of each run (copies of one run share it)."""
         return [(r.get("key") or r["test"], r["format"], r["protocol"]) for r in self.records]
 
-    def result(self, record: dict[str, Any], iotests: Path, artifacts_in: Path) -> Result:
-        """The Result a record describes; its diff read back from the artifacts under artifacts_in."""
+    def result(self, record: dict[str, Any], iotests: Path, artifacts_in: Path,
+               tests: dict[str, TestCase] | None = None) -> Result:
+        """The Result a record describes; its diff read back from the artifacts under artifacts_in. `tests`
+        shares one TestCase between the runs of a test (a million runs of a merge, not a million paths)."""
         key, fmt, proto = record.get("key") or record["test"], record["format"], record["protocol"]
         folder = record.get("artifacts")
-        diff = read_optional(artifacts_in / folder / DIFF, DIFF_READ_BYTES, follow_links=False) if folder else None
-        return Result(Run(TestCase(key=key, path=iotests / key, groups=frozenset()), fmt, proto, record.get("copy", 0)),
+        diff = read_beneath_optional(artifacts_in, f"{folder}/{DIFF}", DIFF_READ_BYTES) if folder else None
+        test = tests.get(key) if tests is not None else None
+        if test is None:
+            test = TestCase(key=key, path=iotests / key, groups=frozenset())
+            if tests is not None:
+                tests[key] = test
+        return Result(Run(test, fmt, proto, record.get("copy", 0)),
                       Outcome(record["outcome"]), record.get("reason", ""), float(record.get("duration_s", 0)),
                       diff=(diff or "").rstrip("\n"), artifacts=folder,
                       diagnostics=record.get("diagnostics", ""), attachments=tuple(record.get("attachments", ())),
@@ -286,17 +321,15 @@ class Recorded:
 
 
 def read_results(folder: Path, what: str) -> Recorded:
-    """A results folder's results.json, every run record checked; anything else is one UsageError line."""
+    """A results folder's results.json (a regular file, no link followed, at most RESULTS_JSON_BYTES), every
+    run record checked; anything else is one UsageError line."""
     path = folder / "results.json"
-    try:
-        data = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_no_constant)
-    except FileNotFoundError:
-        raise UsageError(f"{what}: no results.json in {folder}") from None
-    except OSError as exc:
-        raise UsageError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
-    except (ValueError, RecursionError) as exc:
-        raise UsageError(f"{what}: {path} is not a results.json ({printable(str(exc))[:120]})") from None
+    if not os.path.lexists(path):
+        raise UsageError(f"{what}: no results.json in {folder}")
+    data = parse_json(read_beneath(folder, "results.json", what, RESULTS_JSON_BYTES), what, path)
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise UsageError(f"{what}: {path} is not a results.json (no runs list)")
+    if len(data["runs"]) > MAX_RUNS:
+        raise UsageError(f"{what}: {path}: runs: {len(data['runs'])} runs, more than {MAX_RUNS}")
     records = [_checked(r, f"{what}: {path}: runs[{i}]") for i, r in enumerate(data["runs"])]
     return Recorded(folder, {k: v for k, v in data.items() if k != "runs"}, records)
