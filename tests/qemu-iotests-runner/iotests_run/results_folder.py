@@ -25,6 +25,7 @@ from iotests_run.discovery import TEST_NAME
 from iotests_run.errors import UsageError
 from iotests_run.inputs import read_optional
 from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.outputs import DIFF_BYTES
 from iotests_run.sandbox import remove_tree
 from iotests_run.text import printable
 
@@ -38,8 +39,9 @@ RUNS = "runs"
 DIFF, LEAKED, REPRODUCER = "diff.txt", "leaked.txt", "reproduce.sh"
 SCHEMA = 3  # results.json's "schema": 2 added it and each run's "quarantined", "casenotrun", "copy", "recent";
 # 3 added "history_tree", "shard" (a shard's part of the split) and "shards" (a merge's inputs), each run's "shard"
-# How much of a recorded diff.txt merge reads back (the full file stays in the artifacts).
-DIFF_READ_BYTES = 1 << 20
+# How much of a recorded diff.txt merge reads back: all of one capped as outputs.DIFF_BYTES (its headers
+# included) with its truncation line.
+DIFF_READ_BYTES = DIFF_BYTES + 16 * 1024
 
 
 def run_folder(run: Run) -> str:
