@@ -23,7 +23,7 @@ from iotests_run.history import history_key
 from iotests_run.inputs import read_optional
 from iotests_run.isolation import Isolation, Overlay
 from iotests_run.model import Outcome, Result, Run, TestCase
-from iotests_run.outputs import KEEP_OUTPUT_BYTES, keep_head_and_tail
+from iotests_run.outputs import KEEP_OUTPUT_BYTES, keep_head_and_tail, report_excerpt
 from iotests_run.qemu import QemuTree
 from iotests_run.registry import Registry
 from iotests_run.repeats import DROP, REPORT_AND_STOP, Policy
@@ -256,7 +256,7 @@ def _kept(run: Run, rel: str, prepared: _Prepared, ending: Ending, verdict: Verd
     if ending.evidence is not None:
         attachments += [f"{rel}/diagnostics/{f}" for f in ending.evidence.files]
     attachments += [f"{rel}/cores/{f}" for e in evidence if e is not ending.evidence for f in e.files]
-    return Result(run, verdict.outcome, verdict.reason, duration, diff=verdict.diff, artifacts=rel,
+    return Result(run, verdict.outcome, verdict.reason, duration, diff=report_excerpt(verdict.diff), artifacts=rel,
                   output_tail=tail, diagnostics="\n".join(notes), attachments=tuple(attachments),
                   leaked=leaked, cpu_s=ending.cpu_s, casenotrun=casenotrun)
 

@@ -4,7 +4,8 @@ A test can print without limit (a loop gone wrong writes hundreds of MB), and re
 (as lines, then as a diff of every line) once made the runner hold several times its size. Here the
 output is only ever streamed: the comparison reads it a line piece at a time and stops at the first line
 that differs, the diff covers a window of DIFF_SIDE_LINES lines (DIFF_SIDE_CHARS characters) of each side
-and stops at DIFF_BYTES, and an output kept larger than KEEP_OUTPUT_BYTES keeps its head and tail. The
+and stops at DIFF_BYTES (a finished run keeps REPORT_DIFF_CHARS of it for the reports), and an output kept
+larger than KEEP_OUTPUT_BYTES keeps its head and tail. The
 reference output is a file of the QEMU tree, small, and is read whole as lines.
 
 Line semantics are check's: UTF-8 (invalid bytes replaced), universal newlines, trailing whitespace ignored.
@@ -23,6 +24,7 @@ DIFF_SIDE_LINES = 20_000  # the diff covers at most this many first lines of eac
 DIFF_SIDE_CHARS = 4 << 20  # ...and at most this many characters of each
 DIFF_BYTES = 1 << 20  # diff text beyond this is cut; a line saying so follows
 KEEP_OUTPUT_BYTES = 16 << 20  # an output kept larger than this keeps its first and last half of it
+REPORT_DIFF_CHARS = 64 * 1024  # of a diff held for the reports while the invocation runs (all of diff.txt is kept)
 TAIL_BYTES = 64 * 1024  # the end of a truncated diff's output still searched for a crash message
 COPY_BYTES = 1 << 20
 
@@ -139,6 +141,14 @@ def capped_diff(reference: Path, output: Path, reference_label: str, output_labe
                 f"{DIFF_SIDE_LINES} lines ({DIFF_SIDE_CHARS >> 20} MB) of each side and stops at "
                 f"{DIFF_BYTES >> 20} MB; see {output_label}")
     return Diff("\n".join(kept), True)
+
+
+def report_excerpt(diff: str) -> str:
+    """The start of a diff that the reports show (junit.xml shows no more, report.html less): what a finished
+    run keeps in memory, so that many failing runs cannot add up to gigabytes."""
+    if len(diff) <= REPORT_DIFF_CHARS:
+        return diff
+    return diff[:REPORT_DIFF_CHARS] + f"\n[... {len(diff) - REPORT_DIFF_CHARS} more characters in diff.txt]"
 
 
 def tail_lines(path: Path, limit: int = TAIL_BYTES) -> list[str]:

@@ -25,7 +25,7 @@ from iotests_run.discovery import TEST_NAME
 from iotests_run.errors import UsageError
 from iotests_run.inputs import read_optional
 from iotests_run.model import Outcome, Result, Run, TestCase
-from iotests_run.outputs import DIFF_BYTES
+from iotests_run.outputs import DIFF_BYTES, report_excerpt
 from iotests_run.sandbox import remove_tree
 from iotests_run.text import printable
 
@@ -279,7 +279,7 @@ class Recorded:
         diff = read_optional(artifacts_in / folder / DIFF, DIFF_READ_BYTES, follow_links=False) if folder else None
         return Result(Run(TestCase(key=key, path=iotests / key, groups=frozenset()), fmt, proto, record.get("copy", 0)),
                       Outcome(record["outcome"]), record.get("reason", ""), float(record.get("duration_s", 0)),
-                      diff=(diff or "").rstrip("\n"), artifacts=folder,
+                      diff=report_excerpt((diff or "").rstrip("\n")), artifacts=folder,
                       diagnostics=record.get("diagnostics", ""), attachments=tuple(record.get("attachments", ())),
                       leaked=tuple(record.get("leaked", ())), cpu_s=record.get("cpu_s"),
                       quarantined=record.get("quarantined", False), casenotrun=record.get("casenotrun", ""),

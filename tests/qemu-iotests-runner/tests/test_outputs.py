@@ -19,13 +19,14 @@ from iotests_run.model import Outcome
 from iotests_run.outputs import (
     DIFF_BYTES,
     KEEP_OUTPUT_BYTES,
+    REPORT_DIFF_CHARS,
     capped_diff,
     keep_head_and_tail,
     outputs_agree,
     reference_lines,
     size_and_lines,
 )
-from iotests_run.results_folder import DIFF_READ_BYTES
+from iotests_run.results_folder import DIFF_READ_BYTES, Recorded
 from iotests_run.verdict import run_verdict
 
 
@@ -179,3 +180,17 @@ def test_a_test_printing_200_mb_fails_in_bounded_memory(fake_tree: FakeTree, tmp
     assert (kept / "001.out.bad").stat().st_size <= KEEP_OUTPUT_BYTES + 4096
     assert "001.out.bad kept as its first and last 8.0 MB: the output was 190.7 MB" in run["diagnostics"]
     assert "diff truncated" in (results / "junit.xml").read_text()
+
+
+@pytest.mark.unit
+def test_a_merged_runs_diff_is_held_as_the_reports_excerpt(tmp_path: Path) -> None:
+    """merge reads diff.txt back with a bounded read, and keeps in memory only what the reports show."""
+    folder = tmp_path / "runs" / "qcow2-file" / "001"
+    folder.mkdir(parents=True)
+    (folder / "diff.txt").write_text("--- R\n+++ O\n" + "+y\n" * 400_000)  # 1.2 MB, larger than any capped diff
+    record = {"test": "001", "format": "qcow2", "protocol": "file", "outcome": "fail",
+              "artifacts": "runs/qcow2-file/001"}
+    result = Recorded(tmp_path, {}, [record]).result(record, tmp_path, tmp_path)
+    assert result.diff.startswith("--- R\n+++ O\n+y\n")
+    assert len(result.diff) < REPORT_DIFF_CHARS + 100
+    assert result.diff.endswith(f"[... {DIFF_READ_BYTES - REPORT_DIFF_CHARS} more characters in diff.txt]")
