@@ -25,6 +25,7 @@ from iotests_run.errors import UsageError
 from iotests_run.files import remove_tree
 from iotests_run.inputs import open_beneath, parse_json, read_beneath, read_bytes
 from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.outputs import DIFF_BYTES, report_excerpt
 from iotests_run.text import printable
 from iotests_run.tree.discovery import TEST_NAME
 
@@ -38,8 +39,9 @@ RUNS = "runs"
 DIFF, LEAKED, REPRODUCER = "diff.txt", "leaked.txt", "reproduce.sh"
 SCHEMA = 3  # results.json's "schema": 2 added it and each run's "quarantined", "casenotrun", "copy", "recent";
 # 3 added "history_tree", "shard" (a shard's part of the split) and "shards" (a merge's inputs), each run's "shard"
-# How much of a recorded diff.txt merge reads back (the full file stays in the artifacts).
-DIFF_READ_BYTES = 1 << 20
+# How much of a recorded diff.txt merge reads back: all of one capped as outputs.DIFF_BYTES (its headers
+# included) with its truncation line.
+DIFF_READ_BYTES = DIFF_BYTES + 16 * 1024
 # Bounds on what a results.json read back (a shard, the last run) may hold: a run is about 400 bytes of it,
 # no run lasts (or starts) beyond MAX_SECONDS, and a --repeat copy number or a merge's input number is bounded.
 RESULTS_JSON_BYTES = 1 << 30
@@ -312,7 +314,7 @@ class Recorded:
                 tests[key] = test
         return Result(Run(test, fmt, proto, record.get("copy", 0)),
                       Outcome(record["outcome"]), record.get("reason", ""), float(record.get("duration_s", 0)),
-                      diff=(diff or "").rstrip("\n"), artifacts=folder,
+                      diff=report_excerpt((diff or "").rstrip("\n")), artifacts=folder,
                       diagnostics=record.get("diagnostics", ""), attachments=tuple(record.get("attachments", ())),
                       leaked=tuple(record.get("leaked", ())), cpu_s=record.get("cpu_s"),
                       quarantined=record.get("quarantined", False), casenotrun=record.get("casenotrun", ""),

@@ -20,6 +20,7 @@ from iotests_run.debug.diagnostics import Evidence, core_files, examine_cores
 from iotests_run.files import move_tree, remove_tree, tree_size
 from iotests_run.inputs import read_optional
 from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.outputs import KEEP_OUTPUT_BYTES, keep_head_and_tail, report_excerpt
 from iotests_run.plan.history import history_key
 from iotests_run.plan.repeats import DROP, REPORT_AND_STOP, Policy
 from iotests_run.results.folder import DIFF, LEAKED, REPRODUCER, run_folder, short_of_room
@@ -248,7 +249,8 @@ def _kept(run: Run, rel: str, prepared: _Prepared, ending: Ending, verdict: Verd
         "\n".join(leaked) + "\n", encoding="utf-8"))
     keep(REPRODUCER, 0, lambda: _write_reproducer(box.run_dir / REPRODUCER, run.test.path.parent,
                                                   prepared.iotests_env, prepared.launch.argv))
-    kept_output = keep(output.name, _size_or_zero(output), lambda: move_tree(output, box.run_dir / output.name))
+    kept_output = keep(output.name, min(_size_or_zero(output), KEEP_OUTPUT_BYTES + 4096),
+                       lambda: _keep_output(output, box.run_dir / output.name, notes))
     if not keep("TEST_DIR", tree_size(box.test_dir), box.keep):
         box.discard_scratch()
     attachments = ([f"{rel}/{output.name}"] * kept_output + [f"{rel}/{DIFF}"] * kept_diff
@@ -256,9 +258,18 @@ def _kept(run: Run, rel: str, prepared: _Prepared, ending: Ending, verdict: Verd
     if ending.evidence is not None:
         attachments += [f"{rel}/diagnostics/{f}" for f in ending.evidence.files]
     attachments += [f"{rel}/cores/{f}" for e in evidence if e is not ending.evidence for f in e.files]
-    return Result(run, verdict.outcome, verdict.reason, duration, diff=verdict.diff, artifacts=rel,
+    return Result(run, verdict.outcome, verdict.reason, duration, diff=report_excerpt(verdict.diff), artifacts=rel,
                   output_tail=tail, diagnostics="\n".join(notes), attachments=tuple(attachments),
                   leaked=leaked, cpu_s=ending.cpu_s, casenotrun=casenotrun)
+
+
+def _keep_output(output: Path, dest: Path, notes: list[str]) -> None:
+    """The output moves to the artifacts; one larger than KEEP_OUTPUT_BYTES keeps only its head and tail."""
+    size = _size_or_zero(output)
+    if size <= KEEP_OUTPUT_BYTES:
+        move_tree(output, dest)
+        return
+    notes.append(keep_head_and_tail(output, dest, size))
 
 
 def _keep(notes: list[str], name: str, write: Callable[[], object]) -> bool:

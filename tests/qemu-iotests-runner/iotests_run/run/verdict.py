@@ -5,12 +5,11 @@ Facts carried over from QEMU's testrunner.py: the reference is the first of
 `NAME.out` that exists (none: not run); a non-zero exit status fails; a
 `NAME.notrun` file in TEST_DIR means not run, its text the reason; otherwise a
 unified diff that ignores trailing whitespace (both files read with universal
-newlines) decides.
+newlines) decides. The output is compared streaming, and the diff kept is capped (outputs.py).
 """
 
 from __future__ import annotations
 
-import difflib
 import re
 import signal
 from dataclasses import dataclass
@@ -18,20 +17,16 @@ from pathlib import Path
 
 from iotests_run.inputs import read_optional
 from iotests_run.model import Outcome, Stop
+from iotests_run.outputs import capped_diff, outputs_agree, reference_lines, tail_lines
 
 NOTRUN_BYTES = 64 * 1024
 
 
-def _lines(path: Path) -> list[str]:
-    # errors="replace": check would crash on invalid UTF-8; we still judge the run.
-    with path.open(encoding="utf-8", errors="replace") as f:
-        return [line.rstrip() for line in f]
 
 
 def output_diff(reference: Path, output: Path, reference_label: str, output_label: str) -> str:
-    """Unified diff ignoring trailing whitespace; empty when the outputs agree."""
-    diff = difflib.unified_diff(_lines(reference), _lines(output), reference_label, output_label)
-    return "\n".join(line.rstrip() for line in diff)
+    """Unified diff ignoring trailing whitespace; empty when the outputs agree (capped: outputs.capped_diff)."""
+    return capped_diff(reference, output, reference_label, output_label).text
 
 
 @dataclass(frozen=True)
@@ -39,6 +34,8 @@ class Verdict:
     outcome: Outcome
     reason: str
     diff: str = ""
+    # a truncated diff's output: the lines at its end that the reference lacks (searched for crash messages)
+    unseen: tuple[str, ...] = ()
 
 
 STOP_OUTCOME = {Stop.TIMEOUT: Outcome.TIMEOUT, Stop.HANG: Outcome.HANG, Stop.INTERRUPTED: Outcome.INTERRUPTED}
@@ -51,7 +48,7 @@ def run_verdict(stopped: Stop | None, detail: str, returncode: int, reference: P
     if stopped is not None:
         return Verdict(STOP_OUTCOME[stopped], detail)
     verdict = judge(returncode, reference, output, notrun_file, reference_label, output_label)
-    crash = crash_reason(returncode, verdict.diff) if verdict.outcome is Outcome.FAIL else None
+    crash = crash_reason(returncode, verdict.diff, verdict.unseen) if verdict.outcome is Outcome.FAIL else None
     return Verdict(Outcome.CRASH, crash, verdict.diff) if crash else verdict
 
 
@@ -62,17 +59,25 @@ def with_core(verdict: Verdict, cause: str) -> Verdict:
 
 def judge(returncode: int, reference: Path, output: Path, notrun_file: Path,
           reference_label: str, output_label: str) -> Verdict:
-    """check's order: exit status, then .notrun, then the diff."""
+    """check's order: exit status, then .notrun, then whether the outputs agree (streamed: outputs.py)."""
     if returncode != 0:
-        diff = output_diff(reference, output, reference_label, output_label)
-        return Verdict(Outcome.FAIL, f"failed, exit status {returncode}", diff)
+        return _failed(f"failed, exit status {returncode}", reference, output, reference_label, output_label)
     reason = read_optional(notrun_file, NOTRUN_BYTES)
     if reason is not None:
         return Verdict(Outcome.NOT_RUN, reason.strip())
-    diff = output_diff(reference, output, reference_label, output_label)
-    if diff:
-        return Verdict(Outcome.FAIL, "output mismatch", diff)
-    return Verdict(Outcome.PASS, "")
+    if outputs_agree(reference_lines(reference), output):
+        return Verdict(Outcome.PASS, "")
+    return _failed("output mismatch", reference, output, reference_label, output_label)
+
+
+def _failed(reason: str, reference: Path, output: Path, reference_label: str, output_label: str) -> Verdict:
+    """A failure with its capped diff; when the diff was cut, the output's last lines the reference lacks too."""
+    diff = capped_diff(reference, output, reference_label, output_label)
+    unseen: tuple[str, ...] = ()
+    if diff.truncated:
+        known = set(reference_lines(reference))
+        unseen = tuple(line for line in tail_lines(output) if line not in known)
+    return Verdict(Outcome.FAIL, reason, diff.text, unseen)
 
 
 # How a process killed by a signal shows up in a test's output: bash's job
@@ -88,11 +93,13 @@ def signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def crash_reason(returncode: int, diff: str) -> str | None:
-    """Why a failed run is a crash: the test died of a signal, or its output says a process did."""
+def crash_reason(returncode: int, diff: str, unseen: tuple[str, ...] = ()) -> str | None:
+    """Why a failed run is a crash: the test died of a signal, or its output says a process did (in a line
+    the diff adds, or in the end of an output too large for the diff)."""
     if returncode < 0:
         return f"the test died of {signal_name(-returncode)}"
-    for line in diff.splitlines():
-        if line.startswith("+") and not line.startswith("+++") and SIGNAL_DEATH.search(line):
-            return f"a process died of a signal: {line[1:].strip()[:200]}"
+    added = [line[1:] for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
+    for line in [*added, *unseen]:
+        if SIGNAL_DEATH.search(line):
+            return f"a process died of a signal: {line.strip()[:200]}"
     return None
