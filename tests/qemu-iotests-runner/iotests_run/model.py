@@ -125,6 +125,7 @@ class Result:
     recent: str = ""  # a failure: how often its run failed here recently ("failed 3 of the last 40 runs ...")
     started_s: float | None = None  # when its test started, seconds after the invocation began (the timeline)
     shard: int = 0  # in a merged folder, which of merge's inputs (1, 2, ...) ran it; 0 elsewhere
+    explanation: str = ""  # a hang's or crash's cause read from its dump (1-3 lines); its first line leads reason
 
 
 def fails_the_job(results: Iterable[Result], strict_flaky: bool) -> bool:

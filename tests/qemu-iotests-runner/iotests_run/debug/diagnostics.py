@@ -39,6 +39,9 @@ class Evidence:
     files: tuple[str, ...]  # names inside the diagnostics folder
     summary: str  # a few lines for the JUnit element text and the summary
     cause: str = ""  # cores: what the first one says ended its process ("qemu-io died of SIGSEGV")
+    # Why it hung or crashed, computed from the dump: one to three lines, the first one complete on its own
+    # ("deadlock: thread 1 (main) holds AioContext iothread0 ..."); it leads the run's reason.
+    explanation: str = ""
 
 
 def _read(path: str) -> str:

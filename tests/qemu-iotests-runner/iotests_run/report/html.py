@@ -52,6 +52,7 @@ pre { background: #f8f9fa; padding: .5em; overflow-x: auto; max-height: 30em; }
 .controls { margin: 1em 0; }
 td.leaked { outline: 2px dashed #c5221f; outline-offset: -3px; }
 .recent { color: #5f6368; font-style: italic; }
+.why { font-weight: bold; white-space: pre-wrap; background: #fff4e5; padding: 4px; }
 .graph img { max-width: 100%; border: 1px solid #dadce0; margin: .3em 0; }
 """
 STYLE += "".join(f"td.o-{o.value}, .legend .o-{o.value} {{ background: {p.colour}; }}\n"
@@ -123,6 +124,8 @@ def _details(result: Result, exists: Callable[[str], bool]) -> str:
              f"<h3>{html.escape(result.run.label)}: {html.escape(PRESENTATION[result.outcome].column)}"
              f" ({result.duration_s:.1f} s)</h3>",
              f"<div>{html.escape(_trimmed(result.reason, TEXT_CHARS, ''))}</div>"]
+    if result.explanation:  # why it hung or crashed, before the files, the diff and the backtraces
+        parts.append(f'<pre class="why">{html.escape(_trimmed(result.explanation, TEXT_CHARS, ""))}</pre>')
     if result.recent:
         parts.append(f'<div class="recent">{html.escape(_trimmed(result.recent, TEXT_CHARS, ""))}</div>')
     if links:

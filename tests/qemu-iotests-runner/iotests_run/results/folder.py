@@ -199,6 +199,7 @@ def run_record(result: Result) -> dict[str, Any]:
         "recent": result.recent,
         "started_s": result.started_s,
         "shard": result.shard,
+        "explanation": result.explanation,
     }
 
 
@@ -249,6 +250,7 @@ _FIELDS: dict[str, tuple[bool, Callable[[Any], bool], str]] = {
             "a test key"),
     "reason": (False, _text, "text"),
     "diagnostics": (False, _text, "text"),
+    "explanation": (False, _text, "text"),
     "duration_s": (False, _seconds, f"seconds (a number from 0 to {MAX_SECONDS:g})"),
     "cpu_s": (False, lambda v: v is None or _bounded(v, MAX_CPU_SECONDS), f"null or 0 to {MAX_CPU_SECONDS:g} seconds"),
     "artifacts": (False, lambda v: v is None or _inside(v), "null or a folder under runs/"),
@@ -319,7 +321,7 @@ class Recorded:
                       leaked=tuple(record.get("leaked", ())), cpu_s=record.get("cpu_s"),
                       quarantined=record.get("quarantined", False), casenotrun=record.get("casenotrun", ""),
                       recent=record.get("recent", ""), started_s=record.get("started_s"),
-                      shard=record.get("shard", 0))
+                      shard=record.get("shard", 0), explanation=record.get("explanation", ""))
 
 
 def read_results(folder: Path, what: str) -> Recorded:

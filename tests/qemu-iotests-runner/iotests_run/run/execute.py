@@ -223,7 +223,9 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
         box.discard()
         return Result(run, Outcome.PASS, "", duration, cpu_s=ending.cpu_s, casenotrun=casenotrun, started_s=started)
     evidence = [e for e in (ending.evidence, core_evidence) if e is not None]
-    return replace(_kept(run, rel, prepared, ending, verdict, evidence, duration, casenotrun), started_s=started)
+    verdict, explanation = explained(verdict, evidence)
+    return replace(_kept(run, rel, prepared, ending, verdict, evidence, duration, casenotrun), started_s=started,
+                   explanation=explanation)
 
 
 def _kept(run: Run, rel: str, prepared: _Prepared, ending: Ending, verdict: Verdict, evidence: list[Evidence],
@@ -261,6 +263,17 @@ def _kept(run: Run, rel: str, prepared: _Prepared, ending: Ending, verdict: Verd
     return Result(run, verdict.outcome, verdict.reason, duration, diff=report_excerpt(verdict.diff), artifacts=rel,
                   output_tail=tail, diagnostics="\n".join(notes), attachments=tuple(attachments),
                   leaked=leaked, cpu_s=ending.cpu_s, casenotrun=casenotrun)
+
+
+def explained(verdict: Verdict, evidence: list[Evidence]) -> tuple[Verdict, str]:
+    """The explanation of a failure's dump (a core's first: a crash's cause beats the hang it led to) and the
+    verdict with that explanation's first line leading its reason, so that every surface that shows one line
+    (the terminal, summary.txt, JUnit's message, TAP) names the cause."""
+    found = [e.explanation.strip() for e in sorted(evidence, key=lambda e: not e.cause) if e.explanation.strip()]
+    if not found or verdict.outcome is Outcome.PASS:
+        return verdict, ""
+    first = found[0].splitlines()[0]
+    return replace(verdict, reason=f"{first} ({verdict.reason})" if verdict.reason else first), found[0]
 
 
 def _keep_output(output: Path, dest: Path, notes: list[str]) -> None:
