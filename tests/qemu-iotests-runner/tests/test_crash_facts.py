@@ -251,3 +251,51 @@ def test_a_cut_walk_still_explains_from_the_facts_written_first(tmp_path: Path,
     assert evidence.explanation.startswith("SIGSEGV in bdrv_x: backing_hd=")
     assert "gdb did not finish within 60 s (load average 20.0): block state not read (crash facts kept)" \
         in evidence.summary
+
+
+# A death noticed while the test runs (run/deaths.py) -----------------------------------------------------
+
+def test_a_core_is_reported_once_the_kernel_finished_writing_it(tmp_path: Path) -> None:
+    from iotests_run.run.deaths import DeathWatch, core_complete
+
+    whole = core_bytes("qemu-system-x86", "cut", (), 11)
+    core = tmp_path / "core"
+    core.write_bytes(whole[:len(whole) - 100])  # its last segment not yet written
+    assert not core_complete(core)
+    watch = DeathWatch(tmp_path, test_pid=2**22)
+    assert watch.check(1.0) == ""  # being written: killing its process now would cut it short
+    core.write_bytes(whole)
+    assert watch.check(2.0) == "qemu-system-x86 died of SIGSEGV (core dumped)"
+    assert watch.since == 2.0
+    assert watch.check(3.0) == "qemu-system-x86 died of SIGSEGV (core dumped)" and watch.since == 2.0
+
+
+def test_a_core_cut_at_the_size_limit_is_reported_once_it_stops_growing(tmp_path: Path) -> None:
+    from iotests_run.run.deaths import STABLE_TICKS, DeathWatch
+
+    whole = core_bytes("qemu-io", "", (), 6)
+    (tmp_path / "core.123").write_bytes(whole[:len(whole) - 100])
+    watch = DeathWatch(tmp_path, test_pid=2**22)
+    for tick in range(STABLE_TICKS):
+        assert watch.check(float(tick)) == ""
+    assert watch.check(9.0) == "qemu-io died of SIGABRT (core dumped)"
+
+
+def test_a_zombie_killed_by_a_crash_signal_is_a_death(tmp_path: Path) -> None:
+    import subprocess
+    import time
+
+    from iotests_run.run.deaths import DeathWatch, zombie_exit_signal
+
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                               "child = subprocess.Popen(['sh', '-c', 'kill -BUS $$']); time.sleep(30)"])
+    try:
+        watch = DeathWatch(None, parent.pid)
+        deadline = time.monotonic() + 10
+        while not watch.check(time.monotonic()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert watch.seen.startswith("sh (") and watch.seen.endswith(") died of SIGBUS")
+    finally:
+        parent.kill()
+        parent.wait()
+    assert zombie_exit_signal(parent.pid) == 0  # reaped: no longer a zombie
