@@ -51,7 +51,8 @@ def test_aiocontext_deadlock_names_the_holder_what_it_polls_and_the_waiter() -> 
                    contexts=[context(MAIN_CTX, "main"), context(IO_CTX, "iothr0", owner=100, count=2)])
     first = hang.explain(doc).splitlines()[0]
     assert first == ("deadlock: thread 1 (main) holds AioContext iothr0 and polls the main context in "
-                     "bdrv_drained_end <- qmp_transaction; thread 3 (iothr0) waits for that lock in aio_context_acquire")
+                     "bdrv_drained_end <- qmp_transaction; "
+                     "thread 3 (iothr0) waits for that lock in aio_context_acquire")
 
 
 def test_a_lock_holder_that_is_running_is_no_deadlock() -> None:
@@ -165,3 +166,33 @@ def test_malformed_documents_never_raise(junk: dict[str, Any]) -> None:
 def test_lines_are_bounded() -> None:
     disk = node(name="n" * 5000, in_flight=1, tracked=0)
     assert all(len(line) <= hang.MAX_LINE for line in hang.explain(document(nodes=[disk])).splitlines())
+
+
+def test_the_text_dump_names_threads_contexts_and_shows_node_addresses_flags_and_untracked_in_flight() -> None:
+    from iotests_run.debug import blockstate
+
+    disk = node(in_flight=2, tracked=1, read_only=True, inactive=True, requests=[request("0xa", "0xca", 0)],
+                aio_context=IO_CTX)
+    doc = document(nodes=[disk], threads=[POLLING_MAIN, WAITING_IO], drain_all_count=0,
+                   contexts=[context(MAIN_CTX, "main"), context(IO_CTX, "iothr0", owner=100, count=2)])
+    text = blockstate.text(doc, "title")
+    assert '"disk" qcow2 (0x10, read-only, inactive)' in text
+    assert "AioContext iothr0 (0x200), in_flight 2 (1 tracked request; 1 not a request)" in text
+    assert "thread 3 (iothr0, LWP 103): current coroutine" in text
+    assert "iothr0 (0x200): lock held by thread 1 (main, LWP 100), depth 2" in text
+    assert "aio_context_acquire (0x1) [ctx=0x200]" in text
+
+
+def test_collect_puts_the_explanation_of_the_block_documents_it_finds(tmp_path: Any) -> None:
+    import json
+
+    from iotests_run.debug import diagnostics
+
+    doc = document(threads=[POLLING_MAIN, WAITING_IO],
+                   contexts=[context(MAIN_CTX, "main"), context(IO_CTX, "iothr0", owner=100, count=2)])
+    (tmp_path / "block-42-qemu-system-x86_64.json").write_text(json.dumps(doc))
+    (tmp_path / "block-41-qemu-io.json").write_text(json.dumps(document(nodes=[node(in_flight=1)])))
+    why = diagnostics._hang_explanation(tmp_path, {41: ["/b/qemu-io"], 42: ["/b/qemu-system-x86_64"], 7: ["sh"]})
+    assert why.startswith("deadlock: thread 1 (main) holds AioContext iothr0")
+    assert why.splitlines()[0].endswith("[qemu-system-x86_64 42]")
+    assert diagnostics._hang_explanation(tmp_path, {9: ["/b/qemu-img"]}) == ""
