@@ -248,9 +248,9 @@ def _hang_text(state: dict[str, Any], names: dict[Any, str]) -> list[str]:
         held = (f"lock held by thread {owner.get('num')} ({_thread_name(owner)}), depth {lock.get('count')}"
                 if owner else f"lock held by LWP {lock['owner_lwp']}" if lock.get("owner_lwp") else "lock free")
         out.append(f"  {ctx.get('name')} ({ctx.get('address')}): {held if lock else 'no AioContext lock'}")
-        for co in _dict_list(ctx.get("scheduled")):
-            out.append(f"      scheduled coroutine {co.get('co')}:")
-            out += [f"          {_frame_line(f)}" for f in _dict_list(co.get("backtrace"))]
+        for scheduled in _dict_list(ctx.get("scheduled")):
+            out.append(f"      scheduled coroutine {scheduled.get('co')}:")
+            out += [f"          {_frame_line(f)}" for f in _dict_list(scheduled.get("backtrace"))]
         for bh in _dict_list(ctx.get("bottom_halves")):
             out.append(f"      bottom half pending: {bh.get('callback') or bh.get('name')} (opaque {bh.get('opaque')})")
     for node in _dict_list(state.get("nodes")):
@@ -258,8 +258,8 @@ def _hang_text(state: dict[str, Any], names: dict[Any, str]) -> list[str]:
         if mutex:
             out.append(f"  {names.get(node.get('address'))}: reqs_lock held by coroutine {mutex.get('holder')}, "
                        f"{len(_dict_list(mutex.get('waiters')))} waiting")
-        for co in _dict_list(node.get("flush_waiters")):
-            out.append(f"  {names.get(node.get('address'))}: coroutine {co.get('co')} queued for a flush")
+        for waiter in _dict_list(node.get("flush_waiters")):
+            out.append(f"  {names.get(node.get('address'))}: coroutine {waiter.get('co')} queued for a flush")
     for job in _dict_list(state.get("jobs")):
         co: dict[str, Any] = job["coroutine"] if isinstance(job.get("coroutine"), dict) else {}
         if not co:
