@@ -248,7 +248,7 @@ class Outcome:
         return bool(self.first_line) and re.search(self.bug.expect, self.first_line) is not None
 
 
-def run_bug(bug: Bug, results: Path, *, hang_timeout: float = 20, timeout: float = 180,
+def run_bug(bug: Bug, results: Path, *, hang_timeout: float = 8, timeout: float = 180,
             extra: tuple[str, ...] = ()) -> Outcome:
     """The bug's test run by iotests-run on its bug tree, the bug's variable set and passed on to the test."""
     src, build = bug_tree(bug.version)

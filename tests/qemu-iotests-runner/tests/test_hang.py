@@ -196,3 +196,11 @@ def test_collect_puts_the_explanation_of_the_block_documents_it_finds(tmp_path: 
     assert why.startswith("deadlock: thread 1 (main) holds AioContext iothr0")
     assert why.splitlines()[0].endswith("[qemu-system-x86_64 42]")
     assert diagnostics._hang_explanation(tmp_path, {9: ["/b/qemu-img"]}) == ""
+
+
+def test_a_lock_waiter_whose_ctx_argument_was_optimised_out_uses_the_one_held_lock() -> None:
+    waiter = thread(3, 103, "iothr0", "__lll_lock_wait", "qemu_rec_mutex_lock_impl", "aio_context_acquire",
+                    "aio_bh_poll")
+    doc = document(threads=[POLLING_MAIN, waiter],
+                   contexts=[context(MAIN_CTX, "main"), context(IO_CTX, "iothr0", owner=100, count=1)])
+    assert hang.explain(doc).startswith("deadlock: thread 1 (main) holds AioContext iothr0 and polls")

@@ -164,10 +164,10 @@ def _lock_deadlock(graph: Graph) -> str | None:
         waited = graph.lock_waited(waiter)
         if waited is None:
             continue
-        ctx = graph.contexts.get(waited[0]) or {}
+        ctx = graph.contexts.get(waited[0]) or _only_held_elsewhere(graph, waiter) or {}
         owner_lwp = (ctx.get("lock") or {}).get("owner_lwp") if isinstance(ctx.get("lock"), dict) else None
         holder = graph.by_lwp.get(owner_lwp)
-        name = graph.context_name(waited[0]).removeprefix("the ")
+        name = graph.context_name(ctx.get("address", waited[0])).removeprefix("the ")
         if holder is None or holder is waiter:
             who = f"LWP {owner_lwp}" if owner_lwp else "no thread (lock free: a missed wake-up?)"
             return f"{graph.thread_name(waiter)} waits for the lock of {name} in aio_context_acquire, held by {who}"
@@ -177,6 +177,14 @@ def _lock_deadlock(graph: Graph) -> str | None:
                 f"{graph.thread_name(waiter)} waits for that lock in aio_context_acquire"
                 + ("" if blocked else " (the holder is not blocked: a long hold?)"))
     return None
+
+
+def _only_held_elsewhere(graph: Graph, waiter: dict[str, Any]) -> dict[str, Any] | None:
+    """The context a lock waiter waits for when gdb could not read aio_context_acquire's argument
+    (optimised out): the one context whose lock another thread holds, if there is exactly one."""
+    held = [c for c in graph.contexts.values() if isinstance(c.get("lock"), dict)
+            and c["lock"].get("owner_lwp") not in (None, 0, waiter.get("lwp")) and (c["lock"].get("count") or 0) > 0]
+    return held[0] if len(held) == 1 else None
 
 
 def _cycle(graph: Graph) -> list[tuple[Any, str]] | None:
