@@ -178,7 +178,7 @@ def _link_firmware(ref_build: Path, build: Path) -> None:
     """The reference build's firmware links (Debian's seabios, ipxe...), which qemu-system needs."""
     for fw in (ref_build / "qemu-bundle").rglob("*"):
         target = build / fw.relative_to(ref_build)
-        if fw.is_symlink() and not target.exists():
+        if fw.is_symlink() and not os.path.lexists(target):  # (a dangling link of ninja's is there already)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.symlink_to(os.readlink(fw))
 
