@@ -299,3 +299,20 @@ def test_a_zombie_killed_by_a_crash_signal_is_a_death(tmp_path: Path) -> None:
         parent.kill()
         parent.wait()
     assert zombie_exit_signal(parent.pid) == 0  # reaped: no longer a zombie
+
+
+def test_a_null_fault_in_the_crashing_frame_beats_stale_values_in_optimized_callers() -> None:
+    """As in a core of the stream-null-then-wait bug: bdrv_nb_sectors(bs=NULL) faulted at 0x10; an outer frame's
+    `bs` shows a stale register (a stack address), which is not live and holds no fill."""
+    null = {"name": "bs", "type": "BlockDriverState", "kind": "node", "address": "0x0", "null": True}
+    stale = {**FREED, "name": "bs", "address": "0x7f74309f3f38", "fill": False, "fill_share": 0.0}
+    lines = crash.explain(facts(frame("bdrv_nb_sectors", "../block.c", 5774, null),
+                                frame("bdrv_common_block_status_above", "block-gen.c", 1074, stale, level=4),
+                                signal={**SEGV, "code": 1, "address": "0x10"}), "q")
+    assert lines[0] == "SIGSEGV in bdrv_nb_sectors (../block.c:5774): bs is NULL (fault at 0x10)"
+    # freed memory in a caller is named, though: beyond doubt whatever the optimizer did
+    lines = crash.explain(facts(frame("bdrv_nb_sectors", "../block.c", 5774, null),
+                                frame("bdrv_x", "io.c", 1, FREED, level=1), signal={**SEGV, "code": 1,
+                                                                                     "address": "0x10"}), "q")
+    assert lines[0].startswith("SIGSEGV in bdrv_nb_sectors, called from bdrv_x where backing_hd=0x5555bbbb0000 "
+                               "is not a live node (freed")

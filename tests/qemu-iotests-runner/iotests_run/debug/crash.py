@@ -77,12 +77,25 @@ def _is_bad(pointer: dict[str, Any]) -> bool:
     return pointer.get("live") is False or pointer.get("fill") is True
 
 
-def _first_bad(frames: list[dict[str, Any]]) -> tuple[int, dict[str, Any]] | None:
+def _first_bad(frames: list[dict[str, Any]], strong: bool = False) -> tuple[int, dict[str, Any]] | None:
+    """The first pointer that is not live (strong: whose memory holds the fill: freed beyond doubt)."""
     for index, frame in enumerate(frames):
         for pointer in _dicts(frame.get("pointers")):
-            if _is_bad(pointer):
+            if (pointer.get("fill") is True) if strong else _is_bad(pointer):
                 return index, pointer
     return None
+
+
+def _null_fault(name: str, top: dict[str, Any], address: Any) -> str:
+    """`SIGSEGV in f (file:line): bs is NULL (fault at 0x10)` when the crashing frame faulted on a NULL pointer."""
+    try:
+        low = isinstance(address, str) and int(address, 16) < PAGE
+    except ValueError:
+        low = False
+    null = [p for p in _dicts(top.get("pointers")) if p.get("null")]
+    if not (low and null):
+        return ""
+    return f"{name} in {_function(top)}{_where(top)}: {pointer_words(null[0], None)} (fault at {address})"
 
 
 def _signal_name(facts: dict[str, Any]) -> str:
@@ -108,27 +121,27 @@ def _first_line(facts: dict[str, Any], frames: list[dict[str, Any]]) -> str:
         plumbing = [_text(p, 60) for p in facts.get("plumbing", []) if isinstance(p, str)][:1] \
             if isinstance(facts.get("plumbing"), list) else []
         return f"{name} outside QEMU's code{' in ' + plumbing[0] if plumbing else ''} (no frame of the program)"
-    bad = _first_bad(frames)
-    if bad is not None:
-        index, pointer = bad
-        words = pointer_words(pointer, facts.get("fill"))
-        if index == 0:
-            return f"{name} in {_function(top)}: {words}"
-        return f"{name} in {_function(top)}, called from {_function(frames[index])} where {words}"
     signal = facts.get("signal") if isinstance(facts.get("signal"), dict) else {}
     address = signal.get("address") if isinstance(signal, dict) else None
+    null = _null_fault(name, top, address)
+    # Strongest first: freed memory (in the crashing frame, then its callers), a NULL the crashing frame faulted
+    # on, then anything else not live in it. In the callers only freed memory counts: optimized code leaves
+    # stale values in outer frames' arguments.
+    for skip, bad in ((0, _first_bad(frames[:1], strong=True)), (1, _first_bad(frames[1:], strong=True)),
+                      (0, None if null else _first_bad(frames[:1]))):
+        if bad is not None:
+            index, pointer = bad[0] + skip, bad[1]
+            words = pointer_words(pointer, facts.get("fill"))
+            if index == 0:
+                return f"{name} in {_function(top)}: {words}"
+            return f"{name} in {_function(top)}, called from {_function(frames[index])} where {words}"
+    if null:
+        return null
     called = {p for p in facts.get("plumbing", []) if isinstance(p, str)} if isinstance(
         facts.get("plumbing"), list) else set()
     if name == "SIGABRT" and called & {"abort", "__GI_abort"}:
         return f"abort() called in {_function(top)}{_where(top)}"
     if isinstance(address, str):
-        null = [p for p in _dicts(top.get("pointers")) if p.get("null")]
-        try:
-            low = int(address, 16) < PAGE
-        except ValueError:
-            low = False
-        if low and null:
-            return f"{name} in {_function(top)}{_where(top)}: {pointer_words(null[0], None)} (fault at {address})"
         return f"{name} in {_function(top)}{_where(top)} at address {address}"
     sent = isinstance(signal, dict) and isinstance(signal.get("code"), int) and signal["code"] <= 0
     return f"{name} in {_function(top)}{_where(top)}" + (" (sent by kill or raise, not a fault)" if sent else "")

@@ -625,11 +625,7 @@ def crash_facts() -> dict[str, Any] | None:
     if signal is None:
         return None
     thread = gdb.selected_thread()
-    try:
-        current = gdb.parse_and_eval("co_tls_current")
-        coroutine = _addr(current)
-    except gdb.error:
-        coroutine = None
+    coroutine = hex(_current_coroutine()) if _current_coroutine() else None
     fill = _fill_byte()
     live = _live_objects()
     frames, plumbing = _crash_frames(live, fill)
