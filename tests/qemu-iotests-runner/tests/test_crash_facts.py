@@ -316,3 +316,35 @@ def test_a_null_fault_in_the_crashing_frame_beats_stale_values_in_optimized_call
                                                                                      "address": "0x10"}), "q")
     assert lines[0].startswith("SIGSEGV in bdrv_nb_sectors, called from bdrv_x where backing_hd=0x5555bbbb0000 "
                                "is not a live node (freed")
+
+
+@pytest.mark.parametrize(("left", "qemus", "share"), [(60, 1, 60), (60, 2, 30), (60, 5, 20), (10, 1, 10), (5, 3, 5)])
+def test_gdb_on_a_live_qemu_gets_the_budget_left_shared_by_the_qemus_to_examine(left: float, qemus: int,
+                                                                                share: float) -> None:
+    assert diagnostics.gdb_share(left, qemus) == share
+
+
+@pytest.mark.process
+def test_a_live_gdb_cut_short_says_what_was_cut_and_qemu_goes_first(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+    import subprocess
+
+    qemu = tmp_path / "qemu-io"
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", qemu)
+    other = subprocess.Popen(["sleep", "60"])  # a lower pid examined after the QEMU process
+    proc = subprocess.Popen([str(qemu), "60"])
+    slow = tmp_path / "gdb"
+    slow.write_text(f"#!{sys.executable}\nimport sys, time\nopen({str(tmp_path / 'order')!r}, 'a').write("
+                    "' '.join(sys.argv) + '\\n')\ntime.sleep(30)\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(diagnostics, "tool", lambda name: str(slow) if name == "gdb" else None)
+    try:
+        evidence = diagnostics.collect([other.pid, proc.pid], tmp_path / "diag", None, 2.5)
+    finally:
+        for p in (proc, other):
+            p.kill()
+            p.wait()
+    assert f"qemu-io ({proc.pid}): gdb did not finish within 2 s (load average " in evidence.summary
+    assert "its backtraces and block state are cut" in evidence.summary
+    assert (tmp_path / "order").read_text().count("\n") == 1 and f"-p {proc.pid}" in (tmp_path / "order").read_text()

@@ -105,6 +105,8 @@ def _gdb(gdb: str, pid: int, name: str, folder: Path, qemu_gdb: Path | None,
                  "-ex", "qemu bt"]
     file = f"gdb-{pid}-{name}.txt"
     text = _run_tool(argv, folder / file, timeout)
+    cut = [f"{name} ({pid}): gdb did not finish within {timeout:.0f} s (load average {os.getloadavg()[0]:.1f}): "
+           "its backtraces and block state are cut"] if f"did not finish within {timeout:.0f} s" in text else []
     # The main thread ("Thread 1", listed last) says most about a stuck QEMU.
     main = text[text.rfind("\nThread 1 "):] if "\nThread 1 " in text else text
     frames = [line for line in main.splitlines() if line.startswith("#")]
@@ -113,7 +115,7 @@ def _gdb(gdb: str, pid: int, name: str, folder: Path, qemu_gdb: Path | None,
     if (folder / f"{block}.json").is_file():
         files.append(f"{block}.json")
     return files, [f"{name} ({pid}) main thread: " + " <- ".join(_frame_function(f) for f in frames[:7]),
-                   blockstate.summary(state, f"{name} ({pid})")]
+                   blockstate.summary(state, f"{name} ({pid})"), *cut]
 
 
 def _frame_function(frame: str) -> str:
@@ -144,14 +146,17 @@ def collect(pids: list[int], folder: Path, qemu_gdb: Path | None, budget_s: floa
     (folder / "processes.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
     files, summary = ["processes.txt"], [f"{len(commands)} processes (processes.txt)"]
     gdb, pyspy = tool("gdb"), tool("py-spy")
-    for pid, cmd in commands.items():
+    qemus = [pid for pid, cmd in commands.items() if cmd and QEMU_PROGRAMS.match(os.path.basename(cmd[0]))]
+    # QEMU processes first: they say most, and under load gdb needs more than PER_TOOL_TIMEOUT_S to load QEMU's symbols
+    for pid, cmd in sorted(commands.items(), key=lambda item: item[0] not in qemus):
         left = deadline - time.monotonic()
         if left < 1:
             summary.append("diagnostics budget used up; later processes not examined")
             break
         name = os.path.basename(cmd[0]) if cmd else "?"
         if QEMU_PROGRAMS.match(name) and gdb:
-            written, lines = _gdb(gdb, pid, name, folder, qemu_gdb, min(PER_TOOL_TIMEOUT_S, left))
+            written, lines = _gdb(gdb, pid, name, folder, qemu_gdb, gdb_share(left, len(qemus)))
+            qemus.remove(pid)
         elif _is_python(cmd) and pyspy:
             file, line = _pyspy(pyspy, pid, folder, min(PER_TOOL_TIMEOUT_S, left))
             written, lines = [file], [line]
@@ -163,6 +168,12 @@ def collect(pids: list[int], folder: Path, qemu_gdb: Path | None, budget_s: floa
         files += written
         summary += lines
     return Evidence(tuple(files), "\n".join(summary), explanation=_hang_explanation(folder, commands))
+
+
+def gdb_share(left: float, qemus_left: int) -> float:
+    """gdb's time on one live QEMU: PER_TOOL_TIMEOUT_S, or more when the budget left, shared by the QEMU processes
+    still to examine, allows it (a loaded machine needs it to load QEMU's symbols); never more than is left."""
+    return min(left, max(PER_TOOL_TIMEOUT_S, left / max(qemus_left, 1)))
 
 
 def _hang_explanation(folder: Path, commands: dict[int, list[str]]) -> str:
