@@ -42,5 +42,13 @@ def test_the_explanation_names_the_cause(bug: bugtrees.Bug, tmp_path: Path) -> N
     if bug.name == "stream-null-then-wait":  # the test waits 60 s for each event: called a crash 5 s after the death
         assert "the test then waited 5 s with no CPU and no output" in str(run["reason"])
         assert float(str(run["duration_s"])) < 60
+        # the job's coroutine was running at the crash: unwound from the thread's registers, never its stale jmp_buf
+        document = json.loads(cores[0].with_name(cores[0].name.replace("-backtrace.txt", "-block.json")).read_text())
+        job = document["jobs"][0]["coroutine"]
+        assert job["backtrace"][0].get("running_on_thread") == document["crash"]["thread"]
+        assert "stream_run" in [f.get("function") for f in job["backtrace"]]
+        # what that thread left to enter it is unwound from its saved registers, not shown as the crash's frames
+        callers = next(t for t in document["threads"] if t["num"] == document["crash"]["thread"])["callers"]
+        assert all(c["backtrace"][0].get("function") == "qemu_coroutine_switch" for c in callers if c["backtrace"])
     if bug.name == "uaf-job-nodes":
         assert "block_job_remove_all_bdrv" in got.explanation.splitlines()[1]

@@ -124,15 +124,17 @@ class _FrameId:
 
 
 class _CoroutineUnwinder(Unwinder):
-    """While `registers` is set, the thread's innermost frame seems to have been called by that coroutine."""
+    """While `registers` is set, the thread's innermost real frame (`level`: gdb's inline-frame unwinder answers
+    for inlined frames before any Python unwinder is asked) seems to have been called by that coroutine."""
 
     def __init__(self) -> None:
         super().__init__("iotests-run coroutine")
         self.registers: dict[str, int] | None = None
+        self.level = 0
 
     def __call__(self, pending_frame: gdb.PendingFrame) -> gdb.UnwindInfo | None:
         pending = pending_frame
-        if self.registers is None or pending.level() != 0:
+        if self.registers is None or pending.level() != self.level:
             return None
         regs = self.registers
         info = pending.create_unwind_info(_FrameId(regs["rsp"] - 256, regs["rip"]))
@@ -184,8 +186,12 @@ class Coroutines:
             raw = [int(buf[i]) & MASK for i in range(len(JMPBUF_REGISTERS))]
             _UNWINDER.registers = {name: (_ror(v, 0x11) ^ self.guard if name in MANGLED else v)
                                    for name, v in zip(JMPBUF_REGISTERS, raw, strict=True)}
+            _UNWINDER.level = _first_real_level()
             gdb.invalidate_cached_frames()
-            frame = gdb.newest_frame().older()
+            frame = _frame_at(_UNWINDER.level).older()
+            if frame is None or frame.pc() != _UNWINDER.registers["rip"]:
+                # gdb did not take the coroutine's registers: what follows would be the thread's own frames
+                raise gdb.error("gdb did not unwind from the coroutine's saved registers")
             while frame is not None and len(frames) < MAX_FRAMES:
                 frames.append(_frame(frame))
                 if frame.name() == "coroutine_trampoline":
@@ -195,9 +201,28 @@ class Coroutines:
             frames.append({"error": str(exc)})
         finally:
             _UNWINDER.registers = None
+            _UNWINDER.level = 0
             gdb.invalidate_cached_frames()
         self.cache[address] = frames
         return frames
+
+
+def _first_real_level() -> int:
+    """The level of the selected thread's innermost frame that is not inlined into its caller."""
+    frame: gdb.Frame | None = gdb.newest_frame()
+    while frame is not None and frame.type() == gdb.INLINE_FRAME:
+        frame = frame.older()
+    return frame.level() if frame is not None else 0
+
+
+def _frame_at(level: int) -> Any:
+    frame = gdb.newest_frame()
+    while frame.level() < level:
+        older = frame.older()
+        if older is None:
+            break
+        frame = older
+    return frame
 
 
 def _current_coroutine() -> int:
@@ -935,7 +960,8 @@ def _job_hang_facts(state: dict[str, Any], coroutines: Coroutines) -> None:
             j = job.dereference()
             co = j["co"]
             entry["coroutine"] = {"co": _addr(co), "running": _addr(co) in running,
-                                  "backtrace": [] if not int(co) or _addr(co) in running else coroutines.backtrace(co)}
+                                  # a running one is unwound from its thread's registers (Coroutines.backtrace)
+                                  "backtrace": coroutines.backtrace(co) if int(co) else []}
             entry["flags"] = {name: _int(_get(j, name)) for name in
                               ("refcnt", "pause_count", "busy", "paused", "user_paused", "cancelled", "force_cancel",
                                "deferred_to_main_loop", "auto_finalize", "auto_dismiss")
