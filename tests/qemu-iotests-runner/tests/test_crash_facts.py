@@ -348,3 +348,33 @@ def test_a_live_gdb_cut_short_says_what_was_cut_and_qemu_goes_first(tmp_path: Pa
     assert f"qemu-io ({proc.pid}): gdb did not finish within 2 s (load average " in evidence.summary
     assert "its backtraces and block state are cut" in evidence.summary
     assert (tmp_path / "order").read_text().count("\n") == 1 and f"-p {proc.pid}" in (tmp_path / "order").read_text()
+
+
+def test_notes_written_after_the_memory_as_gcore_does_are_found(tmp_path: Path) -> None:
+    from iotests_run.debug.corefile import CORE_HEAD_BYTES
+
+    whole = core_bytes("qemu-io", "q", ("/b/qemu-io",), 11)
+    note_at = 64 + 2 * 56
+    notes_size = struct.unpack_from("<Q", whole, 64 + 32)[0]
+    far = CORE_HEAD_BYTES + 4096
+    moved = bytearray(whole)
+    struct.pack_into("<Q", moved, 64 + 8, far)  # the PT_NOTE's p_offset
+    core = tmp_path / "core"
+    with core.open("wb") as f:
+        f.write(moved)
+        f.seek(far)
+        f.write(whole[note_at:note_at + notes_size])
+    assert read_notes(core) == CoreNotes("qemu-io", "q", ("/b/qemu-io",), 11)
+
+
+def test_a_part_of_a_file_is_read_within_its_cap(tmp_path: Path) -> None:
+    from iotests_run.errors import UsageError
+    from iotests_run.inputs import read_at
+
+    (tmp_path / "f").write_bytes(b"0123456789")
+    assert read_at(tmp_path / "f", "core", 3, 4, 16) == b"3456"
+    assert read_at(tmp_path / "f", "core", 8, 4, 16) == b"89"
+    with pytest.raises(UsageError, match="at most 16 bytes"):
+        read_at(tmp_path / "f", "core", 0, 17, 16)
+    with pytest.raises(UsageError, match="not a regular file"):
+        read_at(tmp_path, "core", 0, 1, 16)

@@ -5,7 +5,8 @@ bytes. QEMU 7.2's iotests start `<build>/tests/qemu-iotests/../../qemu-system-x8
 cache folder is longer than that, so that line cannot name the program. The notes can: NT_PRPSINFO's
 pr_fname is the process's comm (the program's name, 15 bytes), NT_FILE lists every mapped file with
 its full path (the executable among them), and NT_PRSTATUS holds the signal that ended the process.
-Only the first CORE_HEAD_BYTES are read (the kernel writes the notes right after the headers).
+The kernel writes the notes right after the headers (within the first CORE_HEAD_BYTES); gdb's gcore
+writes them after the memory, where the program headers say (read with a size cap).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iotests_run.errors import UsageError
-from iotests_run.inputs import read_head
+from iotests_run.inputs import read_at, read_head
 
 CORE_HEAD_BYTES = 4 << 20
 NT_PRSTATUS, NT_PRPSINFO, NT_FILE = 1, 3, 0x46494C45
@@ -27,6 +28,7 @@ COMM_BYTES = 15  # TASK_COMM_LEN - 1
 PRPSINFO_FNAME_AT, PRPSINFO_PSARGS_AT = 40, 56
 PRSTATUS_CURSIG_AT = 12  # after struct elf_siginfo (3 ints)
 MAX_FILES = 100_000
+MAX_NOTES = 16 << 20  # one PT_NOTE segment (a thread's notes are a few KB; NT_FILE lists every mapping)
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,9 @@ def _notes(data: bytes) -> Iterator[tuple[int, bytes]]:
         at = name_end + ((descsz + 3) & ~3)
 
 
-def _segments(head: bytes) -> Iterator[bytes]:
-    """The PT_NOTE segments of a little-endian ELF64 core that lie within head."""
+def _segments(core: Path, head: bytes) -> Iterator[bytes]:
+    """The PT_NOTE segments of a little-endian ELF64 core: from head where they lie within it (the kernel's),
+    else read where the headers say (gdb's gcore writes them after the memory), each at most MAX_NOTES bytes."""
     if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
         return
     phoff, = struct.unpack_from("<Q", head, 32)
@@ -68,8 +71,15 @@ def _segments(head: bytes) -> Iterator[bytes]:
         if phentsize < 56 or at + 56 > len(head):
             return
         p_type, _flags, offset, _vaddr, _paddr, filesz = struct.unpack_from("<IIQQQQ", head, at)
-        if p_type == PT_NOTE and offset + filesz <= len(head):
+        if p_type != PT_NOTE:
+            continue
+        if offset + filesz <= len(head):
             yield head[offset:offset + filesz]
+        elif filesz <= MAX_NOTES:
+            try:
+                yield read_at(core, "core", offset, filesz, MAX_NOTES)
+            except UsageError:
+                continue
 
 
 def _c_string(data: bytes) -> str:
@@ -94,7 +104,7 @@ def read_notes(core: Path) -> CoreNotes:
     command = arguments = ""
     files: tuple[str, ...] = ()
     signal = 0
-    for segment in _segments(head):
+    for segment in _segments(core, head):
         for kind, desc in _notes(segment):
             if kind == NT_PRPSINFO and len(desc) >= PRPSINFO_PSARGS_AT:
                 command = _c_string(desc[PRPSINFO_FNAME_AT:PRPSINFO_FNAME_AT + 16])
