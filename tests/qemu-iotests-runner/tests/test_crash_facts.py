@@ -258,16 +258,16 @@ def test_a_cut_walk_still_explains_from_the_facts_written_first(tmp_path: Path,
 def test_a_core_is_reported_once_the_kernel_finished_writing_it(tmp_path: Path) -> None:
     from iotests_run.run.deaths import DeathWatch, core_complete
 
-    whole = core_bytes("qemu-system-x86", "cut", (), 11)
+    whole = core_bytes("qemu-system-x86", "cut", ("/lib/libc.so.6", "/b/qemu-system-x86_64"), 11)
     core = tmp_path / "core"
     core.write_bytes(whole[:len(whole) - 100])  # its last segment not yet written
     assert not core_complete(core)
     watch = DeathWatch(tmp_path, test_pid=2**22)
     assert watch.check(1.0) == ""  # being written: killing its process now would cut it short
     core.write_bytes(whole)
-    assert watch.check(2.0) == "qemu-system-x86 died of SIGSEGV (core dumped)"
+    assert watch.check(2.0) == "qemu-system-x86_64 died of SIGSEGV (core dumped)"  # not its 15-byte comm
     assert watch.since == 2.0
-    assert watch.check(3.0) == "qemu-system-x86 died of SIGSEGV (core dumped)" and watch.since == 2.0
+    assert watch.check(3.0) == "qemu-system-x86_64 died of SIGSEGV (core dumped)" and watch.since == 2.0
 
 
 def test_a_core_cut_at_the_size_limit_is_reported_once_it_stops_growing(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ supervise ends the run as a crash once the test, after such a death, stays idle 
 
 from __future__ import annotations
 
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,7 +93,8 @@ class DeathWatch:
             if core_complete(core) or ticks >= STABLE_TICKS:
                 notes = read_notes(core)
                 what = _signal_name(notes.signal) if notes.signal else "a signal"
-                return f"{notes.command or 'a process'} died of {what} (core dumped)"
+                name = os.path.basename(notes.executable) or notes.command or "a process"  # comm is cut at 15
+                return f"{name} died of {what} (core dumped)"
         return ""
 
     def _crashed_zombie(self) -> str:
