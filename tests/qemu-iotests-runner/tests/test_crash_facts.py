@@ -4,6 +4,7 @@ explanation's lines (debug/crash.py); examine_cores puts them in Evidence.explan
 from __future__ import annotations
 
 import json
+import os
 import random
 import struct
 import sys
@@ -378,3 +379,27 @@ def test_a_part_of_a_file_is_read_within_its_cap(tmp_path: Path) -> None:
         read_at(tmp_path / "f", "core", 0, 17, 16)
     with pytest.raises(UsageError, match="not a regular file"):
         read_at(tmp_path, "core", 0, 1, 16)
+
+
+@pytest.mark.parametrize("kernel_lists", [True, False])
+def test_descendants_are_found_with_or_without_the_kernel_s_children_lists(kernel_lists: bool,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+
+    from iotests_run.run import deaths
+
+    monkeypatch.setattr(deaths, "KERNEL_LISTS_CHILDREN", kernel_lists and deaths.KERNEL_LISTS_CHILDREN)
+    parent = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
+    try:
+        for _ in range(50):
+            found = deaths.descendants(parent.pid)
+            if len(found) == 2:
+                break
+            import time
+            time.sleep(0.1)
+        assert len(found) == 2 and all(open(f"/proc/{p}/cmdline").read().startswith("sleep") for p in found)
+    finally:
+        for p in deaths.descendants(parent.pid):
+            os.kill(p, 9)
+        parent.kill()
+        parent.wait()
