@@ -144,6 +144,10 @@ def test_what_the_memory_of_a_pointer_that_is_not_live_says() -> None:
     assert "does not hold the 0xe7 fill of MALLOC_PERTURB_=231" in crash.explain(facts(frame("f", "a.c", 1, reused)),
                                                                                   "q")[0]
     assert "its memory cannot be read: unmapped" in crash.explain(facts(frame("f", "a.c", 1, unmapped)), "q")[0]
+    tcache = {**FREED, "kind": "child", "fill": False, "tcache": True}
+    assert crash.explain(facts(frame("bdrv_child_cb", "b.c", 3), frame("g", "b.c", 4, tcache, level=1)), "q")[0] == \
+        ("SIGSEGV in bdrv_child_cb, called from g where backing_hd=0x5555bbbb0000 is not a live BdrvChild "
+         "(freed: it sits in glibc's tcache, which keeps small blocks unfilled)")
     unknown = crash.explain({**facts(frame("f", "a.c", 1, FREED)), "fill": None}, "q")[0]
     assert unknown.endswith("is not a live node (MALLOC_PERTURB_ unknown: whether it was freed cannot be told)")
 

@@ -44,14 +44,16 @@ def _fill_words(pointer: dict[str, Any], fill: Any) -> str:
     """What the memory behind a pointer that is not live says."""
     if pointer.get("readable") is False:
         return "its memory cannot be read: unmapped"
+    if pointer.get("tcache") is True:
+        return "freed: it sits in glibc's tcache, which keeps small blocks unfilled"
     if not isinstance(fill, int) or isinstance(fill, bool) or not 0 < fill < 256:
         return "MALLOC_PERTURB_ unknown: whether it was freed cannot be told"
     perturb = f"MALLOC_PERTURB_={fill}"
     if pointer.get("fill") is True:
         return f"freed: holds the {fill:#04x} fill of {perturb}"
     if pointer.get("fill") is False:
-        return (f"its memory does not hold the {fill:#04x} fill of {perturb} "
-                f"(reused since it was freed, or never a {KIND_WORDS.get(str(pointer.get('kind')), 'object')})")
+        return (f"its memory does not hold the {fill:#04x} fill of {perturb}: reused since it was freed, "
+                f"or never a {KIND_WORDS.get(str(pointer.get('kind')), 'object')}")
     return "MALLOC_PERTURB_ unknown: whether it was freed cannot be told"
 
 
@@ -67,21 +69,26 @@ def pointer_words(pointer: dict[str, Any], fill: Any) -> str:
         return f"{name}={address} is {_text(pointer.get('label'), 80)}"
     if pointer.get("live") is False:
         return f"{name}={address} is not a live {kind} ({_fill_words(pointer, fill)})"
-    if pointer.get("fill") is True:
+    if _freed(pointer):
         return f"{name}={address} is no {kind} the graph uses ({_fill_words(pointer, fill)})"
     return f"{name}={address} is no {kind} the graph uses"
 
 
 def _is_bad(pointer: dict[str, Any]) -> bool:
     """A pointer that is not live, or whose memory holds the fill (freed), whatever the lists say."""
-    return pointer.get("live") is False or pointer.get("fill") is True
+    return pointer.get("live") is False or _freed(pointer)
+
+
+def _freed(pointer: dict[str, Any]) -> bool:
+    """Freed beyond doubt: its memory holds the MALLOC_PERTURB_ fill, or it sits in glibc's tcache."""
+    return pointer.get("fill") is True or pointer.get("tcache") is True
 
 
 def _first_bad(frames: list[dict[str, Any]], strong: bool = False) -> tuple[int, dict[str, Any]] | None:
     """The first pointer that is not live (strong: whose memory holds the fill: freed beyond doubt)."""
     for index, frame in enumerate(frames):
         for pointer in _dicts(frame.get("pointers")):
-            if (pointer.get("fill") is True) if strong else _is_bad(pointer):
+            if _freed(pointer) if strong else _is_bad(pointer):
                 return index, pointer
     return None
 

@@ -556,7 +556,28 @@ def _fill_share(address: int, size: int, fill: int) -> float | None:
     return round(window.count(fill) / len(window), 3) if window else None
 
 
-def _pointer(name: str, value: Any, live: dict[str, dict[int, str]], fill: int | None) -> dict[str, Any] | None:
+def _tcache_key() -> int | None:
+    """glibc's tcache_key (2.34+, needs libc's debug symbols): the second word of every block in a tcache."""
+    try:
+        return int(gdb.parse_and_eval("tcache_key")) & MASK
+    except (gdb.error, RuntimeError):
+        return None
+
+
+def _in_tcache(address: int, key: int | None) -> bool:
+    """Whether the block at address sits freed in glibc's tcache: small blocks go there unfilled by
+    MALLOC_PERTURB_, with the tcache's key in their second word."""
+    if key is None:
+        return False
+    try:
+        data = bytes(gdb.selected_inferior().read_memory(address + 8, 8))
+    except (gdb.MemoryError, gdb.error, RuntimeError, OverflowError):
+        return False
+    return int.from_bytes(data, "little") == key
+
+
+def _pointer(name: str, value: Any, live: dict[str, dict[int, str]], fill: int | None,
+             key: int | None = None) -> dict[str, Any] | None:
     """A pointer argument of a known type, checked against the live lists (and, when not live, its memory)."""
     known = _target_kind(value)
     if known is None:
@@ -583,6 +604,8 @@ def _pointer(name: str, value: Any, live: dict[str, dict[int, str]], fill: int |
     if share is not None:
         out["fill_share"] = share
         out["fill"] = share >= FILL_SHARE
+    if not out.get("fill") and _in_tcache(address, key):
+        out["tcache"] = True
     return out
 
 
@@ -615,7 +638,8 @@ def _is_qemu(frame: Any) -> bool:
         return False
 
 
-def _crash_frames(live: dict[str, dict[int, str]], fill: int | None) -> tuple[list[dict[str, Any]], list[str]]:
+def _crash_frames(live: dict[str, dict[int, str]], fill: int | None,
+                  key: int | None = None) -> tuple[list[dict[str, Any]], list[str]]:
     """The crashing thread's first QEMU frames, each with its known-type pointer arguments checked, and the
     names of the frames before them (the abort plumbing)."""
     frames: list[dict[str, Any]] = []
@@ -630,7 +654,7 @@ def _crash_frames(live: dict[str, dict[int, str]], fill: int | None) -> tuple[li
         if _is_qemu(frame):
             out = _frame(frame)
             out["level"] = frame.level()
-            out["pointers"] = [p for p in (_pointer(n, v, live, fill) for n, v in _arguments(frame)) if p]
+            out["pointers"] = [p for p in (_pointer(n, v, live, fill, key) for n, v in _arguments(frame)) if p]
             frames.append(out)
         elif not frames:
             plumbing.append(frame.name() or hex(frame.pc()))
@@ -653,7 +677,7 @@ def crash_facts() -> dict[str, Any] | None:
     coroutine = hex(_current_coroutine()) if _current_coroutine() else None
     fill = _fill_byte()
     live = _live_objects()
-    frames, plumbing = _crash_frames(live, fill)
+    frames, plumbing = _crash_frames(live, fill, _tcache_key())
     return {"signal": signal, "assertion": _assertion() if signal["number"] == 6 else None,
             "thread": thread.num if thread is not None else None,
             "lwp": thread.ptid[1] if thread is not None else None, "coroutine": coroutine,
