@@ -407,3 +407,63 @@ def test_descendants_are_found_with_or_without_the_kernel_s_children_lists(kerne
             os.kill(p, 9)
         parent.kill()
         parent.wait()
+
+
+FREES_THEN_CRASHES = r"""
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+typedef struct BdrvChild { char pad[96]; } BdrvChild;
+typedef struct BlockDriverState { char pad[17112]; } BlockDriverState;
+void bdrv_use(BdrvChild *child, BlockDriverState *bs) { raise(SIGSEGV); }
+int main(void) {
+    BdrvChild *c = malloc(sizeof(*c));
+    BlockDriverState *bs = malloc(sizeof(*bs));
+    void *keep = malloc(64);
+    memset(c, 1, sizeof(*c));
+    memset(bs, 1, sizeof(*bs));
+    free(c);
+    free(bs);
+    bdrv_use(c, bs);
+    return keep != 0;
+}
+"""
+
+
+@pytest.mark.process
+def test_the_walker_tells_freed_blocks_in_a_real_core(tmp_path: Path) -> None:
+    """A small block freed into glibc's tcache (no fill) and a node-sized one (filled with MALLOC_PERTURB_)."""
+    import resource
+    import shutil
+    import subprocess
+
+    from iotests_run.debug import blockstate
+
+    gcc, gdb = shutil.which("gcc"), shutil.which("gdb")
+    pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+    if not gcc or not gdb or pattern.startswith("|") or "/" in pattern:
+        pytest.skip("needs gcc, gdb and cores written beside the crashing process")
+    (tmp_path / "t.c").write_text(FREES_THEN_CRASHES)
+    subprocess.run([gcc, "-g", "-O0", "-o", str(tmp_path / "t"), str(tmp_path / "t.c")], check=True)
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
+    subprocess.run([str(tmp_path / "t")], cwd=tmp_path, env={"MALLOC_PERTURB_": "231"},
+                   preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CORE, (hard, hard)))
+    core = next(iter(sorted(tmp_path.glob("core*"))), None)
+    if core is None:
+        pytest.skip("no core written (core size limit 0)")
+    out = tmp_path / "facts.py"
+    out.write_text("import gdb, json\n"
+                   f"json.dump(crash_facts(), open({str(tmp_path / 'facts.json')!r}, 'w'))\n")
+    subprocess.run([gdb, "-batch", "-nx", "-ex", f"source {blockstate.GDB_SCRIPT}", "-ex", f"source {out}",
+                    str(tmp_path / "t"), str(core)], capture_output=True, check=True)
+    found = json.loads((tmp_path / "facts.json").read_text())
+    assert found["fill"] == 231  # read from the process's own environment: no $iotests_perturb given
+    pointers = {p["name"]: p for p in found["frames"][0]["pointers"]}
+    assert found["frames"][0]["function"] == "bdrv_use"
+    assert pointers["bs"]["live"] is False and pointers["bs"]["fill"] is True
+    if pointers["child"].get("tcache") is None and "tcache_key" not in subprocess.run(
+            [gdb, "-batch", "-nx", "-ex", "info variables ^tcache_key$", str(tmp_path / "t"), str(core)],
+            capture_output=True, text=True).stdout:
+        pytest.skip("no glibc debug symbols: tcache_key unknown")
+    assert pointers["child"]["live"] is False and pointers["child"]["tcache"] is True
+    assert crash.explain(found, "t")[0].startswith("SIGSEGV in bdrv_use: child=0x")  # freed in the crashing frame
