@@ -164,6 +164,15 @@ def test_an_assertion_names_its_text_file_and_line() -> None:
     assert "abort" not in lines[1]  # libc's plumbing is not where it happened
 
 
+def test_an_error_abort_names_the_error_and_where_it_was_set() -> None:
+    error = {"message": "Conflicts with use by node 'x' as 'backing'", "file": "../block.c", "line": 2470,
+             "function": "bdrv_check_perm"}
+    found = facts(frame("error_handle", "../util/error.c", 40), frame("error_setv", "../util/error.c", 70),
+                  signal={"number": 6, "name": "SIGABRT", "code": -6}, error_abort=error, plumbing=["abort"])
+    assert crash.explain(found, "q")[0] == ('&error_abort in bdrv_check_perm: "Conflicts with use by node \'x\' '
+                                            'as \'backing\'" (../block.c:2470)')
+
+
 def test_signals_without_a_bad_pointer() -> None:
     null = {"name": "bs", "type": "BlockDriverState", "kind": "node", "address": "0x0", "null": True}
     fault = {**SEGV, "code": 1, "address": "0x28"}
@@ -189,7 +198,7 @@ def test_facts_the_walker_could_not_read_say_so() -> None:
 def test_any_document_is_explained_without_raising() -> None:
     values: list[Any] = [None, 1, -1, 1.5, True, "x\x1b[2J", [], {}, [1, "a", {}], {"name": 3}]
     rng = random.Random(28)
-    keys = ["signal", "assertion", "thread", "coroutine", "fill", "frames", "plumbing", "error"]
+    keys = ["signal", "assertion", "error_abort", "thread", "coroutine", "fill", "frames", "plumbing", "error"]
     inner = ["name", "kind", "address", "live", "fill", "readable", "null", "optimized_out", "label", "function",
              "file", "line", "pointers", "expression", "code", "number"]
     for _ in range(2000):
@@ -430,9 +439,21 @@ int main(void) {
 """
 
 
-@pytest.mark.process
-def test_the_walker_tells_freed_blocks_in_a_real_core(tmp_path: Path) -> None:
-    """A small block freed into glibc's tcache (no fill) and a node-sized one (filled with MALLOC_PERTURB_)."""
+ERROR_ABORT = r"""
+#include <stdlib.h>
+typedef struct Error { char *msg; int err_class; const char *src, *func; int line; } Error;
+static void error_handle(Error **errp, Error *err) { if (errp) abort(); }
+int main(void) {
+    Error e = { "Permission conflict on node 'top'", 0, "../block.c", "bdrv_check_perm", 2470 };
+    Error *error_abort = 0;
+    error_handle(&error_abort, &e);
+    return 0;
+}
+"""
+
+
+def _facts_of_a_real_core(tmp_path: Path, source: str) -> dict[str, Any]:
+    """Compile source, run it into a core (MALLOC_PERTURB_=231), and read the walker's crash facts from it."""
     import resource
     import shutil
     import subprocess
@@ -443,7 +464,7 @@ def test_the_walker_tells_freed_blocks_in_a_real_core(tmp_path: Path) -> None:
     pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
     if not gcc or not gdb or pattern.startswith("|") or "/" in pattern:
         pytest.skip("needs gcc, gdb and cores written beside the crashing process")
-    (tmp_path / "t.c").write_text(FREES_THEN_CRASHES)
+    (tmp_path / "t.c").write_text(source)
     subprocess.run([gcc, "-g", "-O0", "-o", str(tmp_path / "t"), str(tmp_path / "t.c")], check=True)
     hard = resource.getrlimit(resource.RLIMIT_CORE)[1]
     subprocess.run([str(tmp_path / "t")], cwd=tmp_path, env={"MALLOC_PERTURB_": "231"},
@@ -456,7 +477,27 @@ def test_the_walker_tells_freed_blocks_in_a_real_core(tmp_path: Path) -> None:
                    f"json.dump(crash_facts(), open({str(tmp_path / 'facts.json')!r}, 'w'))\n")
     subprocess.run([gdb, "-batch", "-nx", "-ex", f"source {blockstate.GDB_SCRIPT}", "-ex", f"source {out}",
                     str(tmp_path / "t"), str(core)], capture_output=True, check=True)
-    found = json.loads((tmp_path / "facts.json").read_text())
+    return dict(json.loads((tmp_path / "facts.json").read_text()))
+
+
+@pytest.mark.process
+def test_an_error_abort_is_read_from_a_real_core(tmp_path: Path) -> None:
+    found = _facts_of_a_real_core(tmp_path, ERROR_ABORT)
+    assert found["error_abort"] == {"message": "Permission conflict on node 'top'", "file": "../block.c",
+                                    "line": 2470, "function": "bdrv_check_perm"}
+    assert crash.explain(found, "t")[0] == \
+        '&error_abort in bdrv_check_perm: "Permission conflict on node \'top\'" (../block.c:2470)'
+
+
+@pytest.mark.process
+def test_the_walker_tells_freed_blocks_in_a_real_core(tmp_path: Path) -> None:
+    """A small block freed into glibc's tcache (no fill) and a node-sized one (filled with MALLOC_PERTURB_)."""
+    import shutil
+    import subprocess
+
+    found = _facts_of_a_real_core(tmp_path, FREES_THEN_CRASHES)
+    core = next(iter(sorted(tmp_path.glob("core*"))))
+    gdb = shutil.which("gdb") or "gdb"
     assert found["fill"] == 231  # read from the process's own environment: no $iotests_perturb given
     pointers = {p["name"]: p for p in found["frames"][0]["pointers"]}
     assert found["frames"][0]["function"] == "bdrv_use"

@@ -10,6 +10,7 @@ The first line names the cause on its own, as a block-layer developer would say 
   SIGSEGV in bdrv_set_backing_hd: backing_hd=0x5555... is not a live node (freed: holds the 0xe7 fill of
   MALLOC_PERTURB_=231)
   assertion failed in mirror_run: "!job->in_flight" (block/mirror.c:123)
+  &error_abort in bdrv_attach_child_common: "Conflicts with use by ..." (block.c:2900)
 the second where (the program, QEMU's frames), the third what else the pointers say.
 Documents may be hand-made or damaged: every field is checked, nothing raises.
 """
@@ -123,6 +124,10 @@ def _first_line(facts: dict[str, Any], frames: list[dict[str, Any]]) -> str:
         where = (f" ({_text(assertion.get('file'))}:{_text(assertion.get('line'))})"
                  if assertion.get("file") else _where(top or {}))
         return f'assertion failed in {function}: "{_text(assertion.get("expression"), 200)}"{where}'
+    error = facts.get("error_abort")
+    if isinstance(error, dict) and error.get("message") is not None:
+        where = f" ({_text(error.get('file'))}:{_text(error.get('line'))})" if error.get("file") else ""
+        return f'&error_abort in {_text(error.get("function"), 80)}: "{_text(error.get("message"), 300)}"{where}'
     name = _signal_name(facts)
     if top is None:
         plumbing = [_text(p, 60) for p in facts.get("plumbing", []) if isinstance(p, str)][:1] \

@@ -476,6 +476,31 @@ def _assertion() -> dict[str, Any] | None:
     return None
 
 
+ERROR_ABORT_FRAMES = {"error_handle", "error_handle_fatal"}  # util/error.c: 10.x, 7.2
+
+
+def _error_abort() -> dict[str, Any] | None:
+    """The Error that &error_abort aborted on (util/error.c's error_handle(errp, err) frame): its message and
+    where it was set (src, line, func)."""
+    frame: gdb.Frame | None = gdb.newest_frame()
+    scanned = 0
+    while frame is not None and scanned < MAX_SCANNED_FRAMES:
+        scanned += 1
+        if frame.name() in ERROR_ABORT_FRAMES:
+            for name, value in _arguments(frame):
+                if name != "err" or value.is_optimized_out or not int(value):
+                    continue
+                err = value.dereference()
+                return {"message": _string(err["msg"], 1024), "file": _string(err["src"]),
+                        "line": _int(err["line"]), "function": _string(err["func"])}
+            return None
+        try:
+            frame = frame.older()
+        except gdb.error:
+            return None
+    return None
+
+
 def _fill_byte() -> int | None:
     """The MALLOC_PERTURB_ byte glibc fills freed memory with: the runner's (set as $iotests_perturb), else the
     one in the process's own environment."""
@@ -678,7 +703,9 @@ def crash_facts() -> dict[str, Any] | None:
     fill = _fill_byte()
     live = _live_objects()
     frames, plumbing = _crash_frames(live, fill, _tcache_key())
-    return {"signal": signal, "assertion": _assertion() if signal["number"] == 6 else None,
+    aborted = signal["number"] == 6
+    return {"signal": signal, "assertion": _assertion() if aborted else None,
+            "error_abort": _error_abort() if aborted else None,
             "thread": thread.num if thread is not None else None,
             "lwp": thread.ptid[1] if thread is not None else None, "coroutine": coroutine,
             "fill": fill, "frames": frames, "plumbing": plumbing[:MAX_SCANNED_FRAMES]}
