@@ -199,7 +199,9 @@ def bug_tree(version: str, variant: str = "", reference_build: Path | None = Non
         if stamp.is_file() and stamp.read_text().strip() == wanted and (build / "qemu-img").is_file():
             return src, build
         stamp.unlink(missing_ok=True)
-        if not (src / ".git").is_dir():
+        copied = subprocess.run(["git", "-C", str(src), "rev-parse", "-q", "--verify", "HEAD"], capture_output=True,
+                                stdin=subprocess.DEVNULL).returncode == 0 if (src / ".git").is_dir() else False
+        if not copied:  # (never made, or a copy that was cut short)
             _copy_sources(ref_src, src)
         _run(["git", "-C", str(src), "checkout", "-q", "--", "."])
         _run(["git", "-C", str(src), "clean", "-qfdx"])
