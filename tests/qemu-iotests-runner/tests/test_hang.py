@@ -52,7 +52,8 @@ def test_aiocontext_deadlock_names_the_holder_what_it_polls_and_the_waiter() -> 
     first = hang.explain(doc).splitlines()[0]
     assert first == ("deadlock: thread 1 (main) holds AioContext iothr0 and polls the main context in "
                      "bdrv_drained_end <- qmp_transaction; "
-                     "thread 3 (iothr0) waits for that lock in aio_context_acquire")
+                     "thread 3 (iothr0) waits for that lock in aio_context_acquire, from bug_bh <- aio_bh_poll <- "
+                     "iothread_run")
 
 
 def test_a_lock_holder_that_is_running_is_no_deadlock() -> None:
@@ -204,3 +205,22 @@ def test_a_lock_waiter_whose_ctx_argument_was_optimised_out_uses_the_one_held_lo
     doc = document(threads=[POLLING_MAIN, waiter],
                    contexts=[context(MAIN_CTX, "main"), context(IO_CTX, "iothr0", owner=100, count=1)])
     assert hang.explain(doc).startswith("deadlock: thread 1 (main) holds AioContext iothr0 and polls")
+
+
+def test_a_thread_blocked_in_the_mutex_of_a_context_lock_waits_for_it_when_aio_context_acquire_was_inlined() -> None:
+    waiter = thread(3, 103, "iothread0", "lll_mutex_lock_optimized", "___pthread_mutex_lock", "qemu_mutex_lock_impl",
+                    "bug_bh", "aio_bh_call", "aio_bh_poll", "aio_poll", "iothread_run",
+                    qemu_mutex_lock_impl={"mutex": "0x260"})
+    held = context(IO_CTX, "iothread0", owner=100, count=2)
+    held["lock"]["address"] = "0x260"
+    doc = document(threads=[POLLING_MAIN, waiter], contexts=[context(MAIN_CTX, "main"), held])
+    assert hang.explain(doc).splitlines()[0] == (
+        "deadlock: thread 1 (main) holds AioContext iothread0 and polls the main context in bdrv_drained_end <- "
+        "qmp_transaction; thread 3 (iothread0) waits for that lock in aio_context_acquire, from bug_bh <- "
+        "aio_bh_call <- aio_bh_poll")
+
+
+def test_alike_requests_in_a_cycle_are_told_apart_by_their_coroutines() -> None:
+    disk = node(in_flight=2, tracked=2, requests=[request("0xa", "0xca", 0, "0xb"), request("0xb", "0xcb", 0, "0xa")])
+    first = hang.explain(document(nodes=[disk])).splitlines()[0]
+    assert "(coroutine 0xca) waits for" in first and "(coroutine 0xcb), which waits for" in first

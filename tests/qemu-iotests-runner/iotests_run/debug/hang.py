@@ -32,6 +32,9 @@ LIBC_NAMES = {"memcpy", "memmove", "memset", "memcmp", "strlen", "malloc", "free
               "write", "pread64", "pwrite64", "preadv64", "pwritev64", "fdatasync", "fsync", "ioctl", "raise",
               "abort", "clone", "clone3", "start_thread", "g_main_context_iteration", "g_poll"}
 MAX_CALLERS = 3
+# Where a thread blocked on a QemuRecMutex sits when aio_context_acquire itself was inlined.
+LOCK_FUNCTIONS = {"qemu_rec_mutex_lock_impl", "qemu_mutex_lock_impl", "pthread_mutex_lock", "___pthread_mutex_lock",
+                  "__pthread_mutex_lock"}
 MAX_LINE = 400
 
 
@@ -126,11 +129,28 @@ class Graph:
 
     # threads -------------------------------------------------------------------------------------
     def lock_waited(self, thread: dict[str, Any]) -> tuple[Any, int] | None:
-        """(AioContext address, frame index) when the thread is blocked in aio_context_acquire."""
+        """(AioContext address, frame index) when the thread is blocked in aio_context_acquire, or in a mutex
+        lock function whose `mutex` argument is a context's lock (aio_context_acquire inlined)."""
+        locks = {c["lock"].get("address"): address for address, c in self.contexts.items()
+                 if isinstance(c.get("lock"), dict) and c["lock"].get("address")}
         for i, frame in enumerate(_dicts(thread.get("frames"))[:12]):
+            args: dict[str, Any] = frame["args"] if isinstance(frame.get("args"), dict) else {}
             if frame.get("function") == "aio_context_acquire":
-                return (frame.get("args") or {}).get("ctx"), i
+                return args.get("ctx"), i
+            if frame.get("function") in LOCK_FUNCTIONS and args.get("mutex") in locks:
+                return locks[args["mutex"]], i
         return None
+
+    def waiting_where(self, thread: dict[str, Any]) -> str:
+        """Where a thread blocked on a context's lock is: aio_context_acquire and the callers above it."""
+        waited = self.lock_waited(thread)
+        frames = _dicts(thread.get("frames"))
+        if waited is None:
+            return "?"
+        callers = _qemu_frames(frames[waited[1] + 1:])
+        if frames[waited[1]].get("function") == "aio_context_acquire":
+            callers = [n for n in callers if n != "aio_context_acquire"]
+        return "aio_context_acquire" + (f", from {' <- '.join(callers[:MAX_CALLERS])}" if callers else "")
 
     def polled(self, thread: dict[str, Any]) -> tuple[Any, int] | None:
         """(AioContext address, frame index) when the thread is in aio_poll (blocked waiting for events)."""
@@ -150,7 +170,7 @@ class Graph:
         frames = _dicts(thread.get("frames"))
         waited = self.lock_waited(thread)
         if waited is not None:
-            return f"waits for the lock of {self.context_name(waited[0])} in aio_context_acquire"
+            return f"waits for the lock of {self.context_name(waited[0])} in {self.waiting_where(thread)}"
         polled = self.polled(thread)
         if polled is not None:
             return f"polls {self.context_name(polled[0])} in {_where(frames, polled[1])}"
@@ -170,11 +190,12 @@ def _lock_deadlock(graph: Graph) -> str | None:
         name = graph.context_name(ctx.get("address", waited[0])).removeprefix("the ")
         if holder is None or holder is waiter:
             who = f"LWP {owner_lwp}" if owner_lwp else "no thread (lock free: a missed wake-up?)"
-            return f"{graph.thread_name(waiter)} waits for the lock of {name} in aio_context_acquire, held by {who}"
+            return (f"{graph.thread_name(waiter)} waits for the lock of {name} in {graph.waiting_where(waiter)}, "
+                    f"held by {who}")
         blocked = graph.polled(holder) is not None or graph.lock_waited(holder) is not None
         lead = "deadlock: " if blocked else ""
         return (f"{lead}{graph.thread_name(holder)} holds {name} and {graph.doing(holder)}; "
-                f"{graph.thread_name(waiter)} waits for that lock in aio_context_acquire"
+                f"{graph.thread_name(waiter)} waits for that lock in {graph.waiting_where(waiter)}"
                 + ("" if blocked else " (the holder is not blocked: a long hold?)"))
     return None
 
@@ -207,6 +228,10 @@ def _coroutine_deadlock(graph: Graph) -> str | None:
     cycle = _cycle(graph)
     if not cycle:
         return None
+    names = [graph.co_name(co) for co, _ in cycle]
+    for co, _ in cycle:  # two requests alike (same kind, range, node) told apart by their coroutines
+        if names.count(graph.co_name(co)) > 1:
+            graph.coroutine_names[co] = f"{graph.co_name(co)} (coroutine {co})"
     parts = [f"{graph.co_name(cycle[0][0])} {cycle[0][1]} {graph.co_name(cycle[1 % len(cycle)][0])}"]
     for i in range(1, len(cycle)):
         how = cycle[i][1]

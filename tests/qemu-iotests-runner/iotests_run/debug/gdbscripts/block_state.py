@@ -495,7 +495,11 @@ def _lock_owner(ctx: Any) -> dict[str, Any] | None:
     owner, count = _int(_get(inner, "__owner")), _int(_get(inner, "__count"))
     if owner is None:
         return None
-    return {"owner_lwp": owner, "count": count}
+    try:  # what a thread blocked on it shows as its lock function's `mutex` argument
+        address = hex(int(lock.address))
+    except (gdb.error, TypeError):
+        address = None
+    return {"owner_lwp": owner, "count": count, "address": address}
 
 
 def _bottom_halves(ctx: Any) -> list[dict[str, Any]]:
