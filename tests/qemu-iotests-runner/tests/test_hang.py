@@ -224,3 +224,19 @@ def test_alike_requests_in_a_cycle_are_told_apart_by_their_coroutines() -> None:
     disk = node(in_flight=2, tracked=2, requests=[request("0xa", "0xca", 0, "0xb"), request("0xb", "0xcb", 0, "0xa")])
     first = hang.explain(document(nodes=[disk])).splitlines()[0]
     assert "(coroutine 0xca) waits for" in first and "(coroutine 0xcb), which waits for" in first
+
+
+def test_a_backend_counting_more_than_its_root_has_is_flagged() -> None:
+    blk = {"address": "0x30", "name": "drive0", "root": "0x10", "in_flight": 2, "queued_requests": 0}
+    doc = document(nodes=[node(in_flight=1, tracked=1, requests=[request("0xa", "0xca", 0)])], backends=[blk])
+    assert hang.explain(doc).splitlines()[0] == ('backend "drive0": in_flight 2, 1 tracked on its root, 0 queued: '
+                                                 "1 not a request")
+
+
+def test_a_poller_names_the_node_it_drains_and_an_unlisted_one_as_such() -> None:
+    poller = thread(1, 100, "main", "aio_poll", "bdrv_do_drained_begin", "bdrv_drain", "bdrv_close",
+                    aio_poll={"ctx": MAIN_CTX}, bdrv_drain={"bs": "0x10"})
+    doc = document(threads=[poller], nodes=[node()], contexts=[context(MAIN_CTX, "main")])
+    assert '<- bdrv_close for node "disk";' in hang.explain(doc)
+    poller["frames"][2]["args"] = {"bs": "0x99"}
+    assert "for node 0x99 (not in all_bdrv_states: being deleted?)" in hang.explain(doc)

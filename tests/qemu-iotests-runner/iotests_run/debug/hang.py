@@ -159,6 +159,17 @@ class Graph:
                 return (frame.get("args") or {}).get("ctx"), i
         return None
 
+    def polled_for(self, frames: list[dict[str, Any]], after: int) -> str:
+        """ for node "x": the node the polling function works on (its `bs` argument), said to be unlisted when
+        it is not in all_bdrv_states (a node being deleted is taken off that list before it is closed)."""
+        for frame in frames[after + 1:after + 1 + 2 * MAX_CALLERS]:
+            args = frame.get("args") if isinstance(frame.get("args"), dict) else {}
+            bs = args.get("bs") if isinstance(args, dict) else None
+            if bs:
+                name = self.node_names.get(bs)
+                return f" for {name}" if name else f" for node {bs} (not in all_bdrv_states: being deleted?)"
+        return ""
+
     def held(self, thread: dict[str, Any]) -> list[Any]:
         """The contexts whose lock (7.2) this thread holds."""
         return [address for address, ctx in self.contexts.items()
@@ -173,7 +184,8 @@ class Graph:
             return f"waits for the lock of {self.context_name(waited[0])} in {self.waiting_where(thread)}"
         polled = self.polled(thread)
         if polled is not None:
-            return f"polls {self.context_name(polled[0])} in {_where(frames, polled[1])}"
+            target = self.polled_for(frames, polled[1])
+            return f"polls {self.context_name(polled[0])} in {_where(frames, polled[1])}{target}"
         names = _qemu_frames(frames)
         return f"is in {' <- '.join(names[:1 + MAX_CALLERS])}" if names else "is idle"
 
@@ -249,6 +261,21 @@ def _untracked(graph: Graph) -> tuple[dict[str, Any], int, int] | None:
     return None
 
 
+def _backend_untracked(graph: Graph) -> str | None:
+    """A backend whose in_flight exceeds the requests tracked on its root node plus those it queued (a
+    request it counted that never reached its node, or one it forgot to count down)."""
+    by_address = {n.get("address"): n for n in graph.nodes}
+    for blk in _dicts(graph.state.get("backends")):
+        in_flight, root = blk.get("in_flight"), by_address.get(blk.get("root"))
+        tracked = root.get("tracked", len(_dicts(root.get("requests")))) if root else 0
+        queued: int = blk["queued_requests"] if isinstance(blk.get("queued_requests"), int) else 0
+        if isinstance(in_flight, int) and isinstance(tracked, int) and in_flight > tracked + queued:
+            name = f'backend "{blk["name"]}"' if blk.get("name") else f"backend {blk.get('address')}"
+            return (f"{name}: in_flight {in_flight}, {tracked} tracked on its root, {queued} queued: "
+                    f"{in_flight - tracked - queued} not a request")
+    return None
+
+
 def _pending(ctx: dict[str, Any] | None) -> str:
     """What a context still has to run: its scheduled coroutines and pending bottom halves."""
     if not ctx:
@@ -285,6 +312,14 @@ def _leak(graph: Graph) -> str | None:
     return line
 
 
+def _backend_leak(graph: Graph) -> str | None:
+    found = _backend_untracked(graph)
+    if found is None or _untracked(graph) is not None:  # a node's own excess says it better
+        return None
+    pollers = _pollers(graph)
+    return f"{found}; {graph.thread_name(pollers[0])} {graph.doing(pollers[0])}" if pollers else found
+
+
 def _waiting_requests(graph: Graph) -> str | None:
     """Coroutines that wait for others, no cycle: the first chain."""
     for co, edges in sorted(graph.waits.items(), key=lambda kv: str(kv[0])):
@@ -316,7 +351,7 @@ def explain(state: dict[str, Any]) -> str:
         return ""
     graph = Graph(state)
     lines: list[str] = []
-    for finder in (_lock_deadlock, _coroutine_deadlock, _leak, _waiting_requests):
+    for finder in (_lock_deadlock, _coroutine_deadlock, _leak, _backend_leak, _waiting_requests):
         found = finder(graph)
         if found and found not in lines:
             lines.append(found)
