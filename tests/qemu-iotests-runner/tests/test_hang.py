@@ -240,3 +240,11 @@ def test_a_poller_names_the_node_it_drains_and_an_unlisted_one_as_such() -> None
     assert '<- bdrv_close for node "disk";' in hang.explain(doc)
     poller["frames"][2]["args"] = {"bs": "0x99"}
     assert "for node 0x99 (not in all_bdrv_states: being deleted?)" in hang.explain(doc)
+
+
+def test_an_iothread_idling_in_its_loop_is_no_poller_and_an_idle_qemu_says_so() -> None:
+    idle = thread(3, 103, "iothr0", "__ppoll", "aio_poll", "iothread_run", "qemu_thread_start",
+                  aio_poll={"ctx": IO_CTX})
+    main = thread(1, 100, "main", "__ppoll", "qemu_poll_ns", "os_host_main_loop_wait", "main_loop_wait")
+    doc = document(threads=[main, idle], nodes=[node()], contexts=[context(MAIN_CTX, "main")])
+    assert hang.explain(doc).startswith("QEMU is idle: no thread waits in the block layer, 0 tracked requests")

@@ -32,6 +32,9 @@ LIBC_NAMES = {"memcpy", "memmove", "memset", "memcmp", "strlen", "malloc", "free
               "write", "pread64", "pwrite64", "preadv64", "pwritev64", "fdatasync", "fsync", "ioctl", "raise",
               "abort", "clone", "clone3", "start_thread", "g_main_context_iteration", "g_poll"}
 MAX_CALLERS = 3
+# Event loops whose aio_poll is a thread idling, not waiting for something in particular.
+IDLE_LOOPS = {"iothread_run", "main_loop_wait", "os_host_main_loop_wait", "qemu_main_loop", "command_loop",
+              "qemu_thread_start"}
 # Where a thread blocked on a QemuRecMutex sits when aio_context_acquire itself was inlined.
 LOCK_FUNCTIONS = {"qemu_rec_mutex_lock_impl", "qemu_mutex_lock_impl", "pthread_mutex_lock", "___pthread_mutex_lock",
                   "__pthread_mutex_lock"}
@@ -293,7 +296,16 @@ def _pending(ctx: dict[str, Any] | None) -> str:
 
 
 def _pollers(graph: Graph) -> list[dict[str, Any]]:
-    return [t for t in graph.threads if graph.polled(t) is not None]
+    """Threads polling for something (a drain, AIO_WAIT_WHILE...), not an event loop idling at its top."""
+    out = []
+    for thread in graph.threads:
+        polled = graph.polled(thread)
+        if polled is None:
+            continue
+        above = _qemu_frames(_dicts(thread.get("frames"))[polled[1] + 1:])
+        if not above or above[0] not in IDLE_LOOPS:
+            out.append(thread)
+    return out
 
 
 def _leak(graph: Graph) -> str | None:
@@ -366,6 +378,10 @@ def explain(state: dict[str, Any]) -> str:
         count = sum(len(_dicts(n.get("requests"))) for n in graph.nodes)
         lines.append(f"{graph.thread_name(thread)} {graph.doing(thread)}; {where} has {_pending(ctx)}; "
                      f"{count} tracked request{'s' * (count != 1)}, no node's in_flight above them")
+    if not lines and graph.nodes and graph.threads and not pollers and not _dicts(graph.state.get("jobs")):
+        count = sum(len(_dicts(n.get("requests"))) for n in graph.nodes)
+        lines.append(f"QEMU is idle: no thread waits in the block layer, {count} tracked request{'s' * (count != 1)}, "
+                     "no node's in_flight above them (whatever hangs waits for something QEMU was not asked for)")
     jobs = _jobs(graph)
     if jobs and len(lines) < 3:
         lines.append(jobs)

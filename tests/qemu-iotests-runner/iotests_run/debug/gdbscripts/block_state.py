@@ -21,6 +21,7 @@ Everything is bounded: nodes, requests, frames and list lengths.
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import gdb
@@ -320,13 +321,14 @@ def block_state() -> dict[str, Any]:
         "graph_writer": _int(writer) if writer is not None else None,  # 10.x's graph lock
     }
     state["threads"] = _threads(coroutines)
-    hang_facts(state, coroutines)
+    state["_coroutines"] = coroutines  # for hang_facts, after the basic document is safely written
     return state
 
 
 # Hang facts: who runs where, who holds what, who waits for what -------------------------------------------
 
 MAX_THREAD_FRAMES = 40
+MAX_THREADS_WALKED = 64  # threads whose own stack is read (a QEMU with hundreds of workers stays bounded)
 MAX_ARGS = 6
 MAX_CONTEXTS = 64
 MAX_QUEUE = 64  # coroutines listed per CoQueue, CoMutex or context list
@@ -455,7 +457,7 @@ def _threads_named(state: dict[str, Any]) -> None:
     except gdb.error:
         iothread_struct = None
     by_num = {t.num: t for t in inferior.threads()}
-    for entry in state.get("threads", []):
+    for entry in state.get("threads", [])[:MAX_THREADS_WALKED]:
         thread = by_num.get(entry.get("num"))
         if thread is None:
             continue
@@ -665,8 +667,21 @@ class BlockStateCommand(gdb.Command):
             document = block_state()
         except (gdb.error, gdb.GdbError) as exc:
             document = {"error": str(exc)}
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(document, f, indent=1)
+        coroutines = document.pop("_coroutines", None)
+        _write_json(path, document)  # the graph first: kept if gdb is stopped during the hang facts
+        if coroutines is not None:
+            document["hang_facts"] = "incomplete"
+            hang_facts(document, coroutines)
+            document["hang_facts"] = "complete"
+            _write_json(path, document)
+
+
+def _write_json(path: str, document: dict[str, Any]) -> None:
+    """Written whole or not at all (gdb may be stopped at any moment by the runner's time budget)."""
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as f:
+        json.dump(document, f, indent=1)
+    os.replace(partial, path)
 
 
 BlockStateCommand()
