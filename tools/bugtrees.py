@@ -153,14 +153,39 @@ def digest(version: str, options: list[str]) -> str:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def _locked(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[None]:
+    """The tree's lock: exclusive while it is (re)built, shared while a test runs on it, so that another
+    session's patch set is never built into a tree under a running test."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+        fcntl.flock(f, mode)
         try:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _lock_path(version: str, variant: str = "") -> Path:
+    return cache_dir() / f".bugs-{version}{'-' + variant if variant else ''}.lock"
+
+
+def _top(version: str, variant: str = "") -> Path:
+    return cache_dir() / (f"bugs-{version}-{variant}" if variant else f"bugs-{version}")
+
+
+@contextmanager
+def tree_in_use(version: str, variant: str = "", reference_build: Path | None = None) -> Iterator[tuple[Path, Path]]:
+    """The bug tree, built for this checkout's patches and held (shared lock) until the block ends."""
+    for _ in range(5):
+        src, build = bug_tree(version, variant, reference_build)
+        options = configure_line(reference_build or reference(version)[1])
+        with _locked(_lock_path(version, variant), fcntl.LOCK_SH):
+            stamp = _top(version, variant) / "complete"
+            if stamp.is_file() and stamp.read_text().strip() == digest(version, options):
+                yield src, build
+                return
+        say(f"the {version} bug tree was rebuilt for other patches meanwhile; building it again")
+    raise RuntimeError(f"the {version} bug tree keeps being rebuilt for other patches (another session?)")
 
 
 def _copy_sources(ref_src: Path, src: Path) -> None:
@@ -192,14 +217,16 @@ def bug_tree(version: str, variant: str = "", reference_build: Path | None = Non
         raise UsageError(f"bug tree: unknown version {version} (known: {', '.join(VERSIONS)})")
     ref_src, ref_build = reference(version)
     options = configure_line(reference_build or ref_build)
-    top = cache_dir() / (f"bugs-{version}-{variant}" if variant else f"bugs-{version}")
+    top = _top(version, variant)
     src, build, stamp = top / "src", top / "build", top / "complete"
     wanted = digest(version, options)
-    with _locked(top.parent / f".bugs-{version}{'-' + variant if variant else ''}.lock"):
+    with _locked(_lock_path(version, variant)):
         if stamp.is_file() and stamp.read_text().strip() == wanted and (build / "qemu-img").is_file():
             return src, build
         stamp.unlink(missing_ok=True)
-        if not (src / ".git").is_dir():
+        copied = subprocess.run(["git", "-C", str(src), "rev-parse", "-q", "--verify", "HEAD"], capture_output=True,
+                                stdin=subprocess.DEVNULL).returncode == 0 if (src / ".git").is_dir() else False
+        if not copied:  # (never made, or a copy that was cut short)
             _copy_sources(ref_src, src)
         _run(["git", "-C", str(src), "checkout", "-q", "--", "."])
         _run(["git", "-C", str(src), "clean", "-qfdx"])
@@ -251,7 +278,12 @@ class Outcome:
 def run_bug(bug: Bug, results: Path, *, hang_timeout: float = 8, timeout: float = 180,
             extra: tuple[str, ...] = ()) -> Outcome:
     """The bug's test run by iotests-run on its bug tree, the bug's variable set and passed on to the test."""
-    src, build = bug_tree(bug.version)
+    with tree_in_use(bug.version) as (src, build):
+        return _run_bug(bug, results, src, build, hang_timeout, timeout, extra)
+
+
+def _run_bug(bug: Bug, results: Path, src: Path, build: Path, hang_timeout: float, timeout: float,
+             extra: tuple[str, ...]) -> Outcome:
     shutil.rmtree(results, ignore_errors=True)
     results.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, **bug.env, PYTHONPATH=str(REPO / "tests" / "qemu-iotests-runner"))

@@ -52,7 +52,8 @@ def test_aiocontext_deadlock_names_the_holder_what_it_polls_and_the_waiter() -> 
     first = hang.explain(doc).splitlines()[0]
     assert first == ("deadlock: thread 1 (main) holds AioContext iothr0 and polls the main context in "
                      "bdrv_drained_end <- qmp_transaction; "
-                     "thread 3 (iothr0) waits for that lock in aio_context_acquire")
+                     "thread 3 (iothr0) waits for that lock in aio_context_acquire, from bug_bh <- aio_bh_poll <- "
+                     "iothread_run")
 
 
 def test_a_lock_holder_that_is_running_is_no_deadlock() -> None:
@@ -204,3 +205,53 @@ def test_a_lock_waiter_whose_ctx_argument_was_optimised_out_uses_the_one_held_lo
     doc = document(threads=[POLLING_MAIN, waiter],
                    contexts=[context(MAIN_CTX, "main"), context(IO_CTX, "iothr0", owner=100, count=1)])
     assert hang.explain(doc).startswith("deadlock: thread 1 (main) holds AioContext iothr0 and polls")
+
+
+def test_a_thread_blocked_in_the_mutex_of_a_context_lock_waits_for_it_when_aio_context_acquire_was_inlined() -> None:
+    waiter = thread(3, 103, "iothread0", "lll_mutex_lock_optimized", "___pthread_mutex_lock", "qemu_mutex_lock_impl",
+                    "bug_bh", "aio_bh_call", "aio_bh_poll", "aio_poll", "iothread_run",
+                    qemu_mutex_lock_impl={"mutex": "0x260"})
+    held = context(IO_CTX, "iothread0", owner=100, count=2)
+    held["lock"]["address"] = "0x260"
+    doc = document(threads=[POLLING_MAIN, waiter], contexts=[context(MAIN_CTX, "main"), held])
+    assert hang.explain(doc).splitlines()[0] == (
+        "deadlock: thread 1 (main) holds AioContext iothread0 and polls the main context in bdrv_drained_end <- "
+        "qmp_transaction; thread 3 (iothread0) waits for that lock in aio_context_acquire, from bug_bh <- "
+        "aio_bh_call <- aio_bh_poll")
+
+
+def test_alike_requests_in_a_cycle_are_told_apart_by_their_coroutines() -> None:
+    disk = node(in_flight=2, tracked=2, requests=[request("0xa", "0xca", 0, "0xb"), request("0xb", "0xcb", 0, "0xa")])
+    first = hang.explain(document(nodes=[disk])).splitlines()[0]
+    assert "(coroutine 0xca) waits for" in first and "(coroutine 0xcb), which waits for" in first
+
+
+def test_a_backend_counting_more_than_its_root_has_is_flagged() -> None:
+    blk = {"address": "0x30", "name": "drive0", "root": "0x10", "in_flight": 2, "queued_requests": 0}
+    doc = document(nodes=[node(in_flight=1, tracked=1, requests=[request("0xa", "0xca", 0)])], backends=[blk])
+    assert hang.explain(doc).splitlines()[0] == ('backend "drive0": in_flight 2, 1 tracked on its root, 0 queued: '
+                                                 "1 not a request")
+
+
+def test_a_poller_names_the_node_it_drains_and_an_unlisted_one_as_such() -> None:
+    poller = thread(1, 100, "main", "aio_poll", "bdrv_do_drained_begin", "bdrv_drain", "bdrv_close",
+                    aio_poll={"ctx": MAIN_CTX}, bdrv_drain={"bs": "0x10"})
+    doc = document(threads=[poller], nodes=[node()], contexts=[context(MAIN_CTX, "main")])
+    assert '<- bdrv_close for node "disk";' in hang.explain(doc)
+    poller["frames"][2]["args"] = {"bs": "0x99"}
+    assert "for node 0x99 (not in all_bdrv_states: being deleted?)" in hang.explain(doc)
+
+
+def test_an_iothread_idling_in_its_loop_is_no_poller_and_an_idle_qemu_says_so() -> None:
+    idle = thread(3, 103, "iothr0", "__ppoll", "aio_poll", "iothread_run", "qemu_thread_start",
+                  aio_poll={"ctx": IO_CTX})
+    main = thread(1, 100, "main", "__ppoll", "qemu_poll_ns", "os_host_main_loop_wait", "main_loop_wait")
+    doc = document(threads=[main, idle], nodes=[node()], contexts=[context(MAIN_CTX, "main")])
+    assert hang.explain(doc).startswith("QEMU is idle: no thread waits in the block layer, 0 tracked requests")
+
+
+def test_a_function_shown_twice_in_a_row_inlined_is_named_once() -> None:
+    poller = thread(1, 100, "main", "aio_poll", "bdrv_drain_all_begin", "bdrv_drain_all_begin", "bdrv_drain_all",
+                    aio_poll={"ctx": MAIN_CTX})
+    doc = document(threads=[poller], nodes=[node(in_flight=1)], contexts=[context(MAIN_CTX, "main")])
+    assert "polls the main context in bdrv_drain_all_begin <- bdrv_drain_all" in hang.explain(doc)

@@ -237,6 +237,8 @@ def _hang_text(state: dict[str, Any], names: dict[Any, str]) -> list[str]:
     """The hang facts: each thread's own stack, the contexts (lock holder, what is scheduled), the jobs'
     own coroutines and a mirror's operations, the CoMutexes held and the coroutines queued."""
     out: list[str] = []
+    if state.get("threads") and state.get("hang_facts") != "complete":
+        out += ["", "Hang facts (thread stacks, AioContexts, job coroutines): not read (gdb stopped first)"]
     lwps = {t.get("lwp"): t for t in _dict_list(state.get("threads")) if t.get("lwp")}
     stacks = [t for t in _dict_list(state.get("threads")) if t.get("frames")]
     if stacks:

@@ -32,6 +32,12 @@ LIBC_NAMES = {"memcpy", "memmove", "memset", "memcmp", "strlen", "malloc", "free
               "write", "pread64", "pwrite64", "preadv64", "pwritev64", "fdatasync", "fsync", "ioctl", "raise",
               "abort", "clone", "clone3", "start_thread", "g_main_context_iteration", "g_poll"}
 MAX_CALLERS = 3
+# Event loops whose aio_poll is a thread idling, not waiting for something in particular.
+IDLE_LOOPS = {"iothread_run", "main_loop_wait", "os_host_main_loop_wait", "qemu_main_loop", "command_loop",
+              "qemu_thread_start"}
+# Where a thread blocked on a QemuRecMutex sits when aio_context_acquire itself was inlined.
+LOCK_FUNCTIONS = {"qemu_rec_mutex_lock_impl", "qemu_mutex_lock_impl", "pthread_mutex_lock", "___pthread_mutex_lock",
+                  "__pthread_mutex_lock"}
 MAX_LINE = 400
 
 
@@ -42,7 +48,8 @@ def _dicts(value: Any) -> list[dict[str, Any]]:
 def _qemu_frames(frames: Iterable[dict[str, Any]]) -> list[str]:
     """Function names of frames that are QEMU's own and say something (no libc, no waiting plumbing)."""
     names = [str(f.get("function") or "") for f in frames if isinstance(f, dict)]
-    return [n for n in names if n and n not in PLUMBING and n not in LIBC_NAMES and not n.startswith(LIBC_PREFIXES)]
+    kept = [n for n in names if n and n not in PLUMBING and n not in LIBC_NAMES and not n.startswith(LIBC_PREFIXES)]
+    return [n for i, n in enumerate(kept) if i == 0 or kept[i - 1] != n]  # an inlined frame shows twice
 
 
 def _where(frames: list[dict[str, Any]], after: int) -> str:
@@ -126,11 +133,28 @@ class Graph:
 
     # threads -------------------------------------------------------------------------------------
     def lock_waited(self, thread: dict[str, Any]) -> tuple[Any, int] | None:
-        """(AioContext address, frame index) when the thread is blocked in aio_context_acquire."""
+        """(AioContext address, frame index) when the thread is blocked in aio_context_acquire, or in a mutex
+        lock function whose `mutex` argument is a context's lock (aio_context_acquire inlined)."""
+        locks = {c["lock"].get("address"): address for address, c in self.contexts.items()
+                 if isinstance(c.get("lock"), dict) and c["lock"].get("address")}
         for i, frame in enumerate(_dicts(thread.get("frames"))[:12]):
+            args: dict[str, Any] = frame["args"] if isinstance(frame.get("args"), dict) else {}
             if frame.get("function") == "aio_context_acquire":
-                return (frame.get("args") or {}).get("ctx"), i
+                return args.get("ctx"), i
+            if frame.get("function") in LOCK_FUNCTIONS and args.get("mutex") in locks:
+                return locks[args["mutex"]], i
         return None
+
+    def waiting_where(self, thread: dict[str, Any]) -> str:
+        """Where a thread blocked on a context's lock is: aio_context_acquire and the callers above it."""
+        waited = self.lock_waited(thread)
+        frames = _dicts(thread.get("frames"))
+        if waited is None:
+            return "?"
+        callers = _qemu_frames(frames[waited[1] + 1:])
+        if frames[waited[1]].get("function") == "aio_context_acquire":
+            callers = [n for n in callers if n != "aio_context_acquire"]
+        return "aio_context_acquire" + (f", from {' <- '.join(callers[:MAX_CALLERS])}" if callers else "")
 
     def polled(self, thread: dict[str, Any]) -> tuple[Any, int] | None:
         """(AioContext address, frame index) when the thread is in aio_poll (blocked waiting for events)."""
@@ -138,6 +162,17 @@ class Graph:
             if frame.get("function") == "aio_poll":
                 return (frame.get("args") or {}).get("ctx"), i
         return None
+
+    def polled_for(self, frames: list[dict[str, Any]], after: int) -> str:
+        """ for node "x": the node the polling function works on (its `bs` argument), said to be unlisted when
+        it is not in all_bdrv_states (a node being deleted is taken off that list before it is closed)."""
+        for frame in frames[after + 1:after + 1 + 2 * MAX_CALLERS]:
+            args = frame.get("args") if isinstance(frame.get("args"), dict) else {}
+            bs = args.get("bs") if isinstance(args, dict) else None
+            if bs:
+                name = self.node_names.get(bs)
+                return f" for {name}" if name else f" for node {bs} (not in all_bdrv_states: being deleted?)"
+        return ""
 
     def held(self, thread: dict[str, Any]) -> list[Any]:
         """The contexts whose lock (7.2) this thread holds."""
@@ -150,10 +185,11 @@ class Graph:
         frames = _dicts(thread.get("frames"))
         waited = self.lock_waited(thread)
         if waited is not None:
-            return f"waits for the lock of {self.context_name(waited[0])} in aio_context_acquire"
+            return f"waits for the lock of {self.context_name(waited[0])} in {self.waiting_where(thread)}"
         polled = self.polled(thread)
         if polled is not None:
-            return f"polls {self.context_name(polled[0])} in {_where(frames, polled[1])}"
+            target = self.polled_for(frames, polled[1])
+            return f"polls {self.context_name(polled[0])} in {_where(frames, polled[1])}{target}"
         names = _qemu_frames(frames)
         return f"is in {' <- '.join(names[:1 + MAX_CALLERS])}" if names else "is idle"
 
@@ -170,11 +206,12 @@ def _lock_deadlock(graph: Graph) -> str | None:
         name = graph.context_name(ctx.get("address", waited[0])).removeprefix("the ")
         if holder is None or holder is waiter:
             who = f"LWP {owner_lwp}" if owner_lwp else "no thread (lock free: a missed wake-up?)"
-            return f"{graph.thread_name(waiter)} waits for the lock of {name} in aio_context_acquire, held by {who}"
+            return (f"{graph.thread_name(waiter)} waits for the lock of {name} in {graph.waiting_where(waiter)}, "
+                    f"held by {who}")
         blocked = graph.polled(holder) is not None or graph.lock_waited(holder) is not None
         lead = "deadlock: " if blocked else ""
         return (f"{lead}{graph.thread_name(holder)} holds {name} and {graph.doing(holder)}; "
-                f"{graph.thread_name(waiter)} waits for that lock in aio_context_acquire"
+                f"{graph.thread_name(waiter)} waits for that lock in {graph.waiting_where(waiter)}"
                 + ("" if blocked else " (the holder is not blocked: a long hold?)"))
     return None
 
@@ -207,6 +244,10 @@ def _coroutine_deadlock(graph: Graph) -> str | None:
     cycle = _cycle(graph)
     if not cycle:
         return None
+    names = [graph.co_name(co) for co, _ in cycle]
+    for co, _ in cycle:  # two requests alike (same kind, range, node) told apart by their coroutines
+        if names.count(graph.co_name(co)) > 1:
+            graph.coroutine_names[co] = f"{graph.co_name(co)} (coroutine {co})"
     parts = [f"{graph.co_name(cycle[0][0])} {cycle[0][1]} {graph.co_name(cycle[1 % len(cycle)][0])}"]
     for i in range(1, len(cycle)):
         how = cycle[i][1]
@@ -221,6 +262,21 @@ def _untracked(graph: Graph) -> tuple[dict[str, Any], int, int] | None:
         in_flight, tracked = node.get("in_flight"), node.get("tracked", len(_dicts(node.get("requests"))))
         if isinstance(in_flight, int) and isinstance(tracked, int) and in_flight > tracked:
             return node, in_flight, tracked
+    return None
+
+
+def _backend_untracked(graph: Graph) -> str | None:
+    """A backend whose in_flight exceeds the requests tracked on its root node plus those it queued (a
+    request it counted that never reached its node, or one it forgot to count down)."""
+    by_address = {n.get("address"): n for n in graph.nodes}
+    for blk in _dicts(graph.state.get("backends")):
+        in_flight, root = blk.get("in_flight"), by_address.get(blk.get("root"))
+        tracked = root.get("tracked", len(_dicts(root.get("requests")))) if root else 0
+        queued: int = blk["queued_requests"] if isinstance(blk.get("queued_requests"), int) else 0
+        if isinstance(in_flight, int) and isinstance(tracked, int) and in_flight > tracked + queued:
+            name = f'backend "{blk["name"]}"' if blk.get("name") else f"backend {blk.get('address')}"
+            return (f"{name}: in_flight {in_flight}, {tracked} tracked on its root, {queued} queued: "
+                    f"{in_flight - tracked - queued} not a request")
     return None
 
 
@@ -241,7 +297,16 @@ def _pending(ctx: dict[str, Any] | None) -> str:
 
 
 def _pollers(graph: Graph) -> list[dict[str, Any]]:
-    return [t for t in graph.threads if graph.polled(t) is not None]
+    """Threads polling for something (a drain, AIO_WAIT_WHILE...), not an event loop idling at its top."""
+    out = []
+    for thread in graph.threads:
+        polled = graph.polled(thread)
+        if polled is None:
+            continue
+        above = _qemu_frames(_dicts(thread.get("frames"))[polled[1] + 1:])
+        if not above or above[0] not in IDLE_LOOPS:
+            out.append(thread)
+    return out
 
 
 def _leak(graph: Graph) -> str | None:
@@ -258,6 +323,14 @@ def _leak(graph: Graph) -> str | None:
     if pollers:
         line = f"{line}; {graph.thread_name(pollers[0])} {graph.doing(pollers[0])}"
     return line
+
+
+def _backend_leak(graph: Graph) -> str | None:
+    found = _backend_untracked(graph)
+    if found is None or _untracked(graph) is not None:  # a node's own excess says it better
+        return None
+    pollers = _pollers(graph)
+    return f"{found}; {graph.thread_name(pollers[0])} {graph.doing(pollers[0])}" if pollers else found
 
 
 def _waiting_requests(graph: Graph) -> str | None:
@@ -291,7 +364,7 @@ def explain(state: dict[str, Any]) -> str:
         return ""
     graph = Graph(state)
     lines: list[str] = []
-    for finder in (_lock_deadlock, _coroutine_deadlock, _leak, _waiting_requests):
+    for finder in (_lock_deadlock, _coroutine_deadlock, _leak, _backend_leak, _waiting_requests):
         found = finder(graph)
         if found and found not in lines:
             lines.append(found)
@@ -306,6 +379,10 @@ def explain(state: dict[str, Any]) -> str:
         count = sum(len(_dicts(n.get("requests"))) for n in graph.nodes)
         lines.append(f"{graph.thread_name(thread)} {graph.doing(thread)}; {where} has {_pending(ctx)}; "
                      f"{count} tracked request{'s' * (count != 1)}, no node's in_flight above them")
+    if not lines and graph.nodes and graph.threads and not pollers and not _dicts(graph.state.get("jobs")):
+        count = sum(len(_dicts(n.get("requests"))) for n in graph.nodes)
+        lines.append(f"QEMU is idle: no thread waits in the block layer, {count} tracked request{'s' * (count != 1)}, "
+                     "no node's in_flight above them (whatever hangs waits for something QEMU was not asked for)")
     jobs = _jobs(graph)
     if jobs and len(lines) < 3:
         lines.append(jobs)

@@ -21,6 +21,7 @@ Everything is bounded: nodes, requests, frames and list lengths.
 from __future__ import annotations
 
 import json
+import os
 import re
 from typing import Any
 
@@ -409,7 +410,7 @@ def block_state() -> dict[str, Any]:
         "graph_writer": _int(writer) if writer is not None else None,  # 10.x's graph lock
     }
     state["threads"] = _threads(coroutines)
-    hang_facts(state, coroutines)
+    state["_coroutines"] = coroutines  # for hang_facts, after the basic document is safely written
     return state
 
 
@@ -714,6 +715,7 @@ def crash_facts() -> dict[str, Any] | None:
 # Hang facts: who runs where, who holds what, who waits for what -------------------------------------------
 
 MAX_THREAD_FRAMES = 40
+MAX_THREADS_WALKED = 64  # threads whose own stack is read (a QEMU with hundreds of workers stays bounded)
 MAX_ARGS = 6
 MAX_CONTEXTS = 64
 MAX_QUEUE = 64  # coroutines listed per CoQueue, CoMutex or context list
@@ -842,7 +844,7 @@ def _threads_named(state: dict[str, Any]) -> None:
     except gdb.error:
         iothread_struct = None
     by_num = {t.num: t for t in inferior.threads()}
-    for entry in state.get("threads", []):
+    for entry in state.get("threads", [])[:MAX_THREADS_WALKED]:
         thread = by_num.get(entry.get("num"))
         if thread is None:
             continue
@@ -882,7 +884,11 @@ def _lock_owner(ctx: Any) -> dict[str, Any] | None:
     owner, count = _int(_get(inner, "__owner")), _int(_get(inner, "__count"))
     if owner is None:
         return None
-    return {"owner_lwp": owner, "count": count}
+    try:  # what a thread blocked on it shows as its lock function's `mutex` argument
+        address = hex(int(lock.address))
+    except (gdb.error, TypeError):
+        address = None
+    return {"owner_lwp": owner, "count": count, "address": address}
 
 
 def _bottom_halves(ctx: Any) -> list[dict[str, Any]]:
@@ -1052,7 +1058,13 @@ class BlockStateCommand(gdb.Command):
             document = {"error": str(exc)}
         if facts is not None:
             document["crash"] = facts
-        _write(path, document)
+        coroutines = document.pop("_coroutines", None)
+        _write_json(path, document)  # the graph first: kept if gdb is stopped during the hang facts
+        if coroutines is not None:
+            document["hang_facts"] = "incomplete"
+            hang_facts(document, coroutines)
+            document["hang_facts"] = "complete"
+            _write_json(path, document)
 
 
 def _crash_facts_first(path: str) -> dict[str, Any] | None:
@@ -1064,13 +1076,16 @@ def _crash_facts_first(path: str) -> dict[str, Any] | None:
     except (gdb.error, gdb.GdbError, RuntimeError) as exc:
         facts = {"error": str(exc)}
     if facts is not None:
-        _write(path, {"error": "gdb stopped before the block-layer walk ended", "crash": facts})
+        _write_json(path, {"error": "gdb stopped before the block-layer walk ended", "crash": facts})
     return facts
 
 
-def _write(path: str, document: dict[str, Any]) -> None:
-    with open(path, "w", encoding="utf-8") as f:
+def _write_json(path: str, document: dict[str, Any]) -> None:
+    """Written whole or not at all (gdb may be stopped at any moment by the runner's time budget)."""
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as f:
         json.dump(document, f, indent=1)
+    os.replace(partial, path)
 
 
 BlockStateCommand()
