@@ -3,13 +3,14 @@ the explanation's first line names the cause (bug.json's "expect")."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import sys
 from pathlib import Path
 
 import pytest
-from support import REPO
+from support import REPO, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -50,5 +51,11 @@ def test_the_explanation_names_the_cause(bug: bugtrees.Bug, tmp_path: Path) -> N
         # what that thread left to enter it is unwound from its saved registers, not shown as the crash's frames
         callers = next(t for t in document["threads"] if t["num"] == document["crash"]["thread"])["callers"]
         assert all(c["backtrace"][0].get("function") == "qemu_coroutine_switch" for c in callers if c["backtrace"])
+    # the same explanation from `iotests-run block-state --core` on the kept core, outside any run
+    core = cores[0].with_name("core-1.gz")
+    (tmp_path / "core").write_bytes(gzip.decompress(core.read_bytes()))
+    alone = run_cli(["block-state", "--core", str(tmp_path / "core")])
+    assert alone.returncode == 0, alone.stderr
+    assert f"why: {got.first_line.split('0x')[0]}" in alone.stdout
     if bug.name == "uaf-job-nodes":
         assert "block_job_remove_all_bdrv" in got.explanation.splitlines()[1]

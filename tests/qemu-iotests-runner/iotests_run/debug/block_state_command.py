@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from iotests_run.debug import blockstate
+from iotests_run.debug import blockstate, crash
 from iotests_run.debug.diagnostics import QEMU_PROGRAMS, check_core, core_origin, tool
 from iotests_run.errors import Parser, SetupError, UsageError
 from iotests_run.files import write_atomically
@@ -233,7 +233,9 @@ def main(argv: Sequence[str]) -> int:
     rendered = _render(state, title, outputs)
     for option, path in outputs:
         _write(option, path, rendered[option])
-    _print(terminal_safe(blockstate.text(state, title)) + terminal_safe(blockstate.summary(state, who)) + "\n")
+    why = "".join(f"why: {line}\n" for line in crash.explain(state.get("crash"), who))  # a core of a crash
+    _print(terminal_safe(blockstate.text(state, title)) + terminal_safe(blockstate.summary(state, who)) + "\n"
+           + terminal_safe(why))
     return 0
 
 
