@@ -9,12 +9,19 @@ job.c, graph-lock.c and coroutine-ucontext.c, 7.2 and 10.x):
   requests with the backtrace of the coroutine that issued each one;
 - every BlockBackend (block_backends) and every job (jobs);
 - bdrv_drain_all_count and, on 10.x, the graph lock's writer flag;
-- each thread's current coroutine and the chain of coroutines that called it.
+- each thread's current coroutine and the chain of coroutines that called it;
+- for a thread that died of a crash signal (a core): "crash", written first and on its own (the
+  signal and faulting address, the assertion's text or the Error &error_abort aborted on, QEMU's
+  first frames with every node, child, backend, job and AioContext pointer argument checked
+  against the live lists, and, when not live, whether its memory holds the MALLOC_PERTURB_ fill
+  or sits in glibc's tcache).
 
 A parked coroutine's registers are in its sigjmp_buf, rbp/rsp/pc mangled by glibc (rotate left
 0x11 after xor with the pointer guard at $fs_base + 0x30). To unwind one, an unwinder hands
-gdb those registers as the caller of the thread's innermost frame, with a frame id below the
-coroutine's stack so that gdb's "inner frame" check holds; gdb's own DWARF unwinder does the rest.
+gdb those registers as the caller of the thread's innermost frame that is not inlined, with a
+frame id below the coroutine's stack so that gdb's "inner frame" check holds; gdb's own DWARF
+unwinder does the rest. A coroutine that is some thread's current one is running: its jmp_buf
+is stale, and it is unwound from that thread's registers instead.
 Everything is bounded: nodes, requests, frames and list lengths.
 """
 
