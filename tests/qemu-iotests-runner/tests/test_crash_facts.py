@@ -131,6 +131,14 @@ def test_a_freed_node_in_the_crashing_frame_is_named_first() -> None:
     assert lines[2] == "pointers: bs=0x5555aaaa0000 is node 'top'"
 
 
+def test_the_chain_names_a_function_shown_twice_in_a_row_once() -> None:
+    frames = (frame("bdrv_parent_drained_poll", "io.c", 112), frame("bdrv_do_drained_begin", "io.c", 378),
+              frame("bdrv_do_drained_begin", "io.c", 347), frame("block_job_remove_all_bdrv", "b.c", 9))
+    lines = crash.explain(facts(*frames), "q")
+    assert lines[1] == ("q thread 1: bdrv_parent_drained_poll (io.c:112) <- bdrv_do_drained_begin (io.c:378) <- "
+                        "block_job_remove_all_bdrv (b.c:9)")
+
+
 def test_a_freed_pointer_in_a_caller_is_named_with_the_crashing_function() -> None:
     lines = crash.explain(facts(frame("bdrv_refresh_filename", "../block.c", 7000),
                                 frame("bdrv_drained_end", "../block/io.c", 400, FREED, level=1)), "qemu-io")

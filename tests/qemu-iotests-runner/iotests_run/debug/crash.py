@@ -165,7 +165,9 @@ def _chain(program: str, facts: dict[str, Any], frames: list[dict[str, Any]]) ->
     who = f"{printable(program)}" + (f" thread {thread}" if isinstance(thread, int) else "")
     if isinstance(facts.get("coroutine"), str):
         who += f" (in coroutine {_text(facts['coroutine'], 24)})"
-    chain = " <- ".join(f"{_function(f)}{_where(f)}" for f in frames[:MAX_CHAIN])
+    # a function shown twice in a row (a recursion, or gdb's inline frame and its caller) is named once
+    distinct = [f for i, f in enumerate(frames) if i == 0 or _function(f) != _function(frames[i - 1])]
+    chain = " <- ".join(f"{_function(f)}{_where(f)}" for f in distinct[:MAX_CHAIN])
     return f"{who}: {chain}" if chain else who
 
 
