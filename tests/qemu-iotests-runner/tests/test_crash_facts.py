@@ -412,13 +412,17 @@ def test_descendants_are_found_with_or_without_the_kernel_s_children_lists(kerne
     monkeypatch.setattr(deaths, "KERNEL_LISTS_CHILDREN", kernel_lists and deaths.KERNEL_LISTS_CHILDREN)
     parent = subprocess.Popen(["sh", "-c", "sleep 30 & sleep 30 & wait"])
     try:
-        for _ in range(50):
+        import time
+
+        def sleeping(pids: list[int]) -> bool:  # forked and executed (right after fork a child is still sh)
+            return len(pids) == 2 and all(Path(f"/proc/{p}/cmdline").read_text().startswith("sleep") for p in pids)
+
+        for _ in range(100):
             found = deaths.descendants(parent.pid)
-            if len(found) == 2:
+            if sleeping(found):
                 break
-            import time
             time.sleep(0.1)
-        assert len(found) == 2 and all(open(f"/proc/{p}/cmdline").read().startswith("sleep") for p in found)
+        assert sleeping(found)
     finally:
         for p in deaths.descendants(parent.pid):
             os.kill(p, 9)
