@@ -84,7 +84,7 @@ def test_results_json_contract() -> None:
     assert run == {"test": "002", "format": "qcow2", "protocol": "file", "outcome": "fail",
                    "reason": "output mismatch", "duration_s": 2.0, "cpu_s": None, "artifacts": "runs/qcow2-file/002",
                    "leaked": [], "key": "002", "diagnostics": "", "attachments": [], "quarantined": False,
-                   "casenotrun": "", "copy": 0, "recent": "", "started_s": None, "shard": 0}
+                   "casenotrun": "", "copy": 0, "recent": "", "started_s": None, "shard": 0, "explanation": ""}
     assert {r["outcome"] for r in data["runs"]} == {"pass", "fail", "not-run", "interrupted"}
 
 

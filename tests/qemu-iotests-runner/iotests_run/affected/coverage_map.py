@@ -32,7 +32,7 @@ from iotests_run.affected.gcov import GcovError, Notes, read_counts, read_notes
 from iotests_run.errors import UsageError
 from iotests_run.files import write_atomically
 from iotests_run.inputs import number, relative_parts
-from iotests_run.model import Outcome, Result
+from iotests_run.model import Result
 from iotests_run.plan.history import history_key
 from iotests_run.text import printable
 
@@ -391,16 +391,12 @@ def _earlier(path: Path, tree: str, digests: Mapping[str, str]) -> CoverageMap |
     return earlier if earlier.tree == tree and earlier.digests == dict(digests) else None
 
 
-# Outcomes after which every process of the run exited by itself, so that all its counters were written.
-WHOLE_COVERAGE = frozenset({Outcome.PASS, Outcome.FAIL, Outcome.NOT_RUN})
-
-
 def save_recording(path: Path, recorder: Recorder, tree: str, results: Iterable[Result],
                    note: Callable[[str], None]) -> None:
     """--coverage-map FILE after the runs: the map written, or one warning line when it cannot be (a full
     disk, the file turned into something else meanwhile); the runs' results and reports are written
     either way, so a failed save is never a traceback."""
-    recorder.forget(history_key(r.run) for r in results if r.outcome not in WHOLE_COVERAGE or r.leaked)
+    recorder.forget(history_key(r.run) for r in results if not r.outcome.counters_whole or r.leaked)
     try:
         cmap = recorder.save(path, tree)
     except OSError as exc:

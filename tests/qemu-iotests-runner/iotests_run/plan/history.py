@@ -38,10 +38,7 @@ MAX_TREES = 16
 MAX_BYTES = 64 << 20
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # last_failure, as save writes it; anything else is ignored
 RECENT = 50  # outcomes remembered per run (test x format x protocol)
-# One letter per outcome in a run's recent history; runs the runner cut short are not remembered.
-LETTER = {Outcome.PASS: "p", Outcome.FAIL: "f", Outcome.TIMEOUT: "t", Outcome.HANG: "h", Outcome.CRASH: "c",
-          Outcome.FLAKY: "y"}
-FAILED_LETTERS = frozenset("ftchy")  # flaky counts: it failed before it passed
+LETTERS = frozenset(o.letter for o in Outcome if o.letter is not None)
 
 
 def history_key(run: Run) -> str:
@@ -115,7 +112,7 @@ class Recent:
 
     @property
     def failed(self) -> int:
-        return sum(letter in FAILED_LETTERS for letter in self.outcomes)
+        return sum(Outcome.from_letter(letter).failed_here for letter in self.outcomes)
 
     def phrase(self) -> str:
         """What a failure's report says about its past here."""
@@ -135,14 +132,14 @@ def recent(path: Path, tree: str) -> dict[str, Recent]:
     failures = failures if isinstance(failures, dict) else {}
     return {str(k): Recent(v, failures.get(k) if isinstance(failures.get(k), str) and STAMP.fullmatch(failures[k])
                            else None)
-            for k, v in outcomes.items() if isinstance(v, str) and set(v) <= set(LETTER.values())}
+            for k, v in outcomes.items() if isinstance(v, str) and set(v) <= LETTERS}
 
 
 def last_passed(path: Path, tree: str) -> dict[str, float]:
     """The duration of every run whose latest remembered outcome on this tree is a pass (history_key -> s)."""
     durations, _ = load(path, tree)
     return {key: durations[key] for key, past in recent(path, tree).items()
-            if past.outcomes.endswith(LETTER[Outcome.PASS]) and key in durations}
+            if past.outcomes.endswith(str(Outcome.PASS.letter)) and key in durations}
 
 
 def save(path: Path, tree: str, results: Iterable[Result]) -> None:
@@ -155,9 +152,9 @@ def save(path: Path, tree: str, results: Iterable[Result]) -> None:
     letters: dict[str, str] = {}
     failed_now: set[str] = set()
     for r in sorted(results, key=lambda r: r.run.copy):
-        if r.outcome in LETTER:
-            letters[history_key(r.run)] = letters.get(history_key(r.run), "") + LETTER[r.outcome]
-            if LETTER[r.outcome] in FAILED_LETTERS:
+        if r.outcome.letter is not None:
+            letters[history_key(r.run)] = letters.get(history_key(r.run), "") + r.outcome.letter
+            if r.outcome.failed_here:
                 failed_now.add(history_key(r.run))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,9 +192,6 @@ def with_past(result: Result, past: Mapping[str, Recent]) -> Result:
     return replace(result, recent=past.get(history_key(result.run), Recent("")).phrase())
 
 
-NAMES = {"f": "fail", "t": "timeout", "h": "hang", "c": "crash", "y": "flaky"}
-
-
 def flaky_report(past: Mapping[str, Recent]) -> str:
     """--flaky-report: the runs with failures in their recent history here, highest rate first."""
     rows = []
@@ -205,8 +199,8 @@ def flaky_report(past: Mapping[str, Recent]) -> str:
         if not r.failed:
             continue
         combo, _, test = key.partition("/")
-        kinds = ", ".join(f"{r.outcomes.count(letter)} {name}" for letter, name in NAMES.items()
-                          if letter in r.outcomes)
+        kinds = ", ".join(f"{r.outcomes.count(o.letter)} {o.value}" for o in Outcome
+                          if o.failed_here and o.letter is not None and o.letter in r.outcomes)
         rows.append((r.failed / len(r.outcomes), [printable(combo), printable(test.removeprefix("tests/")),
                                                   len(r.outcomes), r.failed,
                                                   f"{100 * r.failed / len(r.outcomes):.1f}%", kinds,
