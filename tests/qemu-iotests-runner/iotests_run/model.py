@@ -104,10 +104,12 @@ class TestCase:
 
 
 @dataclass(frozen=True, slots=True)
-class Run:
-    """One test under one format and one protocol (with --repeat, one copy of it: copy 1..N)."""
+class RunId:
+    """A run's identity, the one spelling of it: the test's key, format, protocol (and --repeat copy). The history
+    remembers runs by `history_key` (copies share it), the results folder by `results.folder.run_folder`, results.json
+    by these fields, --last-failed and merge by the record itself."""
 
-    test: TestCase
+    key: str
     format: str
     protocol: str
     copy: int = 0
@@ -117,8 +119,42 @@ class Run:
         return f"{self.format}-{self.protocol}"
 
     @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    @property
+    def history_key(self) -> str:
+        return f"{self.combo}/{self.key}"
+
+    @property
     def label(self) -> str:
-        return f"{self.combo} {self.test.name}" + (f" #{self.copy}" if self.copy else "")
+        return f"{self.combo} {self.name}" + (f" #{self.copy}" if self.copy else "")
+
+    @property
+    def base(self) -> RunId:
+        return RunId(self.key, self.format, self.protocol)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One test under one format and one protocol (with --repeat, one copy of it: copy 1..N)."""
+
+    test: TestCase
+    format: str
+    protocol: str
+    copy: int = 0
+
+    @property
+    def id(self) -> RunId:
+        return RunId(self.test.key, self.format, self.protocol, self.copy)
+
+    @property
+    def combo(self) -> str:
+        return f"{self.format}-{self.protocol}"
+
+    @property
+    def label(self) -> str:
+        return self.id.label
 
     @property
     def base(self) -> Run:

@@ -33,7 +33,6 @@ from iotests_run.errors import UsageError
 from iotests_run.files import write_atomically
 from iotests_run.inputs import number, relative_parts
 from iotests_run.model import Result
-from iotests_run.plan.history import history_key
 from iotests_run.text import printable
 
 FORMAT = "iotests-run coverage map 1"
@@ -396,7 +395,7 @@ def save_recording(path: Path, recorder: Recorder, tree: str, results: Iterable[
     """--coverage-map FILE after the runs: the map written, or one warning line when it cannot be (a full
     disk, the file turned into something else meanwhile); the runs' results and reports are written
     either way, so a failed save is never a traceback."""
-    recorder.forget(history_key(r.run) for r in results if not r.outcome.counters_whole or r.leaked)
+    recorder.forget(r.run.id.history_key for r in results if not r.outcome.counters_whole or r.leaked)
     try:
         cmap = recorder.save(path, tree)
     except OSError as exc:

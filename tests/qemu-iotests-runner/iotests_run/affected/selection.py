@@ -31,7 +31,6 @@ from iotests_run.affected import coverage_map
 from iotests_run.affected.coverage_map import CoverageMap, Span, source_digest
 from iotests_run.errors import UsageError
 from iotests_run.model import Outcome, Result, Run
-from iotests_run.plan.history import history_key
 from iotests_run.text import printable
 from iotests_run.tree.discovery import Catalog
 
@@ -188,7 +187,7 @@ class Affected:
             return self.everything
         if run.test.key in self.tests:
             return self.tests[run.test.key]
-        executed = cmap.runs.get(history_key(run))
+        executed = cmap.runs.get(run.id.history_key)
         if executed is None:
             return "not in the coverage map"
         hit = sorted(self.functions & executed)

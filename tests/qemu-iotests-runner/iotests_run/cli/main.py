@@ -30,7 +30,7 @@ from iotests_run.affected.selection import ChangeOptions, choose_runs
 from iotests_run.cli.options import check_combinations, make_parser, parse_arguments, settings_of
 from iotests_run.debug import block_state_command
 from iotests_run.errors import Parser, SetupError, UsageError
-from iotests_run.model import Result, Run, TestCase, fails_the_job
+from iotests_run.model import Result, Run, RunId, TestCase, fails_the_job
 from iotests_run.plan import history, planner
 from iotests_run.plan.repeats import Policy, tallies
 from iotests_run.report.progress import QUIET, Eta, Progress
@@ -82,7 +82,7 @@ class Selection:
     tests: list[TestCase]
     formats: list[str]
     protocols: list[str]
-    again: set[tuple[str, str, str]] | None  # --last-failed: (test key, format, protocol)
+    again: set[RunId] | None  # --last-failed's runs
     scratch: Path
 
 
@@ -109,13 +109,13 @@ def find_tests(args: argparse.Namespace) -> Selection | None:
     if again is not None and not again:
         print(f"iotests-run: nothing failed in the previous run in {printable(args.results)}")
         return None
-    formats = _check_choices("format", sorted({f for _, f, _ in again}) if again else args.format,
+    formats = _check_choices("format", sorted({r.format for r in again}) if again else args.format,
                              tree.formats, tree.version)
-    protocols = _check_choices("protocol", sorted({p for _, _, p in again}) if again else args.protocol,
+    protocols = _check_choices("protocol", sorted({r.protocol for r in again}) if again else args.protocol,
                                tree.protocols, tree.version)
     catalog = discover(tree.iotests)
     if again:
-        tests = [catalog.tests[k] for k in sorted({k for k, _, _ in again}) if k in catalog.tests]
+        tests = [catalog.tests[k] for k in sorted({r.key for r in again}) if k in catalog.tests]
     else:
         tests = catalog.select(args.tests, args.groups, args.exclude_groups)
     if not tests:
@@ -143,7 +143,7 @@ def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
     if warning:
         print(f"iotests-run: warning: {printable(warning)}", file=sys.stderr)
     wanted = [r for r in planner.matrix(found.tests, found.formats, found.protocols)
-              if found.again is None or (r.test.key, r.format, r.protocol) in found.again]
+              if found.again is None or r.id in found.again]
     skipped, to_run = planner.static_verdicts(wanted, tree.default_machine, settings_of(args).cache,
                                            read_declarations=not args.no_static_skip)
     missing = {p: why for p in found.protocols if (why := unavailable(p, tree.build))}

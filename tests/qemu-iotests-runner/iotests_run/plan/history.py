@@ -31,7 +31,7 @@ from tabulate import tabulate
 
 from iotests_run.errors import UsageError
 from iotests_run.files import write_atomically
-from iotests_run.model import Outcome, Result, Run
+from iotests_run.model import Outcome, Result
 from iotests_run.text import printable
 
 MAX_TREES = 16
@@ -39,10 +39,6 @@ MAX_BYTES = 64 << 20
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # last_failure, as save writes it; anything else is ignored
 RECENT = 50  # outcomes remembered per run (test x format x protocol)
 LETTERS = frozenset(o.letter for o in Outcome if o.letter is not None)
-
-
-def history_key(run: Run) -> str:
-    return f"{run.combo}/{run.test.key}"
 
 
 def tree_identity(version: str, test_keys: Iterable[str]) -> str:
@@ -147,15 +143,15 @@ def save(path: Path, tree: str, results: Iterable[Result]) -> None:
     a failed save is not an error (the file is a cache)."""
     results = list(results)
     path = Path(os.path.realpath(path))  # a history reached through a link is saved at its target, link kept
-    learnt = {history_key(r.run): round(r.duration_s, 2) for r in results
+    learnt = {r.run.id.history_key: round(r.duration_s, 2) for r in results
               if r.outcome.ran_to_its_end and r.duration_s > 0}
     letters: dict[str, str] = {}
     failed_now: set[str] = set()
     for r in sorted(results, key=lambda r: r.run.copy):
         if r.outcome.letter is not None:
-            letters[history_key(r.run)] = letters.get(history_key(r.run), "") + r.outcome.letter
+            letters[r.run.id.history_key] = letters.get(r.run.id.history_key, "") + r.outcome.letter
             if r.outcome.failed_here:
-                failed_now.add(history_key(r.run))
+                failed_now.add(r.run.id.history_key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -189,7 +185,7 @@ def with_past(result: Result, past: Mapping[str, Recent]) -> Result:
     """A failure, with what its run's recent history on this tree says (read before this invocation)."""
     if not result.outcome.is_failure:
         return result
-    return replace(result, recent=past.get(history_key(result.run), Recent("")).phrase())
+    return replace(result, recent=past.get(result.run.id.history_key, Recent("")).phrase())
 
 
 def flaky_report(past: Mapping[str, Recent]) -> str:

@@ -11,7 +11,6 @@ from typing import Any
 
 from iotests_run.errors import UsageError
 from iotests_run.model import Outcome, Result, Run, TestCase
-from iotests_run.plan.history import history_key
 from iotests_run.text import printable
 from iotests_run.tree.applicability import Declarations, declarations, not_applicable
 from iotests_run.tree.discovery import reference_output
@@ -36,7 +35,7 @@ def estimator(durations: Mapping[str, float]) -> dict[str, float]:
 
 
 def estimate(run: Run, durations: Mapping[str, float], medians: Mapping[str, float]) -> float:
-    known = durations.get(history_key(run))
+    known = durations.get(run.id.history_key)
     if known is not None:
         return known
     return medians.get(run.combo, statistics.median(medians.values()) if medians else UNKNOWN_ESTIMATE_S)
@@ -152,8 +151,8 @@ def take_shard(shard: Shard, skipped: list[Result], to_run: list[Run],
     cost = {**to_run_cost, **{r.run: 0.0 for r in skipped}}
     shards = split(list(cost), cost, shard.total)
     mine = set(shards[shard.index - 1])
-    digest = hashlib.sha256("\n".join(f"{i} {history_key(r)}" for i, part in enumerate(shards, 1)
-                                      for r in sorted(part, key=history_key)).encode()).hexdigest()[:16]
+    digest = hashlib.sha256("\n".join(f"{i} {r.id.history_key}" for i, part in enumerate(shards, 1)
+                                      for r in sorted(part, key=lambda r: r.id.history_key)).encode()).hexdigest()[:16]
     part = ShardPart(shard, len(mine), len(cost), tuple(sum(cost[r] for r in s) for s in shards), digest)
     return [r for r in skipped if r.run in mine], [r for r in to_run if r in mine], part
 

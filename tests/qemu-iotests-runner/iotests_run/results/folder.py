@@ -24,7 +24,7 @@ from typing import Any
 from iotests_run.errors import UsageError
 from iotests_run.files import remove_tree
 from iotests_run.inputs import open_beneath, parse_json, read_beneath, read_bytes
-from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.model import Outcome, Result, Run, RunId, TestCase
 from iotests_run.outputs import DIFF_BYTES, report_excerpt
 from iotests_run.text import printable
 from iotests_run.tree.discovery import TEST_NAME
@@ -52,9 +52,10 @@ MAX_COPY = 1_000_000
 MAX_INPUTS = 10_000
 
 
-def run_folder(run: Run) -> str:
+def run_folder(run: Run | RunId) -> str:
     """The run's artifacts folder, relative to the results folder."""
-    return f"{RUNS}/{run.combo}/{run.test.name}" + (f"-copy-{run.copy}" if run.copy else "")
+    ident = run.id if isinstance(run, Run) else run
+    return f"{RUNS}/{ident.combo}/{ident.name}" + (f"-copy-{ident.copy}" if ident.copy else "")
 
 
 # Claiming ------------------------------------------------------------------------------------------
@@ -298,9 +299,9 @@ class Recorded:
     meta: dict[str, Any]
     records: list[dict[str, Any]]  # each checked against _FIELDS
 
-    def idents(self) -> list[tuple[str, str, str]]:
-        """(test key, format, protocol) of each run (copies of one run share it)."""
-        return [(r.get("key") or r["test"], r["format"], r["protocol"]) for r in self.records]
+    def idents(self) -> list[RunId]:
+        """The identity of each recorded run."""
+        return [RunId(r.get("key") or r["test"], r["format"], r["protocol"], r.get("copy", 0)) for r in self.records]
 
     def result(self, record: dict[str, Any], iotests: Path, artifacts_in: Path,
                tests: dict[str, TestCase] | None = None) -> Result:

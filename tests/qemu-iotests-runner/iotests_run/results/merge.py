@@ -24,7 +24,7 @@ from typing import Any
 
 from iotests_run.errors import SetupError, UsageError
 from iotests_run.inputs import number
-from iotests_run.model import Result, TestCase
+from iotests_run.model import Result, RunId, TestCase
 from iotests_run.plan import history
 from iotests_run.plan.planner import MAX_SHARDS
 from iotests_run.results.folder import (
@@ -355,12 +355,11 @@ def _check_runs(shards: list[Recorded]) -> None:
     total = sum(len(s.records) for s in shards)
     if total > MAX_RUNS:
         raise UsageError(f"merge: the inputs hold {total} runs, more than {MAX_RUNS}")
-    seen: dict[tuple[str, str, str, int], Path] = {}
+    seen: dict[RunId, Path] = {}
     for shard in shards:
-        for (key, fmt, proto), record in zip(shard.idents(), shard.records, strict=True):
-            ident = (key, fmt, proto, record.get("copy", 0))
+        for ident in shard.idents():
             if ident in seen:
-                raise UsageError(f"merge: run {fmt}-{proto} {key} is in both {seen[ident]} "
+                raise UsageError(f"merge: run {ident.combo} {ident.key} is in both {seen[ident]} "
                                  f"and {shard.folder}")
             seen[ident] = shard.folder
 

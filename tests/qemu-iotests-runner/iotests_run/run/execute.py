@@ -21,7 +21,6 @@ from iotests_run.files import move_tree, remove_tree, tree_size
 from iotests_run.inputs import read_optional
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.outputs import KEEP_OUTPUT_BYTES, keep_head_and_tail, report_excerpt
-from iotests_run.plan.history import history_key
 from iotests_run.plan.repeats import DROP, REPORT_AND_STOP, Policy
 from iotests_run.results.folder import DIFF, LEAKED, REPRODUCER, run_folder, short_of_room
 from iotests_run.run.admission import Admission
@@ -208,7 +207,7 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     ending = supervise(prepared.launch, watch)
     duration = round(time.monotonic() - start, 3)
     if ctx.coverage is not None:
-        ctx.coverage.collect(history_key(run), box.test_dir.parent)
+        ctx.coverage.collect(run.id.history_key, box.test_dir.parent)
     started = round(start - ctx.epoch, 3)
 
     verdict = run_verdict(ending.stopped, ending.detail, ending.returncode, reference, output,

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from iotests_run.affected.coverage_map import Recorder
 from iotests_run.model import LiveRun, Result, Run
-from iotests_run.plan.history import history_key
 from iotests_run.plan.repeats import Policy
 from iotests_run.run.admission import Admission
 from iotests_run.run.adoption import Adopter
@@ -54,7 +53,7 @@ def limits_for(options: LimitOptions) -> Callable[[Run], Limits]:
     def limits(run: Run) -> Limits:
         timeout = float(table.get(run.test.key, options.timeout_s)) * options.multiplier
         sooner = None
-        took = options.passed.get(history_key(run))
+        took = options.passed.get(run.id.history_key)
         if options.hang_factor and took is not None:
             after = round(max(HANG_FLOOR_S, options.hang_factor * took) * options.multiplier, 1)
             if after < options.hang_timeout_s:
