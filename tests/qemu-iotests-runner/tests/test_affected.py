@@ -14,9 +14,11 @@ from pathlib import Path
 import pytest
 from support import FakeTree, ReferenceTree, run_cli
 
-from iotests_run.affected.coverage_map import CoverageMap, Recorder, Span, gcov_environment, load
+from iotests_run.affected.coverage_map import CoverageMap, Span, load
+from iotests_run.affected.diff import FileChange, Hunk, parse_diff
 from iotests_run.affected.gcov import read_counts, read_notes
-from iotests_run.affected.selection import Affected, FileChange, Hunk, affected, parse_diff
+from iotests_run.affected.recorder import Recorder, gcov_environment
+from iotests_run.affected.selection import Affected, affected
 from iotests_run.model import Run
 from iotests_run.tree.discovery import discover
 

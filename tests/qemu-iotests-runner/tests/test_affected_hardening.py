@@ -21,8 +21,9 @@ import pytest
 from support import FakeTree, run_cli
 
 from iotests_run.affected import coverage_map, gcov
-from iotests_run.affected.coverage_map import CoverageMap, Recorder, Span, load, save, save_recording, source_digest
+from iotests_run.affected.coverage_map import CoverageMap, Span, load, save, source_digest
 from iotests_run.affected.gcov import GcovError
+from iotests_run.affected.recorder import Recorder, save_recording
 from iotests_run.affected.selection import (
     Affected,
     ChangeOptions,

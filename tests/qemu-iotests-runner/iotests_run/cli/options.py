@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,7 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
     p.add_argument("--flaky-report", action="store_true",
                    help="print the runs that failed in their recent history on this tree (the duration history "
                         "keeps each run's last outcomes) and exit")
-    p.add_argument("--list", action="store_true",
+    p.add_argument("--list", dest="list_plan", action="store_true",
                    help="print the plan (test, format, protocol, run or skip: reason; tab-separated) and exit")
     p.add_argument("--shard", metavar="I/N", type=planner.Shard.parse,
                    help="run the I-th of N duration-balanced shards (default: CI_NODE_INDEX/CI_NODE_TOTAL if set)")
@@ -214,7 +215,76 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
     return p
 
 
-def check_combinations(args: argparse.Namespace) -> None:
+@dataclass(frozen=True)
+class Options:
+    """The command line, typed, built once from argparse's namespace (`of`); the stages take it. Every parser
+    destination is a field (a test checks both ways); what follows from several options is a property."""
+
+    tests: list[str]
+    format: list[str]
+    protocol: list[str]
+    groups: list[str]
+    exclude_groups: list[str]
+    cachemode: str | None
+    aiomode: str
+    imgopts: str | None
+    jobs: int
+    fixed_jobs: bool
+    qemu_source: str | None
+    qemu_build: str | None
+    results: str
+    junit: str | None
+    tap: bool
+    level: int
+    timeout: float
+    timeout_multiplier: float
+    hang_timeout: float
+    hang_factor: float
+    grace: float
+    retry: int
+    strict_flaky: bool
+    repeat: int | None
+    until_fail: bool
+    load: int
+    bisect: bool
+    keep_failures: int
+    last_failed: bool
+    quarantine: Path | None
+    still_running_every: float
+    no_isolation: bool
+    scratch: Path | None
+    flaky_report: bool
+    list_plan: bool
+    shard: planner.Shard | None
+    history: Path | None
+    coverage_map: Path | None
+    affected_by: str | None
+    affected_by_diff: Path | None
+    affected_by_stale_map: bool
+    affected_by_fallback: bool
+    pass_env: list[str]
+    no_static_skip: bool
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Options:
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    @property
+    def change_asked(self) -> bool:
+        """--affected-by or --affected-by-diff: only the runs the change affects start."""
+        return self.affected_by is not None or self.affected_by_diff is not None
+
+    @property
+    def recording(self) -> Path | None:
+        """--coverage-map FILE without a change to select by: the map to record the runs into."""
+        return self.coverage_map if not self.change_asked else None
+
+    @property
+    def settings(self) -> Settings:
+        return settings_of(self)
+
+
+def check_combinations(args: argparse.Namespace | Options) -> None:
     """Options that do not go together, one line each."""
     if args.repeat is not None and args.retry:
         raise UsageError("--repeat counts failures; --retry would hide them: give one of them")
@@ -230,7 +300,7 @@ def check_combinations(args: argparse.Namespace) -> None:
             raise UsageError(f"{name} needs --affected-by REV or --affected-by-diff FILE")
 
 
-def settings_of(args: argparse.Namespace) -> Settings:
+def settings_of(args: argparse.Namespace | Options) -> Settings:
     """check's own test-environment options: -c/-nocache, -i, -o."""
     return Settings(aiomode=args.aiomode, cachemode=args.cachemode, imgopts=args.imgopts)
 

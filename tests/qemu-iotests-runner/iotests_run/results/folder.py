@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from iotests_run.errors import UsageError
+from iotests_run.errors import SetupError, UsageError
 from iotests_run.files import remove_tree
 from iotests_run.inputs import open_beneath, parse_json, read_beneath, read_bytes
 from iotests_run.model import Outcome, Result, Run, RunId, TestCase
@@ -176,6 +176,26 @@ def check_outside(path: Path, folder: Path, what: str) -> None:
     real, results = path.resolve(), folder.resolve()
     if real == results or results in real.parents:
         raise UsageError(f"{what} {path} is inside the results folder {folder}, which each run empties")
+
+
+def check_junit_copy(path: Path) -> Path:
+    """--junit FILE: a new file, or one holding JUnit XML already; never a folder or another file."""
+    path = path.resolve()
+    if path.is_dir():
+        raise UsageError(f"--junit {path} is a folder; name a file")
+    if path.exists():
+        try:
+            with path.open("rb") as f:
+                head = f.read(512) if path.is_file() else b""
+        except OSError as exc:
+            raise UsageError(f"--junit {path} cannot be replaced ({exc.strerror or exc})") from None
+        if head.strip() and b"<testsuite" not in head:
+            raise UsageError(f"--junit {path} exists and is not a JUnit XML file; it is left as it is")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SetupError(f"folder of --junit is not writable: {path.parent} ({exc.strerror or exc})") from None
+    return path
 
 
 # Records: written by each run, read back by merge and --last-failed --------------------------------

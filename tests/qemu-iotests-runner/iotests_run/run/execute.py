@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
-from iotests_run.affected.coverage_map import Recorder
+from iotests_run.affected.recorder import Recorder
 from iotests_run.debug.diagnostics import Evidence, core_files, examine_cores
 from iotests_run.files import move_tree, remove_tree, tree_size
 from iotests_run.inputs import read_optional

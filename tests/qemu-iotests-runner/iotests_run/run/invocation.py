@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from iotests_run.affected.coverage_map import Recorder
+from iotests_run.affected.recorder import Recorder
 from iotests_run.model import LiveRun, Result, Run
 from iotests_run.plan.repeats import Policy
 from iotests_run.run.admission import Admission

@@ -1,4 +1,5 @@
-"""Every grouping of outcomes lives on Outcome: a new outcome without a letter or a grouping fails here."""
+"""One home per concept: every grouping of outcomes lives on Outcome (a new outcome without a letter or a
+grouping fails here), and every option of the parser is a field of the typed Options."""
 
 import pytest
 
@@ -28,3 +29,17 @@ def test_what_the_history_remembers_and_counts_as_failed() -> None:
 def test_only_runs_that_ended_by_themselves_have_whole_counters() -> None:
     assert {o for o in Outcome if o.counters_whole} == {Outcome.PASS, Outcome.FAIL, Outcome.NOT_RUN}
     assert all(o.ran_to_its_end for o in Outcome if o.counters_whole)
+
+
+def test_every_option_of_the_parser_is_a_field_of_options_and_back() -> None:
+    from dataclasses import fields
+
+    from iotests_run.cli.options import Options, make_parser
+    from iotests_run.run.admission import Cpus
+
+    parser = make_parser(Cpus(2, None))
+    dests = {a.dest for a in parser._actions if a.dest not in ("help", "version")}
+    assert dests == {f.name for f in fields(Options)}
+    options = Options.of(parser.parse_args(["-f", "raw", "--affected-by", "HEAD", "--coverage-map", "m.gz"]))
+    assert options.format == ["raw"] and options.change_asked and options.recording is None
+    assert Options.of(parser.parse_args(["--coverage-map", "m.gz"])).recording is not None
