@@ -28,7 +28,7 @@ from iotests_run.report.summary import closing_line
 from iotests_run.report.tap import HEADER, tap_plan
 from iotests_run.report.writer import Reporter, incomplete, relative_to_cwd, write_people_reports
 from iotests_run.results import reruns
-from iotests_run.results.folder import Claim, check_junit_copy, check_outside
+from iotests_run.results.folder import REPORT, SUMMARY, Claim, check_junit_copy, check_outside
 from iotests_run.results.reruns import Quarantine
 from iotests_run.run.admission import Admission, Cpus
 from iotests_run.run.invocation import Hooks, LimitOptions, cpu_seconds, limits_for, run_in_sandboxes
@@ -244,10 +244,10 @@ def finish(options: Options, found: Selection, planned: Planned, reporter: Repor
     reporter.progress.close()
     out = sys.stderr if options.tap else sys.stdout
     if options.level == QUIET:
-        print(f"{closing_line(results)} (summary: {relative_to_cwd(reporter.results_dir / 'summary.txt')})",
+        print(f"{closing_line(results)} (summary: {relative_to_cwd(reporter.results_dir / SUMMARY)})",
               file=out)
     else:
-        print(f"HTML report: {relative_to_cwd(reporter.results_dir / 'report.html')}", file=out)
+        print(f"HTML report: {relative_to_cwd(reporter.results_dir / REPORT)}", file=out)
         print("\n" + text, end="", file=out, flush=True)
     if failed:
         print(f"iotests-run: {incomplete(reporter.results_dir, failed, len(results))}", file=sys.stderr)

@@ -30,6 +30,7 @@ from iotests_run.report.progress import Progress
 from iotests_run.report.results_json import results_json_chunks
 from iotests_run.report.summary import summary_text
 from iotests_run.report.tap import tap_line
+from iotests_run.results.folder import JUNIT, REPORT, RESULTS_JSON, SUMMARY
 
 # While runs finish, results.json and junit.xml are rewritten at most this often (and at the end):
 # each rewrite serialises every result so far, and after every run that cost the runner more CPU
@@ -145,8 +146,8 @@ def write_machine_reports(folder: Path, results: Sequence[Result], meta: Mapping
     that could not be written, with why."""
     xml = junit_xml(fold(results), attachment_base=relative_to_cwd(folder.resolve()))  # one testcase per run
     files: list[tuple[Path, Callable[[], str | bytes | Iterable[str]]]] = [
-        (folder / "results.json", lambda: results_json_chunks(results, meta)),  # every copy of a repeated run
-        (folder / "junit.xml", lambda: xml)]
+        (folder / RESULTS_JSON, lambda: results_json_chunks(results, meta)),  # every copy of a repeated run
+        (folder / JUNIT, lambda: xml)]
     if junit_copy is not None:
         files.append((junit_copy, lambda: xml))
     return _write_each(files)
@@ -160,6 +161,6 @@ def write_people_reports(folder: Path, results: Sequence[Result], meta: Mapping[
     text = summary_text(fold(results), title, wall_s, repeated=tallies(results),
                         affected=affected if isinstance(affected, str) else None)
     return text, _write_each([
-        (folder / "summary.txt", lambda: text),
-        (folder / "report.html", lambda: html_report(fold(results), meta, title,
+        (folder / SUMMARY, lambda: text),
+        (folder / REPORT, lambda: html_report(fold(results), meta, title,
                                                      exists=lambda rel: (folder / rel).is_file()))])

@@ -33,7 +33,8 @@ MARKER = ".iotests-run"
 # Room held back in the folder from the claim to the end (released when the disk is full, so that
 # results.json and junit.xml can still take every run that finished, and at the end for the last writes).
 RESERVE, RESERVE_BYTES = ".iotests-run.reserve", 8 << 20
-RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
+JUNIT, RESULTS_JSON, SUMMARY, REPORT = "junit.xml", "results.json", "summary.txt", "report.html"
+RESULT_FILES = (JUNIT, RESULTS_JSON, SUMMARY, REPORT)
 RUNS = "runs"
 # Files of a run's artifacts folder.
 DIFF, LEAKED, REPRODUCER = "diff.txt", "leaked.txt", "reproduce.sh"
@@ -100,7 +101,7 @@ def _is_previous_results(folder: Path, entries: list[str]) -> bool:
     if not all(e in ours or any(e.startswith(f".{f}.") for f in RESULT_FILES) for e in entries):
         return False
     try:  # a FIFO or a device there must not block or fill memory
-        data = json.loads(read_bytes(folder / "results.json", "", RESULTS_JSON_BYTES, follow_links=False))
+        data = json.loads(read_bytes(folder / RESULTS_JSON, "", RESULTS_JSON_BYTES, follow_links=False))
         return str(data.get("tool", "")).startswith("iotests-run ")
     except (UsageError, ValueError, AttributeError, RecursionError):
         return False
@@ -348,10 +349,10 @@ class Recorded:
 def read_results(folder: Path, what: str) -> Recorded:
     """A results folder's results.json (a regular file, no link followed, at most RESULTS_JSON_BYTES), every
     run record checked; anything else is one UsageError line."""
-    path = folder / "results.json"
+    path = folder / RESULTS_JSON
     if not os.path.lexists(path):
         raise UsageError(f"{what}: no results.json in {folder}")
-    data = parse_json(read_beneath(folder, "results.json", what, RESULTS_JSON_BYTES), what, path)
+    data = parse_json(read_beneath(folder, RESULTS_JSON, what, RESULTS_JSON_BYTES), what, path)
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise UsageError(f"{what}: {path} is not a results.json (no runs list)")
     if len(data["runs"]) > MAX_RUNS:
