@@ -17,6 +17,7 @@ from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.plan import history
 from iotests_run.report import writer
 from iotests_run.report.progress import Progress
+from iotests_run.results.meta import Meta
 
 pytestmark = pytest.mark.process
 
@@ -107,7 +108,7 @@ def test_a_write_that_fails_gives_up_the_held_back_room_once_then_warns_once(
     monkeypatch.setattr(writer, "write_atomically", write)
     shown = io.StringIO()
     run = Run(TestCase("001", tmp_path / "001", frozenset()), "qcow2", "file")
-    rep = writer.Reporter(tmp_path, None, {}, Progress(1, shown), False, [], release=release)
+    rep = writer.Reporter(tmp_path, None, Meta(), Progress(1, shown), False, [], release=release)
     rep.record(Result(run, Outcome.PASS))
     assert rep.write_files() == [] and released == [True]
     assert calls == ["results.json", "junit.xml", "results.json", "junit.xml"]

@@ -43,3 +43,19 @@ def test_every_option_of_the_parser_is_a_field_of_options_and_back() -> None:
     options = Options.of(parser.parse_args(["-f", "raw", "--affected-by", "HEAD", "--coverage-map", "m.gz"]))
     assert options.format == ["raw"] and options.change_asked and options.recording is None
     assert Options.of(parser.parse_args(["--coverage-map", "m.gz"])).recording is not None
+
+
+def test_results_json_meta_is_one_typed_record_written_and_read_back() -> None:
+    from iotests_run.results.meta import Meta
+
+    meta = Meta(tool="iotests-run 0.1.0", qemu={"version": "7.2.0", "source": "/s", "build": "/b"},
+                command=["iotests-run", "-f", "raw"], started="2026-12-07T15:00:00+00:00", jobs=4, planned=3,
+                environment={"raw-file": {"IMGFMT": "raw"}}, history_tree="t1", complete=True,
+                cpu_s={"runner": 1.5, "children": 9.0}, timeline=[[0.0, 1, 0.5]])
+    data = meta.to_dict()
+    assert "affected" not in data and "shards" not in data  # only when set
+    assert Meta.from_dict(data) == meta
+    # a shard's hostile fields: the wrong type is dropped, never carried into a page or a message
+    bad = Meta.from_dict({"qemu": "x", "command": [1, None], "wall_s": "long", "planned": -3, "complete": "yes",
+                          "cpu_s": {"runner": float("inf")}, "unknown": 1})
+    assert bad == Meta()

@@ -12,6 +12,7 @@ from iotests_run.report.junit import junit_xml
 from iotests_run.report.results_json import results_json
 from iotests_run.report.summary import closing_line, summary_text
 from iotests_run.report.tap import tap_line
+from iotests_run.results.meta import Meta
 
 pytestmark = pytest.mark.unit
 
@@ -236,7 +237,7 @@ def test_result_files_follow_finished_runs_within_a_second(tmp_path: Path) -> No
     from iotests_run.report.writer import WRITE_EVERY_S, Reporter
 
     now = [10.0]
-    reporter = Reporter(tmp_path, None, {"complete": False}, Progress(9, io.StringIO(), live=False), False, [],
+    reporter = Reporter(tmp_path, None, Meta(complete=False), Progress(9, io.StringIO(), live=False), False, [],
                         clock=lambda: now[0])
 
     def written() -> list[str]:

@@ -29,16 +29,16 @@ def main(argv: Sequence[str]) -> int:
     if merged.left_out > len(merged.warnings):
         print(f"iotests-run merge: warning: {merged.left_out - len(merged.warnings)} more files of the inputs' runs/ "
               "left out (links, FIFOs, devices or beyond the caps)", file=sys.stderr)
-    if meta["missing_shards"]:
-        print(f"iotests-run merge: not among the inputs: shard {', '.join(meta['missing_shards'])}; "
+    if meta.missing_shards:
+        print(f"iotests-run merge: not among the inputs: shard {', '.join(meta.missing_shards)}; "
               "the merged results are incomplete", file=sys.stderr)
     failed = write_machine_reports(out, results, meta)
     title = f"iotests-run {__version__}: merged {len(args.inputs)} results folders"
-    text, more = write_people_reports(out, results, meta, title, meta["wall_s"])
+    text, more = write_people_reports(out, results, meta, title, meta.wall_s or 0.0)
     print(text, end="")
     if failed or more:
         print(f"iotests-run merge: {incomplete(out, failed + more, len(results))}", file=sys.stderr)
         return EXIT_USAGE
     if args.history is not None and merged.tree is not None:  # what the complete shards ran, as they would
-        history.save(args.history, merged.tree, [r for r in results if meta["shards"][r.shard - 1]["complete"]])
-    return exit_status(results, complete=meta["complete"], strict_flaky=meta["strict_flaky"])
+        history.save(args.history, merged.tree, [r for r in results if (meta.shards or [])[r.shard - 1]["complete"]])
+    return exit_status(results, complete=meta.complete, strict_flaky=meta.strict_flaky)

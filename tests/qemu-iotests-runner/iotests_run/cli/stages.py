@@ -11,7 +11,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from iotests_run import __version__
 from iotests_run.affected.coverage_map import DEFAULT_FILE as DEFAULT_MAP
@@ -29,6 +28,7 @@ from iotests_run.report.tap import HEADER, tap_plan
 from iotests_run.report.writer import Reporter, incomplete, relative_to_cwd, write_people_reports
 from iotests_run.results import reruns
 from iotests_run.results.folder import REPORT, SUMMARY, Claim, check_junit_copy, check_outside
+from iotests_run.results.meta import Meta
 from iotests_run.results.reruns import Quarantine
 from iotests_run.run.admission import Admission, Cpus
 from iotests_run.run.invocation import Hooks, LimitOptions, cpu_seconds, limits_for, run_in_sandboxes
@@ -170,28 +170,25 @@ def start_reporting(options: Options, cpus: Cpus, found: Selection, planned: Pla
                     prepared: Prepared, started: float) -> tuple[Reporter, Admission]:
     """The writer of the results folder and the terminal, fed the runs known not to apply at once."""
     tree = found.tree
-    meta: dict[str, Any] = {
-        "tool": f"iotests-run {__version__}",
-        "qemu": {"version": tree.version, "source": str(tree.source), "build": str(tree.build)},
-        "command": ["iotests-run", *sys.argv[1:]],
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "jobs": options.jobs,
-        "planned": planned.count,
-        "skipped_without_starting": len(planned.skipped),
-        "environment": public_environment(tree, found.formats, found.protocols, prepared.perturb,
-                                          prepared.tests_env.variables,
-                                          options.settings),
-        "withheld_from_tests": list(prepared.tests_env.withheld),
-        "strict_flaky": options.strict_flaky,
-        "repeat": options.repeat,
-        "load": options.load,
-        "complete": False,
-        "history_tree": planned.tree_id,  # `merge --history` records the shards' runs under it
-    }
-    if planned.change:
-        meta["affected"] = planned.change
-    if planned.shard is not None:
-        meta["shard"] = planned.shard.record()
+    meta = Meta(
+        tool=f"iotests-run {__version__}",
+        qemu={"version": tree.version, "source": str(tree.source), "build": str(tree.build)},
+        command=["iotests-run", *sys.argv[1:]],
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        jobs=options.jobs,
+        planned=planned.count,
+        skipped_without_starting=len(planned.skipped),
+        environment=public_environment(tree, found.formats, found.protocols, prepared.perturb,
+                                         prepared.tests_env.variables,
+                                         options.settings),
+        withheld_from_tests=list(prepared.tests_env.withheld),
+        strict_flaky=options.strict_flaky,
+        repeat=options.repeat,
+        load=options.load,
+        history_tree=planned.tree_id,  # `merge --history` records the shards' runs under it
+        affected=planned.change,
+        shard=planned.shard.record() if planned.shard is not None else None,
+    )
     admission = Admission(options.jobs, cpus.count, cpus.busy_clock(), fixed=options.fixed_jobs)
     # The durations in the history were taken about this many at a time (runs beyond it mostly wait).
     eta = Eta({r.label: planned.cost[r] for r in planned.runs}, admission.floor)
@@ -222,12 +219,12 @@ def finish(options: Options, found: Selection, planned: Planned, reporter: Repor
            started: float) -> int:
     """The closing files and lines; the exit status."""
     results, meta = reporter.results, reporter.meta
-    meta["complete"] = complete
-    meta["finished"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    meta["wall_s"] = round(time.monotonic() - started, 2)
-    meta["cpu_s"] = cpu_seconds()
+    meta.complete = complete
+    meta.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta.wall_s = round(time.monotonic() - started, 2)
+    meta.cpu_s = cpu_seconds()
     if options.repeat is not None:
-        meta["repeats"] = [t.record() for t in tallies(results)]
+        meta.repeats = [t.record() for t in tallies(results)]
     reporter.release()  # the last writes get the room held back for them
     failed = reporter.write_files(say=False)
     if complete:
@@ -237,7 +234,7 @@ def finish(options: Options, found: Selection, planned: Planned, reporter: Repor
             reporter.progress.note(f"iotests-run: warning: the duration history {planned.history_file} was not "
                                    f"saved ({exc.strerror or exc})", quiet_too=True)
     title = f"iotests-run {__version__}: QEMU {found.tree.version} ({found.tree.source})"
-    text, more = write_people_reports(reporter.results_dir, results, meta, title, meta["wall_s"])
+    text, more = write_people_reports(reporter.results_dir, results, meta, title, meta.wall_s)
     failed += more
     if options.tap:
         print(tap_plan(len(results)), flush=True)
@@ -270,7 +267,7 @@ def execute(options: Options, found: Selection, planned: Planned, reporter: Repo
                              load=options.load, epoch=started, coverage=recorder,
                              hooks=Hooks(reporter.finished, reporter.tick, reporter.progress.note))
     if ended.orphans:
-        reporter.meta["orphans"] = ended.orphans
+        reporter.meta.orphans = ended.orphans
         reporter.progress.note(f"iotests-run: killed {len(ended.orphans)} process(es) left by runs that cannot be "
                                f"told apart without cgroups: {'; '.join(ended.orphans)}", quiet_too=True)
     if recorder is not None and options.recording is not None:

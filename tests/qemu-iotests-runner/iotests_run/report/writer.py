@@ -16,10 +16,9 @@ from __future__ import annotations
 import errno
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from iotests_run.files import write_atomically
 from iotests_run.model import LiveRun, Result
@@ -31,6 +30,7 @@ from iotests_run.report.results_json import results_json_chunks
 from iotests_run.report.summary import summary_text
 from iotests_run.report.tap import tap_line
 from iotests_run.results.folder import JUNIT, REPORT, RESULTS_JSON, SUMMARY
+from iotests_run.results.meta import Meta
 
 # While runs finish, results.json and junit.xml are rewritten at most this often (and at the end):
 # each rewrite serialises every result so far, and after every run that cost the runner more CPU
@@ -60,7 +60,7 @@ class Reporter:
 
     results_dir: Path
     junit_copy: Path | None
-    meta: dict[str, Any]
+    meta: Meta
     progress: Progress
     tap: bool
     results: list[Result]
@@ -118,7 +118,7 @@ class Reporter:
             cores = max(0.0, round((busy - self._last[1]) / (now - self._last[0]), 2))
         if busy is not None:
             self._last = (now, busy)
-        self.meta.setdefault("timeline", []).append([round(now - self.epoch, 1), in_flight, cores])
+        self.meta.timeline.append([round(now - self.epoch, 1), in_flight, cores])
 
 
 def incomplete(folder: Path, failed: Sequence[tuple[Path, OSError]], finished: int) -> str:
@@ -140,24 +140,24 @@ def _write_each(files: Sequence[tuple[Path, Callable[[], str | bytes | Iterable[
     return failed
 
 
-def write_machine_reports(folder: Path, results: Sequence[Result], meta: Mapping[str, Any],
+def write_machine_reports(folder: Path, results: Sequence[Result], meta: Meta,
                           junit_copy: Path | None = None) -> list[tuple[Path, OSError]]:
     """results.json and junit.xml (and its copy where --junit asked), each replaced atomically; the files
     that could not be written, with why."""
     xml = junit_xml(fold(results), attachment_base=relative_to_cwd(folder.resolve()))  # one testcase per run
     files: list[tuple[Path, Callable[[], str | bytes | Iterable[str]]]] = [
-        (folder / RESULTS_JSON, lambda: results_json_chunks(results, meta)),  # every copy of a repeated run
+        (folder / RESULTS_JSON, lambda: results_json_chunks(results, meta.to_dict())),  # every copy of a repeated run
         (folder / JUNIT, lambda: xml)]
     if junit_copy is not None:
         files.append((junit_copy, lambda: xml))
     return _write_each(files)
 
 
-def write_people_reports(folder: Path, results: Sequence[Result], meta: Mapping[str, Any], title: str,
+def write_people_reports(folder: Path, results: Sequence[Result], meta: Meta, title: str,
                          wall_s: float) -> tuple[str, list[tuple[Path, OSError]]]:
     """summary.txt and report.html, at the end of a run or a merge; the summary's text and the files that could
     not be written. The copies of a repeated run are folded into one result (repeats.fold), their tally beside it."""
-    affected = meta.get("affected")
+    affected = meta.affected
     text = summary_text(fold(results), title, wall_s, repeated=tallies(results),
                         affected=affected if isinstance(affected, str) else None)
     return text, _write_each([
