@@ -153,6 +153,12 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
                    help="try a failed, hung, timed-out or crashed run again, up to N times, in a fresh sandbox; "
                         "one that then passes is flaky")
     p.add_argument("--strict-flaky", action="store_true", help="flaky runs fail the job too")
+    p.add_argument("--maxfail", type=_jobs, metavar="N",
+                   help="after N runs failed (hang, timeout, crash included; after --retry), start no more runs and "
+                        "stop those in flight (reported interrupted); exit 1")
+    p.add_argument("--failed-first", action=argparse.BooleanOptionalAction, default=True,
+                   help="start first the runs that failed the last time they ran on this tree (duration history), "
+                        "so that a failure still there shows in seconds (default: on)")
     p.add_argument("--repeat", type=_jobs, metavar="N",
                    help="run every selected run N times, copies side by side in their own sandboxes; "
                         "report the failure rate of each")
@@ -243,6 +249,8 @@ class Options:
     grace: float
     retry: int
     strict_flaky: bool
+    maxfail: int | None
+    failed_first: bool
     repeat: int | None
     until_fail: bool
     load: int
@@ -290,6 +298,8 @@ def check_combinations(args: argparse.Namespace | Options) -> None:
         raise UsageError("--repeat counts failures; --retry would hide them: give one of them")
     if args.repeat is not None and args.last_failed:
         raise UsageError("--repeat with --last-failed: repeat named tests instead (iotests-run TEST --repeat N)")
+    if args.maxfail is not None and args.repeat is not None:
+        raise UsageError("--maxfail with --repeat: --repeat counts failures (use --until-fail to stop a run's copies)")
     if args.until_fail and args.repeat is None:
         raise UsageError("--until-fail needs --repeat N")
     if args.affected_by is not None and not args.affected_by.strip():

@@ -19,7 +19,7 @@ from iotests_run.affected.selection import ChangeOptions, choose_runs
 from iotests_run.cli.exits import EXIT_OK, EXIT_USAGE, exit_status
 from iotests_run.cli.options import Options
 from iotests_run.errors import UsageError
-from iotests_run.model import Result, Run, RunId, TestCase
+from iotests_run.model import Outcome, Result, Run, RunId, TestCase
 from iotests_run.plan import history, planner
 from iotests_run.plan.repeats import Policy, tallies
 from iotests_run.report.progress import QUIET, Eta, Progress
@@ -72,6 +72,7 @@ class Planned:
     shard: planner.ShardPart | None = None
     why: Mapping[Run, str] = field(default_factory=dict)  # --affected-by: why each run to start is affected
     change: str | None = None  # --affected-by: "N of M runs affected by <diff>"
+    failed_first: int = 0  # --failed-first: how many runs that failed last time start first
 
     @property
     def count(self) -> int:
@@ -141,10 +142,13 @@ def plan_runs(options: Options, found: Selection) -> Planned:
         skipped, to_run, part = planner.take_shard(shard, skipped, to_run, cost)
         print(part.note(), file=sys.stderr if options.list_plan or options.tap else sys.stdout, flush=True)
     runs = planner.longest_first(to_run, cost)
+    first = 0
+    if options.failed_first:
+        runs, first = planner.failed_first(runs, history.recent(history_file, tree_id))
     if options.repeat is not None:  # copies of one run next to each other, so that they run side by side
         runs = [replace(r, copy=k) for r in runs for k in range(1, options.repeat + 1)]
         cost = {**cost, **{r: cost[r.base] for r in runs}}
-    return Planned(skipped, runs, cost, history_file, tree_id, part, reasons, change)
+    return Planned(skipped, runs, cost, history_file, tree_id, part, reasons, change, first)
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,7 @@ def start_reporting(options: Options, cpus: Cpus, found: Selection, planned: Pla
     if options.tap:
         print(HEADER, flush=True)
     change = f" ({planned.change})" if planned.change else ""
+    change += f"; {planned.failed_first} that failed last time first" if planned.failed_first else ""
     progress.note(f"iotests-run: {planned.count} runs of QEMU {tree.version} iotests ({tree.source}){change}, "
                   f"{len(planned.skipped)} known not to apply, {admission.describe()}, results in {held.path}")
     if prepared.tests_env.withheld:
@@ -219,7 +224,7 @@ def finish(options: Options, found: Selection, planned: Planned, reporter: Repor
            started: float) -> int:
     """The closing files and lines; the exit status."""
     results, meta = reporter.results, reporter.meta
-    meta.complete = complete
+    meta.complete = complete and meta.stopped is None  # every planned run ended (the exit status: see below)
     meta.finished = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta.wall_s = round(time.monotonic() - started, 2)
     meta.cpu_s = cpu_seconds()
@@ -265,7 +270,8 @@ def execute(options: Options, found: Selection, planned: Planned, reporter: Repo
                              admission=admission, settings=options.settings,
                              repeat=Policy(options.keep_failures, options.until_fail) if options.repeat else None,
                              load=options.load, epoch=started, coverage=recorder,
-                             hooks=Hooks(reporter.finished, reporter.tick, reporter.progress.note))
+                             hooks=Hooks(reporter.finished, reporter.tick, reporter.progress.note,
+                                         enough=lambda: enough(options.maxfail, reporter.results)))
     if ended.orphans:
         reporter.meta.orphans = ended.orphans
         reporter.progress.note(f"iotests-run: killed {len(ended.orphans)} process(es) left by runs that cannot be "
@@ -273,7 +279,19 @@ def execute(options: Options, found: Selection, planned: Planned, reporter: Repo
     if recorder is not None and options.recording is not None:
         recorder.finish(options.recording, planned.tree_id, reporter.results,
                         lambda text: reporter.progress.note(text, quiet_too=True))
+    if ended.stopped:
+        interrupted = sum(r.outcome is Outcome.INTERRUPTED for r in reporter.results)
+        reporter.meta.stopped = f"{ended.stopped}: {interrupted} runs stopped or not started"
+        reporter.progress.note(f"iotests-run: {reporter.meta.stopped}", quiet_too=True)
     return not ended.interrupted
+
+
+def enough(maxfail: int | None, results: Sequence[Result]) -> str | None:
+    """--maxfail N: why to start no more runs, once N runs have failed (as the job counts failures)."""
+    if maxfail is None:
+        return None
+    failed = sum(r.outcome.is_failure and not r.quarantined for r in results)
+    return f"--maxfail {maxfail} reached ({failed} failed)" if failed >= maxfail else None
 
 
 def flaky_report(options: Options, found: Selection) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 from iotests_run.errors import UsageError
 from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.plan.history import Recent
 from iotests_run.text import printable
 from iotests_run.tree.applicability import Declarations, declarations, not_applicable
 from iotests_run.tree.discovery import reference_output
@@ -50,6 +51,16 @@ def costs(runs: Sequence[Run], durations: Mapping[str, float]) -> dict[Run, floa
 def longest_first(runs: Sequence[Run], cost: Mapping[Run, float]) -> list[Run]:
     """Start the longest runs first so no core idles at the tail; ties keep plan order."""
     return sorted(runs, key=lambda r: -cost[r])
+
+
+def failed_first(runs: Sequence[Run], recent: Mapping[str, Recent]) -> tuple[list[Run], int]:
+    """--failed-first: the runs whose last remembered outcome on this tree was a failure (flaky included) start
+    before the others, each group in the order given; and how many there are."""
+    def failed_last_time(run: Run) -> bool:
+        past = recent.get(run.id.history_key)
+        return past is not None and bool(past.outcomes) and Outcome.from_letter(past.outcomes[-1]).failed_here
+    first = [r for r in runs if failed_last_time(r)]
+    return first + [r for r in runs if not failed_last_time(r)], len(first)
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,8 @@ class Reporter:
 
     def finished(self, result: Result) -> None:
         self.record(result)
+        if self.meta.first_failure is None and result.outcome.is_failure:
+            self.meta.first_failure = {"after_s": round(self.clock() - self.epoch, 1), "run": result.run.label}
         self.unwritten = True
         self.flush(at_most_every=WRITE_EVERY_S)
 
@@ -157,9 +159,11 @@ def write_people_reports(folder: Path, results: Sequence[Result], meta: Meta, ti
                          wall_s: float) -> tuple[str, list[tuple[Path, OSError]]]:
     """summary.txt and report.html, at the end of a run or a merge; the summary's text and the files that could
     not be written. The copies of a repeated run are folded into one result (repeats.fold), their tally beside it."""
-    affected = meta.affected
-    text = summary_text(fold(results), title, wall_s, repeated=tallies(results),
-                        affected=affected if isinstance(affected, str) else None)
+    first = meta.first_failure
+    heads = [*([f"Selection: {meta.affected}"] if meta.affected else []),
+             *([f"Stopped: {meta.stopped}"] if meta.stopped else []),
+             *([f"First failure after {first['after_s']} s: {first['run']}"] if first else [])]
+    text = summary_text(fold(results), title, wall_s, repeated=tallies(results), heads=heads)
     return text, _write_each([
         (folder / SUMMARY, lambda: text),
         (folder / REPORT, lambda: html_report(fold(results), meta, title,

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 # Written only once they have a value: what the end adds, and what only some runs have.
-_ONLY_WHEN_SET = frozenset({"affected", "shard", "finished", "wall_s", "cpu_s", "repeats", "orphans",
+_ONLY_WHEN_SET = frozenset({"affected", "shard", "finished", "wall_s", "cpu_s", "repeats", "orphans", "first_failure",
+                            "stopped",
                             "merged_from", "shards", "missing_shards"})
 
 
@@ -87,6 +88,8 @@ class Meta:
     cpu_s: dict[str, float] | None = None  # CPU seconds of the runner itself and of the processes it waited for
     repeats: list[dict[str, Any]] | None = None  # --repeat: each run's tally
     orphans: list[str] | None = None  # processes killed at the end that no run could be told to own
+    first_failure: dict[str, Any] | None = None  # {"after_s": seconds after the start, "run": its label}
+    stopped: str | None = None  # why the runs left were not started (--maxfail N reached)
     merged_from: list[str] | None = None  # merge: its inputs
     shards: list[dict[str, Any]] | None = None  # merge: each input's shard, command, wall time, timeline
     missing_shards: list[str] | None = None  # merge: shards of the split not among the inputs
@@ -109,6 +112,8 @@ _ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "history_tree": _optional(_text), "timeline": _samples, "affected": _optional(_text),
     "shard": _optional(lambda v: isinstance(v, dict)), "finished": _optional(_text), "wall_s": _optional(_number),
     "cpu_s": _optional(_seconds_by_whom), "repeats": _optional(_records), "orphans": _optional(_texts),
+    "first_failure": _optional(lambda v: isinstance(v, dict) and _number(v.get("after_s")) and _text(v.get("run"))),
+    "stopped": _optional(_text),
     "merged_from": _optional(_texts), "shards": _optional(_records), "missing_shards": _optional(_texts),
 }
 assert set(_ACCEPTS) == {f.name for f in fields(Meta)}, "every field of Meta is read back"

@@ -197,7 +197,7 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     """Prepare, supervise, judge (verdict.py), keep the evidence: one attempt of one run."""
     reference = reference_output(run.test.path, run.format, ctx.tree.default_machine, ctx.base.settings.cache)
     if ctx.registry.stopping.is_set():
-        return Result(run, Outcome.INTERRUPTED, "not started: the runner was interrupted")
+        return Result(run, Outcome.INTERRUPTED, f"not started: {ctx.registry.why}")
     prepared = _prepare(run, slot, ctx, rel)
     box, output = prepared.box, prepared.launch.output
     qemu_gdb = ctx.tree.source / "scripts" / "qemu-gdb.py"
@@ -295,13 +295,15 @@ def _keep(notes: list[str], name: str, write: Callable[[], object]) -> bool:
 
 def execute_all(runs: list[Run], ctx: Context, admission: Admission,
                 on_result: Callable[[Result], None],
-                on_tick: Callable[[], None] | None = None) -> list[Result]:
+                on_tick: Callable[[], None] | None = None,
+                enough: Callable[[], str | None] | None = None) -> list[Result]:
     """Run everything in one pool, in the given order, as `admission` lets runs start;
     report each result (in this thread) as it finishes.
 
     On SIGINT or SIGTERM every live run is asked to stop, the pool drains (each
     in-flight run reports itself interrupted, runs not started yet say so) and
-    KeyboardInterrupt is raised once every run has a result. While the pool runs,
+    KeyboardInterrupt is raised once every run has a result. `enough` (--maxfail), asked after each result,
+    stops the pool the same way when it returns why, without the KeyboardInterrupt. While the pool runs,
     those signals only set a flag that the loop reads: an exception raised
     asynchronously inside the queue's wait can leave its lock held, and then
     neither this loop nor any worker's put() ever gets it again.
@@ -352,6 +354,9 @@ def execute_all(runs: list[Run], ctx: Context, admission: Admission,
                 if result is not None:
                     results.append(result)
                     on_result(result)
+                    why = enough() if enough is not None and not ctx.registry.stopping.is_set() else None
+                    if why:
+                        ctx.registry.stop(why)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

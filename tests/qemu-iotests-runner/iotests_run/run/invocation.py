@@ -89,8 +89,9 @@ def cpu_seconds() -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Ended:
-    interrupted: bool
+    interrupted: bool  # by SIGINT or SIGTERM
     orphans: list[str]  # processes no single run could be blamed for (no cgroups), killed at the end
+    stopped: str | None = None  # why the runs left were not started, when Hooks.enough said so (--maxfail)
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ class Hooks:
     finished: Callable[[Result], None]
     tick: Callable[[Sequence[LiveRun]], None]
     note: Callable[[str], None]
+    enough: Callable[[], str | None] = lambda: None  # why to stop starting runs now (--maxfail), or None
 
 
 def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scratch: Path, isolate: bool,
@@ -131,7 +133,8 @@ def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scra
                   epoch=time.monotonic() if epoch is None else epoch, coverage=coverage)
     interrupted = False
     try:
-        execute_all(runs, ctx, admission, hooks.finished, on_tick=lambda: hooks.tick(registry.live()))
+        execute_all(runs, ctx, admission, hooks.finished, on_tick=lambda: hooks.tick(registry.live()),
+                    enough=hooks.enough)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -143,4 +146,5 @@ def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scra
         if watchdog.stdin is not None:
             watchdog.stdin.close()
         watchdog.wait()
-    return Ended(interrupted, orphans)
+    stopped = registry.why if registry.stopping.is_set() and not interrupted else None
+    return Ended(interrupted, orphans, stopped)
