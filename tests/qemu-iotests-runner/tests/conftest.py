@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from support import FakeTree, ReferenceTree, make_fake_tree
 
 

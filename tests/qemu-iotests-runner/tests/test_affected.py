@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import FakeTree, ReferenceTree, run_cli
 
 from iotests_run.affected.coverage_map import CoverageMap, Recorder, Span, gcov_environment, load
 from iotests_run.affected.gcov import read_counts, read_notes
 from iotests_run.affected.selection import Affected, FileChange, Hunk, affected, parse_diff
 from iotests_run.model import Run
 from iotests_run.tree.discovery import discover
+from support import Completed, FakeTree, ReferenceTree, run_cli
 
 REPO = Path(__file__).resolve().parents[3]
 GCC = shutil.which("gcc")
@@ -263,7 +263,7 @@ def _git(cwd: Path, *args: str) -> None:
                    capture_output=True)
 
 
-def _listing(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
+def _listing(proc: Completed) -> dict[str, str]:
     assert proc.returncode == 0, proc.stderr
     return {line.split("\t")[0]: line.split("\t")[3] for line in proc.stdout.splitlines()}
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FakeTree, run_cli
 
 from iotests_run.affected import coverage_map, gcov
 from iotests_run.affected.coverage_map import CoverageMap, Recorder, Span, load, save, save_recording, source_digest
@@ -38,6 +37,7 @@ from iotests_run.affected.selection import (
 from iotests_run.errors import UsageError
 from iotests_run.model import Run
 from iotests_run.tree.discovery import Catalog, discover
+from support import FakeTree, run_cli
 
 TREE = "QEMU 7.2.0 tests:x"
 FAKE_C = "int alpha(void)\n{\n    return 1;\n}\n"

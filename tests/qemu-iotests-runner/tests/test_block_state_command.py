@@ -21,13 +21,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
-from support import Completed, run_cli
 
 from iotests_run.debug import block_state_command, blockstate, diagnostics
 from iotests_run.debug.diagnostics import check_core, examine_cores
 from iotests_run.errors import SetupError, UsageError
 from iotests_run.inputs import read_head
+from support import Completed, run_cli
 
 GDB = shutil.which("gdb")
 DOT = shutil.which("dot")
@@ -243,7 +244,7 @@ class FakeProcess:
 
 @pytest.mark.unit
 def test_a_kernel_thread_is_named_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(block_state_command.psutil, "Process", FakeProcess)
+    monkeypatch.setattr(psutil, "Process", FakeProcess)
     monkeypatch.setattr(block_state_command, "_proc_line", lambda pid, name: "2 (kthreadd) S 0 0 0 0 -1 2129984 0")
     with pytest.raises(UsageError, match=r"^--pid 2 is a kernel thread \(kthreadd\), not a QEMU program$"):
         block_state_command._program(2)

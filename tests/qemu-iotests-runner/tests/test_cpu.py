@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def test_cgroup_v1_quota_as_docker_sets_it(tmp_path: Path) -> None:
 
 
 def test_usable_cores_follow_affinity_and_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
     mount, own = _v2(tmp_path, {"ci/job": "250000 100000"})
     monkeypatch.setattr(cpu, "CGROUP_MOUNT", mount)
     monkeypatch.setattr(cpu, "SELF_CGROUP", own)

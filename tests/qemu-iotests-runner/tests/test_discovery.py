@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import pytest
-from support import FakeTree
 
 from iotests_run.errors import SetupError, UsageError
 from iotests_run.tree.discovery import discover
+from support import FakeTree
 
 pytestmark = pytest.mark.unit
 

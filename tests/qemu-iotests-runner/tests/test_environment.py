@@ -3,10 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import FakeTree
 
 from iotests_run.tree.environment import Settings, child_environment, iotests_environment, malloc_perturb
 from iotests_run.tree.qemu import QemuTree, open_tree
+from support import FakeTree
 
 pytestmark = pytest.mark.unit
 

@@ -6,13 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from support import FakeTree
 
 from iotests_run.cli.main import main as cli_main
 from iotests_run.errors import SetupError
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.plan import history
 from iotests_run.tree import qemu
+from support import FakeTree
 
 pytestmark = pytest.mark.unit
 

@@ -11,12 +11,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import FakeTree, run_cli
 
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.plan import history
 from iotests_run.report import writer
 from iotests_run.report.progress import Progress
+from support import FakeTree, run_cli
 
 pytestmark = pytest.mark.process
 

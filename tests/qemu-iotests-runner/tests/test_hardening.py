@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+
 from support import FakeTree, run_cli
 from test_cli_errors import expect_usage_error
 

@@ -11,11 +11,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from support import FakeTree, run_cli
 
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.report.html import html_report
 from iotests_run.report.outcomes import PRESENTATION
+from support import FakeTree, run_cli
 
 pytestmark = pytest.mark.process
 

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Completed, run_cli
-from test_cli_errors import expect_usage_error
 
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.report import html
 from iotests_run.results import merge
+from support import Completed, run_cli
+from test_cli_errors import expect_usage_error
 
 RUN = {"test": "001", "format": "qcow2", "protocol": "file", "outcome": "fail", "duration_s": 1.0,
        "started_s": 0.5, "artifacts": "runs/qcow2-file/001"}

@@ -11,15 +11,17 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+
 from support import FakeTree, run_cli
 
 pytestmark = pytest.mark.process
 
 
-def runs_by_test(results: Path) -> dict[tuple[str, str], dict[str, object]]:
+def runs_by_test(results: Path) -> dict[tuple[str, str], dict[str, Any]]:
     data = json.loads((results / "results.json").read_text())
     return {(r["format"], r["test"]): r for r in data["runs"]}
 

@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from support import FakeTree, run_cli
 
 from iotests_run.model import LiveRun, Outcome, Result, Run, TestCase
 from iotests_run.report.progress import CLEAR_LINE, NORMAL, QUIET, Eta, Progress
+from support import FakeTree, run_cli
 
 
 def _run(name: str) -> Run:

@@ -12,9 +12,11 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+
 from support import FakeTree, run_cli
 
 pytestmark = pytest.mark.process
@@ -105,7 +107,7 @@ def outcome_set(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float, 
     return results, time.monotonic() - start, proc.stdout
 
 
-def outcomes(results: Path) -> dict[str, dict[str, object]]:
+def outcomes(results: Path) -> dict[str, dict[str, Any]]:
     return {r["test"]: r for r in json.loads((results / "results.json").read_text())["runs"]}
 
 
@@ -177,7 +179,7 @@ def test_crash_keeps_the_core_and_its_backtrace(outcome_set: tuple[Path, float, 
     assert "#0 " in backtrace and "=== all threads ===" in backtrace
     run = outcomes(results)["009"]
     assert "bash died of SIGSEGV, core kept (core-1.gz)" in str(run["diagnostics"])
-    assert "runs/qcow2-file/009/cores/core-1.gz" in list(run["attachments"])  # type: ignore[arg-type]
+    assert "runs/qcow2-file/009/cores/core-1.gz" in run["attachments"]
 
 
 def test_junit_stays_valid_and_small(outcome_set: tuple[Path, float, str]) -> None:
