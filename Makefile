@@ -55,6 +55,7 @@ gitlab-ci-local:
 	@test -x $(GITLAB_CI_LOCAL_DIR)/node_modules/.bin/gitlab-ci-local && command -v rsync >/dev/null || \
 	  echo "make: gitlab-ci-local or rsync not installed: the GitLab template's pipeline test is skipped"
 
+# ruff and mypy --strict over the package, tests/ and tools/ (pyproject.toml names the files), then the layers.
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy

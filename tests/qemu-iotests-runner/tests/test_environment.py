@@ -1,14 +1,15 @@
+"""tree/environment.py: the environment a test gets, as check's, through the real runner too."""
+
 from __future__ import annotations
 
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from support import FakeTree
 
 from iotests_run.tree.environment import Settings, child_environment, iotests_environment, malloc_perturb
 from iotests_run.tree.qemu import QemuTree, open_tree
-
-pytestmark = pytest.mark.unit
+from support import FakeTree, run_cli, runs_by_test
 
 
 @pytest.fixture
@@ -23,6 +24,7 @@ def env_for(tree: QemuTree, fmt: str, proto: str = "file", user: dict[str, str] 
                                settings=settings)
 
 
+@pytest.mark.unit
 def test_qcow2_environment(tree: QemuTree) -> None:
     env = env_for(tree, "qcow2")
     assert env["IMGFMT"] == "qcow2"
@@ -40,6 +42,7 @@ def test_qcow2_environment(tree: QemuTree) -> None:
     assert "IMGOPTS" not in env and "IMGKEYSECRET" not in env and "GDB_OPTIONS" not in env
 
 
+@pytest.mark.unit
 def test_luks_has_key_secret_no_format_option_and_iter_time(tree: QemuTree) -> None:
     env = env_for(tree, "luks")
     assert env["IMGOPTSSYNTAX"] == "true" and env["IMGKEYSECRET"] == "123456"
@@ -47,6 +50,7 @@ def test_luks_has_key_secret_no_format_option_and_iter_time(tree: QemuTree) -> N
     assert env["QEMU_IO_OPTIONS"] == "--cache writeback --aio threads"
 
 
+@pytest.mark.unit
 def test_vmdk_gets_zeroed_grain_unless_given(tree: QemuTree) -> None:
     assert env_for(tree, "vmdk")["IMGOPTS"] == "zeroed_grain=on"
     assert env_for(tree, "vmdk", settings=Settings(imgopts="subformat=monolithicFlat"))["IMGOPTS"] == \
@@ -54,11 +58,13 @@ def test_vmdk_gets_zeroed_grain_unless_given(tree: QemuTree) -> None:
     assert env_for(tree, "vmdk", settings=Settings(imgopts="zeroed_grain=off"))["IMGOPTS"] == "zeroed_grain=off"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("fmt", ["bochs", "cloop", "dmg"])
 def test_non_generic_formats(tree: QemuTree, fmt: str) -> None:
     assert env_for(tree, fmt)["IMGFMT_GENERIC"] == "false"
 
 
+@pytest.mark.unit
 def test_user_pythonpath_and_options_pass_through(tree: QemuTree) -> None:
     env = env_for(tree, "raw", "nbd", user={"PYTHONPATH": "/mine", "QEMU_IMG_OPTIONS": "-U", "HOME": "/h"})
     assert env["PYTHONPATH"].endswith(":/mine")
@@ -67,23 +73,27 @@ def test_user_pythonpath_and_options_pass_through(tree: QemuTree) -> None:
     assert "HOME" not in env
 
 
+@pytest.mark.unit
 def test_arm_target_gets_virt_machine(fake_tree: FakeTree) -> None:
     (fake_tree.build / "qemu-system-x86_64").rename(fake_tree.build / "qemu-system-aarch64")
     tree = open_tree(str(fake_tree.source), str(fake_tree.build), {}, Path("/"))
     assert env_for(tree, "qcow2")["QEMU_OPTIONS"] == "-nodefaults -display none -accel qtest -machine virt"
 
 
+@pytest.mark.unit
 def test_child_environment_keeps_user_env_but_drops_gdb_options(tmp_path: Path) -> None:
     env = child_environment({"PATH": "/bin", "GDB_OPTIONS": "x", "IMGFMT": "old"}, {"IMGFMT": "raw"}, tmp_path)
     assert env == {"PATH": "/bin", "IMGFMT": "raw", "TMPDIR": str(tmp_path)}
 
 
+@pytest.mark.unit
 def test_malloc_perturb_from_environment_or_random() -> None:
     assert malloc_perturb({"MALLOC_PERTURB_": "7"}) == "7"
     values = {int(malloc_perturb({})) for _ in range(200)}
     assert min(values) >= 1 and max(values) <= 254 and len(values) > 1
 
 
+@pytest.mark.unit
 def test_tests_do_not_see_the_pythonpath_that_found_the_runner() -> None:
     import iotests_run
     from iotests_run.tree.environment import environment_for_tests
@@ -95,6 +105,7 @@ def test_tests_do_not_see_the_pythonpath_that_found_the_runner() -> None:
     assert environment_for_tests({"X": "1"}).variables == {"X": "1"}
 
 
+@pytest.mark.unit
 def test_tests_do_not_get_credentials_but_keep_checks_variables() -> None:
     from iotests_run.tree.environment import environment_for_tests
 
@@ -107,3 +118,49 @@ def test_tests_do_not_get_credentials_but_keep_checks_variables() -> None:
     assert set(env.withheld) == set(user) - set(env.variables)
     kept = environment_for_tests(user, pass_env=["GITLAB_TOKEN"])
     assert kept.variables["GITLAB_TOKEN"] == "g" and "GITLAB_TOKEN" not in kept.withheld
+
+
+@pytest.mark.process
+def test_environment_is_checks_and_folders_are_private(fake_tree: FakeTree, tmp_path: Path) -> None:
+    body = f"""\
+    set -e
+    echo "$IMGFMT $IMGPROTO $QEMU_DEFAULT_MACHINE $CACHEMODE_IS_DEFAULT"
+    for d in "$TEST_DIR" "$SOCK_DIR" "$TMPDIR"; do test -d "$d" && test -z "$(ls -A "$d")"; done
+    test "${{#SOCK_DIR}}" -lt 60
+    touch "$TEST_DIR/mine"
+    read -r line || echo "stdin is empty"
+    echo "$TEST_DIR" >> {tmp_path}/dirs
+    """
+    for name in ("001", "002", "003"):
+        fake_tree.add_test(name, body, out="{fmt} file pc true\nstdin is empty\n")
+    for name in ("001", "002", "003"):
+        Path(f"{fake_tree.iotests / name}.out.raw").write_text("raw file pc true\nstdin is empty\n")
+        Path(f"{fake_tree.iotests / name}.out.qcow2").write_text("qcow2 file pc true\nstdin is empty\n")
+    results = tmp_path / "results"
+    proc = run_cli(["-f", "qcow2,raw", "-j", "3", *fake_tree.args(results)])
+    assert proc.returncode == 0, proc.stdout
+    dirs = (tmp_path / "dirs").read_text().split()
+    assert len(dirs) == 6 and len(set(dirs)) == 6
+    assert not any(Path(d).exists() for d in dirs)  # sandboxes of passed runs are gone
+
+
+@pytest.mark.process
+def test_checks_environment_options_and_skipped_cases(fake_tree: FakeTree, tmp_path: Path) -> None:
+    """-c/--nocache, -i and -o set what check's own options set; .casenotrun is kept and shown as check shows it."""
+    body = 'echo "$CACHEMODE $CACHEMODE_IS_DEFAULT $AIOMODE $IMGOPTS $QEMU_IO_OPTIONS_NO_FMT"\n'
+    fake_tree.add_test("001", body, out="writeback true threads  --cache writeback --aio threads\n")
+    Path(f"{fake_tree.iotests}/001.out.nocache").write_text("none false native a=b --cache none --aio native\n")
+    fake_tree.add_test("002", 'echo "    [case not run] no pylint here" >> "$TEST_DIR/002.casenotrun"\necho ok\n',
+                       out="ok\n")
+    results = tmp_path / "results"
+    assert run_cli(["001", *fake_tree.args(results)]).returncode == 0
+    proc = run_cli(["001", "--nocache", "-i", "native", "-o", "a=b", *fake_tree.args(results)])
+    assert proc.returncode == 0, proc.stdout  # judged against 001.out.nocache
+    proc = run_cli(["002", "--tap", *fake_tree.args(results)])
+    assert proc.returncode == 0, proc.stderr
+    assert "ok 1 qcow2-file 002\n#    [case not run] no pylint here\n" in proc.stdout
+    run = runs_by_test(results)[("qcow2", "002")]
+    assert (run["outcome"], run["casenotrun"]) == ("pass", "    [case not run] no pylint here\n")
+    assert "no pylint here" in (results / "summary.txt").read_text()
+    case = next(c for c in ET.parse(results / "junit.xml").getroot().iter("testcase") if c.get("name") == "002")
+    assert "[case not run] no pylint here" in (case.findtext("system-out") or "")

@@ -11,7 +11,6 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from support import FakeTree
 
 from iotests_run import outputs
 from iotests_run.model import Outcome
@@ -27,6 +26,7 @@ from iotests_run.outputs import (
 )
 from iotests_run.results.folder import DIFF_READ_BYTES, Recorded
 from iotests_run.run.verdict import run_verdict
+from support import FakeTree
 
 
 def _whole_lines(path: Path) -> list[str]:

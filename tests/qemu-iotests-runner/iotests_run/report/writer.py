@@ -97,7 +97,7 @@ class Reporter:
     def finished(self, result: Result) -> None:
         self.record(result)
         if self.meta.first_failure is None and result.outcome.is_failure:
-            self.meta.first_failure = {"after_s": round(self.clock() - self.epoch, 1), "run": result.run.label}
+            self.meta.first_failure = {"after_s": round(self.clock() - self.epoch, 2), "run": result.run.label}
         self.unwritten = True
         self.flush(at_most_every=WRITE_EVERY_S)
 
