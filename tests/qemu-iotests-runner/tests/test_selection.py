@@ -131,6 +131,31 @@ def test_changed_functions_select_the_runs_that_executed_them(fake_tree: FakeTre
 
 
 @pytest.mark.unit
+def test_the_runs_most_specific_to_the_change_come_first_short_before_long(fake_tree: FakeTree) -> None:
+    from iotests_run.affected.selection import ChangeSelection
+    from iotests_run.plan.planner import closest_first
+
+    catalog = _catalog(fake_tree)
+    cmap = _map()
+    # beta changed (qcow2-file/001 runs alpha and beta, 002 only beta), and test 003 itself
+    change = affected([FileChange("block/qcow2.c", "block/qcow2.c", [Hunk(25, 1)]),
+                       FileChange("tests/qemu-iotests/003", "tests/qemu-iotests/003", [Hunk(1, 1)])],
+                      cmap, catalog)  # type: ignore[arg-type]
+    tests = discover(fake_tree.iotests).tests
+    runs = [Run(tests[k], "qcow2", "file") for k in ("001", "002", "003")]
+    selection = ChangeSelection(change, cmap, "a diff")
+    kept, _, _ = selection.split(runs)
+    rank = selection.ranks(kept)
+    assert rank[runs[2]] == (0, 0) and rank[runs[1]] == (1, 1) and rank[runs[0]] == (1, 2)
+    # its own test changed first, then the run executing fewest functions, whatever their length
+    cost = {runs[0]: 1.0, runs[1]: 30.0, runs[2]: 50.0}
+    assert [r.test.key for r in closest_first(kept, rank, cost)] == ["003", "002", "001"]
+    # equally specific: the shorter first
+    even = {r: (1, 1) for r in kept}
+    assert [r.test.key for r in closest_first(kept, even, cost)] == ["001", "002", "003"]
+
+
+@pytest.mark.unit
 def test_changed_tests_and_helpers_select_the_tests_using_them(fake_tree: FakeTree) -> None:
     catalog = _catalog(fake_tree)
     cmap = _map()

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from iotests_run import inputs
@@ -67,6 +67,17 @@ class Affected:
             more = f" and {len(hit) - 1} more changed function(s)" if len(hit) > 1 else ""
             return f"executes {printable(span.name)} ({printable(path)}){more}"
         return None
+
+    def specificity(self, run: Run, cmap: CoverageMap) -> tuple[int, int]:
+        """How closely an affected run aims at the change, lowest first: its own test changed (0); it executes a
+        changed function (1), the fewer functions it executes in all the closer; anything else (2): every run,
+        a run the map does not hold."""
+        if self.everything:
+            return 2, 0
+        if run.test.key in self.tests:
+            return 0, 0
+        executed = cmap.runs.get(run.id.history_key)
+        return (1, len(executed)) if executed is not None and self.functions & executed else (2, 0)
 
 
 def _helpers_closure(iotests: Path, changed: set[str]) -> set[str]:
@@ -283,6 +294,9 @@ class ChangeSelection:
                 why[run] = f"affected: {because}"
         return kept, dropped, why
 
+    def ranks(self, runs: Sequence[Run]) -> dict[Run, tuple[int, int]]:
+        return {r: self.affected.specificity(r, self.cmap) for r in runs}
+
 
 def _version(tree: str) -> str:
     return tree.split(" tests:", 1)[0]
@@ -334,6 +348,7 @@ class Chosen:
     unaffected: list[Result]
     why: dict[Run, str]
     line: str
+    rank: dict[Run, tuple[int, int]] = field(default_factory=dict)  # how specific to the change (lowest first)
 
 
 def choose_runs(to_run: list[Run], source: Path, catalog: Catalog, tree: str, options: ChangeOptions,
@@ -353,4 +368,4 @@ def choose_runs(to_run: list[Run], source: Path, catalog: Catalog, tree: str, op
     line = f"{len(kept)} of {len(to_run)} runs affected by {selection.source}"
     if selection.affected.everything:
         line += f" (all: {selection.affected.everything})"
-    return Chosen(kept, unaffected, reasons, line)
+    return Chosen(kept, unaffected, reasons, line, selection.ranks(kept))

@@ -126,6 +126,7 @@ def plan_runs(options: Options, found: Selection) -> Planned:
     missing = {p: why for p in found.protocols if (why := unavailable(p, tree.build))}
     skipped, to_run = planner.without_protocols(missing, skipped, to_run)
     reasons: dict[Run, str] = {}
+    rank: dict[Run, tuple[int, int]] = {}
     change = None
     if options.affected_by is not None or options.affected_by_diff is not None:
         chosen = choose_runs(to_run, tree.source, Catalog(tree.iotests, dict(found.all_tests)), tree_id,
@@ -133,7 +134,7 @@ def plan_runs(options: Options, found: Selection) -> Planned:
                                            options.coverage_map or reference_cache() / DEFAULT_MAP,
                                            options.affected_by_stale_map, options.affected_by_fallback),
                              lambda text: print(f"iotests-run: warning: {text}", file=sys.stderr))
-        to_run, reasons, change = chosen.kept, chosen.why, chosen.line
+        to_run, reasons, change, rank = chosen.kept, chosen.why, chosen.line, chosen.rank
         skipped += chosen.unaffected
     cost = planner.costs(to_run, durations)
     shard = options.shard or planner.shard_from_ci(os.environ)
@@ -141,7 +142,9 @@ def plan_runs(options: Options, found: Selection) -> Planned:
     if shard is not None:
         skipped, to_run, part = planner.take_shard(shard, skipped, to_run, cost)
         print(part.note(), file=sys.stderr if options.list_plan or options.tap else sys.stdout, flush=True)
-    runs = planner.longest_first(to_run, cost)
+    # Longest first fills the cores; with a change to select by, the runs most specific to it come first (the
+    # selection's order), short before long among equals, so that its failure shows soonest.
+    runs = planner.closest_first(to_run, rank, cost) if rank else planner.longest_first(to_run, cost)
     first = 0
     if options.failed_first:
         runs, first = planner.failed_first(runs, history.recent(history_file, tree_id))

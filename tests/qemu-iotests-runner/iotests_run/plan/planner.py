@@ -53,6 +53,13 @@ def longest_first(runs: Sequence[Run], cost: Mapping[Run, float]) -> list[Run]:
     return sorted(runs, key=lambda r: -cost[r])
 
 
+def closest_first(runs: Sequence[Run], rank: Mapping[Run, tuple[int, int]], cost: Mapping[Run, float]) -> list[Run]:
+    """With a change to select by: the runs most specific to it first (`rank`, lowest first: see
+    affected.selection.Affected.specificity), the shortest first among equals, so that a failure the change
+    caused shows soonest (longest-first fills the cores better; a selection is small)."""
+    return sorted(runs, key=lambda r: (*rank.get(r, (2, 0)), cost[r]))
+
+
 def failed_first(runs: Sequence[Run], recent: Mapping[str, Recent]) -> tuple[list[Run], int]:
     """--failed-first: the runs whose last remembered outcome on this tree was a failure (flaky included) start
     before the others, each group in the order given; and how many there are."""
