@@ -7,8 +7,11 @@ Each mutant breaks one function of QEMU's block layer (an error returned at its 
 first condition negated), is built incrementally, and is run twice: (a) the whole selection, (b)
 `--affected-by HEAD` with the coverage map made before any mutation. A mutant is found by a run
 when a run fails that passed on the unmutated tree. Printed per mutant: runs failing in (a) and
-(b), runs executed, wall time; then the totals: mutants (a) found that (b) missed (goal: none),
-and (b)'s wall time against (a)'s summed over the driver-local mutants (goal: at most 30%).
+(b), runs executed, wall time, the time to the first failure that found the mutant in (a) and in (b)
+(--affected-by orders the change's runs most specific first), and the wall time of (c) `--affected-by HEAD
+--maxfail 1` (what a developer at the desk runs); then the totals: mutants (a) found that (b) missed (goal:
+none), (b)'s wall time against (a)'s summed over the driver-local mutants (goal: at most 30%), and the medians
+of the times to the first failure (goals: (b) <= 5 s and <= 15% of (a); (c) <= 10 s).
 
 Everything lives in ~/.cache/iotests-run/mutants-<version>/: a copy of the reference sources
 (a git checkout, so that --affected-by has a REV) with its own build, the map, and results.jsonl
@@ -47,6 +50,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from tabulate import tabulate
@@ -215,7 +219,19 @@ def iotests(src: Path, build: Path, args: argparse.Namespace, results: Path, *ex
            if r.get("started_s") is not None}  # not known beforehand not to apply
     why = {f"{r['format']}-{r['protocol']}/{r['test']}": f"{r['outcome']}: {r['reason'][:200]}" for r in data["runs"]
            if r["outcome"] in ("fail", "timeout", "hang", "crash")}
-    return {"failing": failing, "executed": len(ran), "wall_s": round(wall, 1), "durations": ran, "why": why}
+    # when each failing run ended, in seconds after the invocation began (its reason is known from then on)
+    ends = {f"{r['format']}-{r['protocol']}/{r['test']}": round(float(r["started_s"]) + float(r["duration_s"] or 0), 2)
+            for r in data["runs"]
+            if r["outcome"] in ("fail", "timeout", "hang", "crash") and r.get("started_s") is not None}
+    return {"failing": failing, "executed": len(ran), "wall_s": round(wall, 1), "durations": ran, "why": why,
+            "ends": ends}
+
+
+def first_found_s(got: dict[str, Any], found: list[str]) -> float | None:
+    """Seconds from the start to the end of the first run that found the mutant (a failure the unmutated tree
+    does not have); None when none did."""
+    ends = [got["ends"][k] for k in found if k in got.get("ends", {})]
+    return min(ends) if ends else None
 
 
 def confirm(src: Path, build: Path, args: argparse.Namespace, top: Path, runs: list[str]) -> dict[str, int]:
@@ -233,8 +249,9 @@ def confirm(src: Path, build: Path, args: argparse.Namespace, top: Path, runs: l
 
 
 def settings(args: argparse.Namespace) -> dict[str, object]:
+    # "record": 2 since the times to the first failure and the --maxfail 1 run are recorded (issue 29)
     return {"formats": args.formats, "group": args.group, "retry": args.retry, "hang_timeout": args.hang_timeout,
-            "timeout": args.timeout, "hang_factor": args.hang_factor}
+            "timeout": args.timeout, "hang_factor": args.hang_factor, "record": 2}
 
 
 def clean_share(picked: dict[str, Any], baseline: dict[str, Any]) -> float:
@@ -348,6 +365,9 @@ def main() -> int:
                     full = iotests(src, build, args, top / "r-full", history=unmutated_history(top))
                     picked = iotests(src, build, args, top / "r-affected", "--affected-by", "HEAD",
                                      "--coverage-map", str(cmap), history=unmutated_history(top))
+                    # (c) what a developer at the desk runs: the change's runs, stopping at the first failure
+                    red = iotests(src, build, args, top / "r-maxfail", "--affected-by", "HEAD", "--maxfail", "1",
+                                  "--coverage-map", str(cmap), history=unmutated_history(top))
             except ValueError as exc:
                 say(f"{mutant.name}: not applied ({exc})")
                 continue
@@ -356,7 +376,9 @@ def main() -> int:
             record = {"mutant": mutant.name, "path": mutant.path, "function": mutant.function, "change": changed,
                       "family": mutant.family, "local": mutant.local, "settings": settings(args),
                       "clean_share": round(clean_share(picked, baseline), 4),
-                      "full": {**full, "found": found_full}, "affected": {**picked, "found": found_picked}}
+                      "full": {**full, "found": found_full, "first_s": first_found_s(full, found_full)},
+                      "affected": {**picked, "found": found_picked, "first_s": first_found_s(picked, found_picked)},
+                      "maxfail": {"wall_s": red["wall_s"], "found": sorted(set(red["failing"]) - base_failing)}}
             log.write(json.dumps(record) + "\n")
             log.flush()
             rows.append(record)
@@ -367,9 +389,21 @@ def main() -> int:
     rows.sort(key=lambda r: [m.name for m in MUTANTS].index(r["mutant"]))
     table = [[r["mutant"], r["family"], r["function"], len(r["full"]["found"]), len(r["affected"]["found"]),
               len(unselected(r)), r["full"]["executed"], r["affected"]["executed"], r["full"]["wall_s"],
-              r["affected"]["wall_s"], f"{100 * r['clean_share']:.1f}%"] for r in rows]
+              r["affected"]["wall_s"], r["full"]["first_s"], r["affected"]["first_s"], r["maxfail"]["wall_s"],
+              f"{100 * r['clean_share']:.1f}%"] for r in rows]
     print(tabulate(table, headers=["mutant", "family", "function", "found (a)", "found (b)", "not selected",
-                                   "started (a)", "started (b)", "wall s (a)", "wall s (b)", "clean share (b)"]))
+                                   "started (a)", "started (b)", "wall s (a)", "wall s (b)", "1st red s (a)",
+                                   "1st red s (b)", "wall s (c)", "clean share (b)"]))
+    found = [r for r in rows if r["full"]["found"] and r["full"]["first_s"] is not None
+             and r["affected"]["first_s"] is not None]
+    if found:
+        first_a = median(r["full"]["first_s"] for r in found)
+        first_b = median(r["affected"]["first_s"] for r in found)
+        shares = median(r["affected"]["first_s"] / r["full"]["first_s"] for r in found if r["full"]["first_s"])
+        print(f"\ntime to the first failure over the {len(found)} mutants the full run found (median): (a) full run "
+              f"{first_a:.1f} s, (b) --affected-by {first_b:.1f} s ({100 * shares:.0f}% of (a), median of the ratios; "
+              f"goal <= 5 s and <= 15%); (c) --affected-by --maxfail 1 wall "
+              f"{median(r['maxfail']['wall_s'] for r in found):.1f} s (goal <= 10 s)")
     missed = [r["mutant"] for r in rows if r["full"]["found"] and not r["affected"]["found"]]
     blind = [r["mutant"] for r in rows if not r["full"]["found"]]
     print(f"\nmissed by --affected-by (found by the full run only): {len(missed)} {missed}")
