@@ -109,7 +109,7 @@ def test_text_shows_each_node_with_its_parents_children_and_requests() -> None:
     assert "bdrv_drain_all nesting: 0; graph lock writer: no" in lines
     at = lines.index("Nodes (3):")
     assert lines[at + 1:at + 10] == [
-        '  "top" qcow2 /img/a.qcow2',
+        '  "top" qcow2 /img/a.qcow2 (0x10)',  # its address, as gdb's frames show bs=0x...
         "      refcnt 1, AioContext main, in_flight 1, quiesce_counter 0",
         "      parents: backend drive0 (root), job mirror0 (main node)",
         '      child file -> "file-node" (role metadata|primary; perm consistent-read|write; '
@@ -121,11 +121,11 @@ def test_text_shows_each_node_with_its_parents_children_and_requests() -> None:
         "          qcow2_co_pwritev_part (0x2) at block/qcow2.c:10",
         "          bdrv_co_pwritev (0x3)",
     ]
-    assert lines[at + 10:at + 13] == ['  "file-node" file /img/a.qcow2',
+    assert lines[at + 10:at + 13] == ['  "file-node" file /img/a.qcow2 (0x20)',
                                       "      refcnt 1, AioContext 0x99, in_flight 0, quiesce_counter 1",
                                       '      parents: "top" (file)']
     assert '      parents: "top" (backing), job mirror0 (target)' in lines
-    assert f'  "base" raw {LONG_NAME}' in lines  # the dump keeps the whole name; the graph shortens it
+    assert f'  "base" raw {LONG_NAME} (0x30)' in lines  # the dump keeps the whole name; the graph shortens it
 
 
 @pytest.mark.unit
@@ -139,8 +139,10 @@ def test_text_lists_backends_jobs_and_threads() -> None:
     assert lines[at + 1] == '  mirror0: mirror, running, pause_count 0, ret 0, busy; nodes main node -> "top", ' \
                             'target -> "base"'
     at = lines.index("Threads:")
-    assert lines[at + 1:] == ["  thread 1 (qemu-io): current coroutine 0xc0", "      parked caller 0xc2:",
-                              "          (unwinding stopped: corrupt stack)"]
+    assert lines[at + 1:at + 4] == ["  thread 1 (qemu-io): current coroutine 0xc0", "      parked caller 0xc2:",
+                                    "          (unwinding stopped: corrupt stack)"]
+    # a document without the hang facts (gdb stopped before them) says so
+    assert lines[-1] == "Hang facts (thread stacks, AioContexts, job coroutines): not read (gdb stopped first)"
 
 
 @pytest.mark.unit
