@@ -110,6 +110,23 @@ def read_head(path: Path, what: str, limit: int) -> tuple[bytes, int]:
         raise UsageError(f"{what}: cannot read {printable(str(path))} ({exc.strerror or exc})") from None
 
 
+def read_at(path: Path, what: str, offset: int, size: int, limit: int) -> bytes:
+    """size bytes (at most limit) of a regular file from offset: a part its header located (a core's notes,
+    which gdb's gcore writes after the memory). Fewer when the file ends before."""
+    if size > limit or offset < 0:
+        raise UsageError(f"{what}: {printable(str(path))}: a part of {size} bytes at {offset} is refused "
+                         f"(at most {_mb(limit)})")
+    try:
+        fd = os.open(path, _READ)
+    except OSError as exc:
+        raise _open_error(exc, path, what) from None
+    try:
+        with _opened(fd, path, what):
+            return os.pread(fd, size, offset)
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {printable(str(path))} ({exc.strerror or exc})") from None
+
+
 def read_optional(path: Path, limit: int, *, follow_links: bool = True) -> str | None:
     """A file a test (or a merged folder) may have planted: its first limit bytes as text, or None when
     it is absent, not a regular file or unreadable. Never blocks, never raises."""

@@ -85,6 +85,7 @@ class Stop(enum.Enum):
     TIMEOUT = "timeout"
     HANG = "hang"
     INTERRUPTED = "interrupted"
+    CRASH = "crash"  # a process of the run died of a crash signal, and the test then waited
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,12 @@ kill -TERM $!
 echo ok
 """
 
+# A Python test whose child dies of SIGSEGV (as a QEMU would) and which then waits for it forever.
+DIES_THEN_WAITS = """\
+import os, signal, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGSEGV)"])
+time.sleep(3600)
+"""
 
 # name: (body, reference output, python?)
 FAKES: dict[str, tuple[str, str, bool]] = {
@@ -77,12 +83,14 @@ FAKES: dict[str, tuple[str, str, bool]] = {
     "013": (PORT_TEST, "bound\n", True),                                   # the same TCP port ...
     "014": (PORT_TEST, "bound\n", True),                                   # ... twice at once
     "015": (STOPPING, "ok\n", False),                                     # its daemon is on its way out
+    "016": (DIES_THEN_WAITS, "", True),                                    # its QEMU crashed, it waits on
+    "017": ("sh -c 'kill -SEGV $$'\nsleep 3600\n", "", False),             # the same in bash
 }
 
 
 EXPECTED = {"001": "pass", "002": "fail", "003": "fail", "004": "not-run", "005": "hang", "006": "pass",
             "007": "timeout", "008": "hang", "009": "crash", "010": "fail", "011": "fail", "012": "hang",
-            "013": "pass", "014": "pass", "015": "pass"}
+            "013": "pass", "014": "pass", "015": "pass", "016": "crash", "017": "crash"}
 
 
 def marker_processes(marker: str) -> list[int]:
@@ -164,6 +172,15 @@ def test_crash_and_timeout_reasons(outcome_set: tuple[Path, float, str]) -> None
     runs = outcomes(results)
     assert runs["009"]["reason"] == "the test died of SIGSEGV"
     assert "after 12 s" in str(runs["007"]["reason"])
+
+
+def test_a_crash_the_test_then_waits_for_is_a_crash_called_early(outcome_set: tuple[Path, float, str]) -> None:
+    results, _, _ = outcome_set
+    runs = outcomes(results)
+    for name in ("016", "017"):
+        assert "died of SIGSEGV" in str(runs[name]["reason"]), runs[name]
+        assert "the test then waited 5 s with no CPU and no output" in str(runs[name]["reason"])
+        assert float(str(runs[name]["duration_s"])) < 12  # not the timeout
 
 
 def _cores_possible() -> bool:

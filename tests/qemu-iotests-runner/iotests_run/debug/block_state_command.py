@@ -180,7 +180,7 @@ def _target(gdb: str, pid: int | None, core: str | None, exe: str | None) -> tup
         return ["-p", str(pid)], f"{name} ({pid})", "live"
     core_path = Path(str(core))
     check_core(core_path, "--core")
-    program = exe or core_origin(gdb, core_path, TIMEOUT_S)[0]
+    program = exe or core_origin(core_path)[0]
     if not program:
         raise UsageError(f"--core {core}: gdb cannot tell which program wrote it; name it with --exe")
     if not Path(program).is_file():

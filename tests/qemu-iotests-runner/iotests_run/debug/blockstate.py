@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from iotests_run.debug import crash
 from iotests_run.errors import UsageError
 from iotests_run.inputs import parse_json, read_bytes
 from iotests_run.text import printable
@@ -35,9 +36,12 @@ PERMS = ((1, "consistent-read"), (2, "write"), (4, "write-unchanged"), (8, "resi
 SHORT_PERMS = {"consistent-read": "R", "write": "W", "write-unchanged": "w", "resize": "s"}
 
 
-def gdb_commands(json_out: Path) -> list[str]:
-    """What to add to a gdb command line (attached to a process or opened on a core) to get the JSON."""
-    return ["-ex", f"source {GDB_SCRIPT}", "-ex", f"iotests-block-state {json_out}"]
+def gdb_commands(json_out: Path, perturb: int | None = None) -> list[str]:
+    """What to add to a gdb command line (attached to a process or opened on a core) to get the JSON.
+    perturb: the run's MALLOC_PERTURB_ byte, with which glibc fills what is freed (the walker's crash facts
+    say whether a pointer's memory holds it); without it the walker reads the process's own environment."""
+    fill = ["-ex", f"set $iotests_perturb = {perturb}"] if perturb is not None and 0 < perturb < 256 else []
+    return [*fill, "-ex", f"source {GDB_SCRIPT}", "-ex", f"iotests-block-state {json_out}"]
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -50,8 +54,9 @@ def load(path: Path) -> dict[str, Any]:
         return {"error": f"no block state from gdb ({reason})"}
     if not isinstance(data, dict) or not _well_formed(data, SHAPE):
         return {"error": "no block state from gdb (not a document of the walker)"}
-    if "error" in data:  # the walker's own refusal (no debug info, no process)
-        return {"error": printable_string(str(data["error"]))}
+    if "error" in data:  # the walker's own refusal (no debug info, no process), or a walk cut short
+        kept = {"crash": data["crash"]} if isinstance(data.get("crash"), dict) else {}  # written before the walk
+        return {"error": printable_string(str(data["error"])), **kept}
     return data
 
 
@@ -144,7 +149,7 @@ def _context(address: str | None, main: str | None) -> str:
 def text(state: dict[str, Any], title: str) -> str:
     """The readable dump."""
     state, title = _renderable(state), printable_string(title)
-    out = [title, ""]
+    out = [title, "", *crash.text_lines(state.get("crash"))]
     if "error" in state:
         return "\n".join([*out, f"no block state: {state['error']}", ""])
     names = {n.get("address"): _node_label(n) for n in state.get("nodes", [])}
@@ -302,7 +307,9 @@ def _frame_line(frame: dict[str, Any]) -> str:
     if "error" in frame:
         return f"(unwinding stopped: {frame['error']})"
     where = f" at {frame['file']}:{frame['line']}" if frame.get("file") else ""
-    return f"{frame.get('function') or '??'} ({frame.get('pc')}){where}"
+    running = (f"  [running on thread {frame['running_on_thread']}: unwound from its registers]"
+               if frame.get("running_on_thread") else "")
+    return f"{frame.get('function') or '??'} ({frame.get('pc')}){where}{running}"
 
 
 # graphviz passes an entity in a label through to SVG as it is: a raw & could start one ("&#27;").

@@ -213,7 +213,8 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     verdict = run_verdict(ending.stopped, ending.detail, ending.returncode, reference, output,
                           box.test_dir / f"{run.test.name}.notrun", str(reference), f"{rel}/{output.name}")
     cores = core_files(box.upper) if verdict.outcome is not Outcome.PASS else []
-    core_evidence = examine_cores(cores, box.run_dir / "cores", run.test.path.parent, CORE_BUDGET_S) if cores else None
+    core_evidence = examine_cores(cores, box.run_dir / "cores", run.test.path.parent, CORE_BUDGET_S,
+                                  launched_programs(ctx.tree), perturb_byte(ctx.base.malloc_perturb)) if cores else None
     if core_evidence is not None:
         verdict = with_core(verdict, core_evidence.cause)
     # the cases a Python test skipped (iotests.case_notrun appends a line each), as check reads them
@@ -262,6 +263,20 @@ def _kept(run: Run, rel: str, prepared: _Prepared, ending: Ending, verdict: Verd
     return Result(run, verdict.outcome, verdict.reason, duration, diff=report_excerpt(verdict.diff), artifacts=rel,
                   output_tail=tail, diagnostics="\n".join(notes), attachments=tuple(attachments),
                   leaked=leaked, cpu_s=ending.cpu_s, casenotrun=casenotrun)
+
+
+def launched_programs(tree: QemuTree) -> tuple[Path, ...]:
+    """The programs the runner hands the tests (QEMU_PROG, QEMU_IMG_PROG, ...): a core is read with one of these."""
+    b = tree.binaries
+    return (b.qemu, b.qemu_img, b.qemu_io, b.qemu_nbd, b.qsd)
+
+
+def perturb_byte(malloc_perturb: str) -> int | None:
+    """The byte glibc fills freed memory with under this MALLOC_PERTURB_ (its low byte; 0: no filling)."""
+    try:
+        return int(malloc_perturb) & 0xFF or None
+    except ValueError:
+        return None
 
 
 def explained(verdict: Verdict, evidence: list[Evidence]) -> tuple[Verdict, str]:

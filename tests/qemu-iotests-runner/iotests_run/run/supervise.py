@@ -25,6 +25,7 @@ import psutil
 
 from iotests_run.debug.diagnostics import Evidence, collect
 from iotests_run.model import LiveRun, Stop
+from iotests_run.run.deaths import DeathWatch
 from iotests_run.run.isolation import Isolation, Overlay, child_setup
 from iotests_run.run.registry import Registry
 from iotests_run.run.tracking import Tracker, kill_all
@@ -37,6 +38,8 @@ LEAK_GRACE_S = 2.0
 IDLE_CPU_RATE = 0.005
 # The shortest hang limit a run's duration history can give it (--hang-factor).
 HANG_FLOOR_S = 10.0
+# Once a process of the run died of a crash signal, the test may stay idle this long before the run ends as a crash.
+CRASH_IDLE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -151,8 +154,9 @@ def _waits_uninterruptibly(pids: list[int]) -> bool:
 
 
 def _watch(pidfd: int, output: Path, tracker: Tracker, limits: Limits,
-           registry: Registry, live: LiveRun) -> tuple[Stop | None, str]:
-    """Wait for the test; return why it must be stopped (or None when it exited)."""
+           registry: Registry, live: LiveRun, deaths: DeathWatch) -> tuple[Stop | None, str]:
+    """Wait for the test; return why it must be stopped (or None when it exited). A test that stays idle after
+    one of its processes died of a crash signal is stopped as a crash, without waiting for the hang limit."""
     size, mark_cpu, mark_t = -1, tracker.cpu_seconds(), live.started
     waited_on_storage = live.started  # the last tick a thread of the run was in state D, while idle
     while not _wait_exit(pidfd, TICK_S):
@@ -168,11 +172,16 @@ def _watch(pidfd: int, output: Path, tracker: Tracker, limits: Limits,
         except OSError:
             new_size = size
         cpu = tracker.cpu_seconds()
+        died = deaths.check(now)
         if new_size != size:
             size, live.last_activity = new_size, now
             mark_cpu, mark_t = cpu, now
         elif cpu - mark_cpu > IDLE_CPU_RATE * (now - mark_t) + 0.02:
             mark_cpu, mark_t = cpu, now
+        elif died:  # no hang limit to wait for: the idle test waits for what died
+            idle = min(CRASH_IDLE_S, limits.hang_timeout_s)
+            if now - max(mark_t, live.last_activity, deaths.since) >= idle:
+                return Stop.CRASH, f"{died}; the test then waited {idle:g} s with no CPU and no output"
         elif now - max(mark_t, live.last_activity) >= limits.hang_timeout_s:
             return Stop.HANG, (f"no CPU and no output for {limits.hang_timeout_s:g} s (--hang-timeout); "
                                f"{cpu:.2f} s CPU in all")
@@ -196,7 +205,9 @@ def supervise(launch: Launch, watch: Watch) -> Ending:
                                                                   launch.overlay)), watch.label)
         pidfd = os.pidfd_open(proc.pid)
         try:
-            stopped, detail = _watch(pidfd, launch.output, tracker, limits, watch.registry, live)
+            deaths = DeathWatch(launch.overlay.upper if launch.overlay is not None and launch.isolation.cores
+                                else None, proc.pid)
+            stopped, detail = _watch(pidfd, launch.output, tracker, limits, watch.registry, live, deaths)
         finally:
             os.close(pidfd)
         evidence = None

@@ -38,7 +38,8 @@ class Verdict:
     unseen: tuple[str, ...] = ()
 
 
-STOP_OUTCOME = {Stop.TIMEOUT: Outcome.TIMEOUT, Stop.HANG: Outcome.HANG, Stop.INTERRUPTED: Outcome.INTERRUPTED}
+STOP_OUTCOME = {Stop.TIMEOUT: Outcome.TIMEOUT, Stop.HANG: Outcome.HANG, Stop.INTERRUPTED: Outcome.INTERRUPTED,
+               Stop.CRASH: Outcome.CRASH}
 
 
 def run_verdict(stopped: Stop | None, detail: str, returncode: int, reference: Path, output: Path,
