@@ -110,6 +110,20 @@ def read_head(path: Path, what: str, limit: int) -> tuple[bytes, int]:
         raise UsageError(f"{what}: cannot read {printable(str(path))} ({exc.strerror or exc})") from None
 
 
+def read_at(path: Path, what: str, offset: int, size: int) -> bytes:
+    """Up to size bytes of a regular file from offset (fewer at its end): a part of a file too big to read
+    whole (an executable's dynamic string table), where its own headers said. The caller caps size."""
+    try:
+        fd = os.open(path, _READ)
+    except OSError as exc:
+        raise _open_error(exc, path, what) from None
+    try:
+        with _opened(fd, path, what):
+            return os.pread(fd, size, offset) if size > 0 and offset >= 0 else b""
+    except OSError as exc:
+        raise UsageError(f"{what}: cannot read {printable(str(path))} ({exc.strerror or exc})") from None
+
+
 def read_optional(path: Path, limit: int, *, follow_links: bool = True) -> str | None:
     """A file a test (or a merged folder) may have planted: its first limit bytes as text, or None when
     it is absent, not a regular file or unreadable. Never blocks, never raises."""

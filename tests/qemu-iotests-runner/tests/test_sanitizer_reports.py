@@ -48,17 +48,17 @@ Shadow bytes around the buggy address:
 
 SEGV = """AddressSanitizer:DEADLYSIGNAL
 =================================================================
-==5521==ERROR: AddressSanitizer: SEGV on unknown address 0x000000000018 (pc 0x5600a1b2c3d4 bp 0x7ffc00000000 \
+==qemu-img==5521==ERROR: AddressSanitizer: SEGV on unknown address 0x000000000018 (pc 0x5600a1b2c3d4 bp 0x7ffc00000000 \
 sp 0x7ffc0000fff0 T0)
-==5521==The signal is caused by a READ memory access.
-==5521==Hint: address points to the zero page.
+==qemu-img==5521==The signal is caused by a READ memory access.
+==qemu-img==5521==Hint: address points to the zero page.
     #0 0x5600a1b2c3d4 in bdrv_set_backing_hd_drained /root/.cache/iotests-run/bugs-7.2/src/block.c:3412
     #1 0x5600a1b2d000 in bdrv_set_backing_hd /root/.cache/iotests-run/bugs-7.2/src/block.c:3460
     #2 0x5600a1c00000 in stream_prepare ../block/stream.c:79
 
 AddressSanitizer can not provide additional info.
 SUMMARY: AddressSanitizer: SEGV /root/.cache/iotests-run/bugs-7.2/src/block.c:3412 in bdrv_set_backing_hd_drained
-==5521==ABORTING
+==qemu-img==5521==ABORTING
 """
 
 DOUBLE_FREE = """==77==ERROR: AddressSanitizer: attempting double-free on 0x602000001230 in thread T0:

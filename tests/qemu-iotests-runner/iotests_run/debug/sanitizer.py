@@ -13,8 +13,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# `==1234==ERROR: AddressSanitizer: heap-use-after-free on address 0x... at pc 0x... bp 0x... sp 0x...`
-ERROR_LINE = re.compile(r"^==(\d+)==\s*ERROR: (\w+Sanitizer): (.*)$")
+# `==1234==ERROR: AddressSanitizer: heap-use-after-free on address 0x... at pc 0x... bp 0x... sp 0x...`;
+# with log_exe_name=1 the runtime puts the program's name first: `==qemu-io==1234==ERROR: ...`
+PID_PREFIX = r"==(?:[^=\s]+==)?(\d+)=="
+ERROR_LINE = re.compile(rf"^{PID_PREFIX}\s*ERROR: (\w+Sanitizer): (.*)$")
 # `../util/cutils.c:123:45: runtime error: shift exponent 64 is too large for 64-bit type 'long unsigned int'`
 RUNTIME_ERROR = re.compile(r"^(.*?):(\d+)(?::(\d+))?: runtime error: (.*)$")
 # `    #3 0x55d0c3a1b2c4 in bdrv_unref ../block.c:7030` (function and location each may be missing)
@@ -33,14 +35,15 @@ SIGNAL_ACCESS = re.compile(r"^The signal is caused by a (\w+) memory access\.")
 HINT = re.compile(r"^Hint: (.*?)\.?$")
 SUMMARY = re.compile(r"^SUMMARY: (\w+Sanitizer): (.*)$")
 ADDRESS = re.compile(r"\baddress (0x[0-9a-fA-F]+)")
-END_OF_REPORT = re.compile(r"^(Shadow bytes around|==\d+==ABORTING)")
+END_OF_REPORT = re.compile(rf"^(Shadow bytes around|{PID_PREFIX}ABORTING)")
 
 # Frames that are the machinery, not the code that erred: the sanitizer runtime, the allocator, libc's string
 # functions, GLib's allocation wrappers (Debian's libraries have no line information: their frames name the .so).
 MACHINERY_FUNCTIONS = frozenset({
     "malloc", "calloc", "realloc", "free", "posix_memalign", "memalign", "aligned_alloc", "valloc", "pvalloc",
     "memcpy", "memmove", "memset", "memcmp", "strlen", "strcpy", "strncpy", "strcmp", "strdup", "strndup",
-    "abort", "raise", "__GI_raise", "__GI_abort", "__libc_start_main", "__libc_start_call_main", "_start",
+    "abort", "raise", "__GI_raise", "__GI_abort", "__libc_start_main", "__libc_start_main_impl",
+    "__libc_start_call_main", "_start",
 })
 MACHINERY_PREFIXES = ("__interceptor_", "___interceptor_", "__asan_", "__ubsan_", "__sanitizer_", "__lsan_",
                       "__wrap_", "g_malloc", "g_free", "g_realloc", "g_try_", "g_slice_", "g_new", "g_memdup",
@@ -201,7 +204,7 @@ def _read_line(r: _Reading, line: str) -> bool:
         if r.stacks or r.title != "":
             r.title = None  # a blank line ends a stack: frames after it belong to no section until a title
         return True
-    _read_fact(r, re.sub(r"^==\d+==", "", stripped))
+    _read_fact(r, re.sub(f"^{PID_PREFIX}", "", stripped))
     return True
 
 
