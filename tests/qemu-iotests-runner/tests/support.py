@@ -121,6 +121,20 @@ class ReferenceTree:
 
 
 
+REPO = Path(__file__).resolve().parents[3]
+
+
+def bug_tree(version: str) -> ReferenceTree:
+    """The bug tree of a QEMU version (tools/bugtrees.py: the reference sources with every injected bug's
+    dormant patch, built once per set of patches)."""
+    if str(REPO / "tools") not in sys.path:
+        sys.path.insert(0, str(REPO / "tools"))
+    import bugtrees
+
+    source, build = bugtrees.bug_tree(version)
+    return ReferenceTree(source, build)
+
+
 def make_fake_tree(top: Path) -> FakeTree:
     src, build = top / "src", top / "build"
     iotests = src / "tests" / "qemu-iotests"

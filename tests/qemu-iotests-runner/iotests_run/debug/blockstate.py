@@ -149,15 +149,15 @@ def text(state: dict[str, Any], title: str) -> str:
         return "\n".join([*out, f"no block state: {state['error']}", ""])
     names = {n.get("address"): _node_label(n) for n in state.get("nodes", [])}
     parents = _parents(state, names)
-    main = state.get("main_aio_context")
     out.append(f"bdrv_drain_all nesting: {state.get('drain_all_count')}"
                + (f"; graph lock writer: {'yes' if state['graph_writer'] else 'no'}"
                   if state.get("graph_writer") is not None else ""))
     out += ["", f"Nodes ({len(state.get('nodes', []))}):"]
     for node in state.get("nodes", []):
-        out.append(f"  {_node_label(node)} {node.get('driver') or '?'} {node.get('filename') or ''}".rstrip())
-        out.append(f"      refcnt {node.get('refcnt')}, AioContext {_context(node.get('aio_context'), main)}, "
-                   f"in_flight {node.get('in_flight')}, quiesce_counter {node.get('quiesce_counter')}")
+        out.append(f"  {_node_label(node)} {node.get('driver') or '?'} {node.get('filename') or ''}".rstrip()
+                   + _node_identity(node))
+        out.append(f"      refcnt {node.get('refcnt')}, AioContext {_context_name(state, node.get('aio_context'))}, "
+                   f"in_flight {node.get('in_flight')}{_tracked(node)}, quiesce_counter {node.get('quiesce_counter')}")
         out.append(f"      parents: {', '.join(parents.get(node.get('address'), [])) or 'none'}")
         for child in node.get("children", []):
             out.append(f"      child {child.get('name')} -> {names.get(child.get('node'), child.get('node'))}"
@@ -184,12 +184,102 @@ def text(state: dict[str, Any], title: str) -> str:
                                for c in job.get("nodes", [])))
     out += ["", "Threads:"]
     for thread in state.get("threads", []):
-        out.append(f"  thread {thread.get('num')} ({thread.get('name') or '?'}): current coroutine "
+        out.append(f"  thread {thread.get('num')} ({_thread_name(thread)}): current coroutine "
                    f"{thread.get('current') or 'none (not in a coroutine)'}")
         for caller in thread.get("callers", []):
             out.append(f"      parked caller {caller.get('co')}:")
             out += [f"          {_frame_line(f)}" for f in caller.get("backtrace", [])]
+    out += _hang_text(state, names)
     return "\n".join(out) + "\n"
+
+
+def _node_identity(node: dict[str, Any]) -> str:
+    """ (0x55..., read-only, inactive): the address gdb's frames show as bs=0x..., and the open flags."""
+    flags = [f for f, on in (("read-only", node.get("read_only")), ("inactive", node.get("inactive"))) if on]
+    return f" ({', '.join([str(node.get('address')), *flags])})"
+
+
+def _tracked(node: dict[str, Any]) -> str:
+    """ (1 tracked request; 1 not a request): in_flight set against the requests tracked on the node."""
+    tracked, in_flight = node.get("tracked"), node.get("in_flight")
+    if not isinstance(tracked, int):
+        return ""
+    text = f" ({tracked} tracked request{'s' * (tracked != 1)}"
+    if isinstance(in_flight, int) and in_flight > tracked:
+        text += f"; {in_flight - tracked} not a request"
+    return text + ")"
+
+
+def _context_name(state: dict[str, Any], address: Any) -> str:
+    """main, an IOThread's id, else the address."""
+    for ctx in state.get("contexts", []) if isinstance(state.get("contexts"), list) else []:
+        if isinstance(ctx, dict) and ctx.get("address") == address and ctx.get("name"):
+            named = str(ctx["name"])
+            return named if named.startswith("context@") or named == "main" else f"{named} ({address})"
+    return _context(address, state.get("main_aio_context"))
+
+
+def _thread_name(thread: dict[str, Any]) -> str:
+    label = thread.get("label") or thread.get("name") or "?"
+    return f"{label}, LWP {thread['lwp']}" if thread.get("lwp") else str(label)
+
+
+def _dict_list(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _hang_text(state: dict[str, Any], names: dict[Any, str]) -> list[str]:
+    """The hang facts: each thread's own stack, the contexts (lock holder, what is scheduled), the jobs'
+    own coroutines and a mirror's operations, the CoMutexes held and the coroutines queued."""
+    out: list[str] = []
+    lwps = {t.get("lwp"): t for t in _dict_list(state.get("threads")) if t.get("lwp")}
+    stacks = [t for t in _dict_list(state.get("threads")) if t.get("frames")]
+    if stacks:
+        out += ["", "Thread stacks (innermost first):"]
+        for thread in stacks:
+            out.append(f"  thread {thread.get('num')} ({_thread_name(thread)}):")
+            out += [f"      {_frame_line(f)}{_args(f)}" for f in _dict_list(thread.get("frames"))]
+    contexts = _dict_list(state.get("contexts"))
+    if contexts:
+        out += ["", f"AioContexts ({len(contexts)}):"]
+    for ctx in contexts:
+        lock: dict[str, Any] = ctx["lock"] if isinstance(ctx.get("lock"), dict) else {}
+        owner = lwps.get(lock.get("owner_lwp")) if lock.get("owner_lwp") else None
+        held = (f"lock held by thread {owner.get('num')} ({_thread_name(owner)}), depth {lock.get('count')}"
+                if owner else f"lock held by LWP {lock['owner_lwp']}" if lock.get("owner_lwp") else "lock free")
+        out.append(f"  {ctx.get('name')} ({ctx.get('address')}): {held if lock else 'no AioContext lock'}")
+        for scheduled in _dict_list(ctx.get("scheduled")):
+            out.append(f"      scheduled coroutine {scheduled.get('co')}:")
+            out += [f"          {_frame_line(f)}" for f in _dict_list(scheduled.get("backtrace"))]
+        for bh in _dict_list(ctx.get("bottom_halves")):
+            out.append(f"      bottom half pending: {bh.get('callback') or bh.get('name')} (opaque {bh.get('opaque')})")
+    for node in _dict_list(state.get("nodes")):
+        mutex: dict[str, Any] = node["reqs_lock"] if isinstance(node.get("reqs_lock"), dict) else {}
+        if mutex:
+            out.append(f"  {names.get(node.get('address'))}: reqs_lock held by coroutine {mutex.get('holder')}, "
+                       f"{len(_dict_list(mutex.get('waiters')))} waiting")
+        for waiter in _dict_list(node.get("flush_waiters")):
+            out.append(f"  {names.get(node.get('address'))}: coroutine {waiter.get('co')} queued for a flush")
+    for job in _dict_list(state.get("jobs")):
+        co: dict[str, Any] = job["coroutine"] if isinstance(job.get("coroutine"), dict) else {}
+        if not co:
+            continue
+        flags: dict[str, Any] = job["flags"] if isinstance(job.get("flags"), dict) else {}
+        out += ["", f"Job {job.get('id')}: coroutine {co.get('co')}"
+                + (" (running on a thread)" if co.get("running") else "")
+                + f"; {', '.join(f'{k} {v}' for k, v in flags.items())}"]
+        out += [f"    {_frame_line(f)}" for f in _dict_list(co.get("backtrace"))]
+        for op in _dict_list(job.get("ops_in_flight")):
+            out.append(f"    op {op.get('address')} {op.get('offset')}+{op.get('bytes')}"
+                       f"{' active-write' if op.get('active_write') else ''}{' pseudo' if op.get('pseudo') else ''}"
+                       f", coroutine {op.get('co')}, waiting for op {op.get('waiting_for_op')}, "
+                       f"{len(_dict_list(op.get('waiters')))} request(s) parked on it")
+    return out
+
+
+def _args(frame: dict[str, Any]) -> str:
+    args = frame.get("args")
+    return f" [{', '.join(f'{k}={v}' for k, v in args.items())}]" if isinstance(args, dict) and args else ""
 
 
 def _parents(state: dict[str, Any], names: dict[Any, str]) -> dict[Any, list[str]]:

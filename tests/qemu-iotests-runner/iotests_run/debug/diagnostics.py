@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 
 from iotests_run import DEPS
-from iotests_run.debug import blockstate
+from iotests_run.debug import blockstate, hang
 from iotests_run.errors import UsageError
 from iotests_run.inputs import read_head
 from iotests_run.text import printable
@@ -160,7 +160,26 @@ def collect(pids: list[int], folder: Path, qemu_gdb: Path | None, budget_s: floa
             continue
         files += written
         summary += lines
-    return Evidence(tuple(files), "\n".join(summary))
+    return Evidence(tuple(files), "\n".join(summary), explanation=_hang_explanation(folder, commands))
+
+
+def _hang_explanation(folder: Path, commands: dict[int, list[str]]) -> str:
+    """Why the run is stuck, from the block-layer documents gdb wrote for its QEMU processes (a deadlock
+    first, else the first process that says anything); the process is named at the end of the first line."""
+    found: list[tuple[str, str]] = []
+    for pid, cmd in commands.items():
+        name = os.path.basename(cmd[0]) if cmd else "?"
+        path = folder / f"block-{pid}-{name}.json"
+        if not QEMU_PROGRAMS.match(name) or not path.is_file():
+            continue
+        text = hang.explain(blockstate.load(path))
+        if text:
+            found.append((f"{name} {pid}", text))
+    if not found:
+        return ""
+    who, text = sorted(found, key=lambda f: not f[1].startswith("deadlock"))[0]
+    first, *rest = text.splitlines()
+    return "\n".join([f"{first} [{who}]", *rest])
 
 
 ELF_MAGIC = b"\x7fELF"
