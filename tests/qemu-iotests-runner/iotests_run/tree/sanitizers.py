@@ -9,7 +9,8 @@ The options (sanitizer_environment) are those a test run needs: each process's r
 folder (log_path), so that it is kept with the run's artifacts and never mixed into the output the test is judged
 by; leak detection off (QEMU's programs exit without freeing everything, as QEMU's own check has it); the first
 error ends the process (halt_on_error, and abort_on_error so that it dies of SIGABRT, a crash any test notices);
-UBSan's reports with their stack.
+UBSan's reports with their stack; a too large allocation returns NULL, as without ASan (QEMU asks g_try_malloc for
+image- and guest-controlled sizes and handles NULL; iotests check that it does).
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def sanitizer_environment(sanitizers: tuple[str, ...], log_prefix: Path | None, 
     fatal = ["halt_on_error=1", "abort_on_error=1"]
     env = {}
     if ASAN in sanitizers:
-        env["ASAN_OPTIONS"] = _options(["detect_leaks=0", *fatal, *perturb_fill(malloc_perturb)],
+        env["ASAN_OPTIONS"] = _options(["detect_leaks=0", *fatal, "allocator_may_return_null=1",
+                                        *perturb_fill(malloc_perturb)],
                                        user_env.get("ASAN_OPTIONS"), forced)
     if UBSAN in sanitizers:
         env["UBSAN_OPTIONS"] = _options([*fatal, "print_stacktrace=1", "report_error_type=1"],
