@@ -5,7 +5,7 @@ JOBS ?=
 PYTEST_ARGS ?=
 BIN = $(VENV)/bin
 
-.PHONY: demo check check-fast check-block lint reference reference-all reference-coverage bug-trees browser graphviz gitlab-ci-local venv bench clean
+.PHONY: demo check check-fast check-block lint reference reference-all reference-coverage reference-sanitize bug-trees browser graphviz gitlab-ci-local venv bench clean
 
 $(BIN)/iotests-run: pyproject.toml meson.build $(shell find tests/qemu-iotests-runner/iotests_run -name '*.py' -o -name '*.json' -o -name '*.c' 2>/dev/null)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ reference-all: reference
 # The 7.2 sources' gcov build beside it, for --coverage-map (first time about 15 minutes).
 reference-coverage: reference
 	tools/build-reference-qemu --coverage
+
+# The 7.2 sources' ASan + UBSan build beside it (only the programs the iotests start), for the sanitizer tests.
+reference-sanitize: reference
+	tools/build-reference-qemu --sanitize
 
 # The injected bugs' trees (tools/bugs.d): each reference version's sources with every bug's dormant patch,
 # built once per set of patches (only the programs the iotests run), for tools/bugs and the e2e tests.
@@ -71,7 +75,7 @@ check-fast: venv
 	$(BIN)/pytest -m 'not e2e' $(PYTEST_ARGS)
 
 # Every tier, end-to-end tests on the reference tree included.
-check: venv reference-all reference-coverage bug-trees browser graphviz gitlab-ci-local lint
+check: venv reference-all reference-coverage reference-sanitize bug-trees browser graphviz gitlab-ci-local lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # QEMU's iotests through meson, as upstream's `make check-block`: suite block (qcow2 auto);

@@ -46,6 +46,10 @@ def main() -> int:
         for version in sorted({b.version for b in chosen} or set(bugtrees.VERSIONS)):
             src, build = bugtrees.bug_tree(version)
             print(f"QEMU_SOURCE={src}\nQEMU_BUILD={build}")
+        for version in sorted({b.version for b in chosen if b.kind == "sanitizer"}):
+            sanitizer_bug = next(b for b in chosen if b.version == version and b.kind == "sanitizer")
+            src, build = bugtrees.bug_tree(version, *bugtrees.variant_of(sanitizer_bug))
+            print(f"QEMU_SOURCE={src}\nQEMU_BUILD={build}")
         return 0
     rows, named = [], 0
     for bug in chosen:

@@ -44,6 +44,12 @@ def coverage_tree() -> ReferenceTree:
     return _build_reference("7.2", "--coverage")
 
 
+@pytest.fixture(scope="session")
+def sanitizer_tree() -> ReferenceTree:
+    """The reference 7.2 sources' ASan + UBSan build (tools/build-reference-qemu --sanitize)."""
+    return _build_reference("7.2", "--sanitize")
+
+
 @pytest.fixture(scope="session", params=["7.2", "10.0"])
 def any_reference_tree(request: pytest.FixtureRequest) -> ReferenceTree:
     """Each QEMU generation the project supports (make check builds both)."""

@@ -17,22 +17,24 @@ from types import FrameType
 
 from iotests_run.affected.recorder import Recorder
 from iotests_run.debug.diagnostics import Evidence, core_files, examine_cores
+from iotests_run.debug.sanitizer_reports import Found, cause, keep_reports, read_reports
 from iotests_run.files import move_tree, remove_tree, tree_size
 from iotests_run.inputs import read_optional
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.outputs import KEEP_OUTPUT_BYTES, keep_head_and_tail, report_excerpt
 from iotests_run.plan.repeats import DROP, REPORT_AND_STOP, Policy
-from iotests_run.results.folder import DIFF, LEAKED, REPRODUCER, run_folder, short_of_room
+from iotests_run.results.folder import DIFF, LEAKED, REPRODUCER, SANITIZER, run_folder, short_of_room
 from iotests_run.run.admission import Admission
 from iotests_run.run.isolation import Isolation, Overlay
 from iotests_run.run.registry import Registry
 from iotests_run.run.sandbox import Sandbox, ShortRoot
 from iotests_run.run.supervise import Ending, Launch, Limits, Watch, supervise
 from iotests_run.run.tracking import MARKER, Trackers
-from iotests_run.run.verdict import Verdict, run_verdict, with_core
+from iotests_run.run.verdict import Verdict, run_verdict, with_core, with_sanitizer
 from iotests_run.tree.discovery import reference_output
 from iotests_run.tree.environment import TestsBase, child_environment
 from iotests_run.tree.qemu import QemuTree
+from iotests_run.tree.sanitizers import sanitizer_environment
 from iotests_run.tree.services import HOST_NETWORK_PROTOCOLS
 
 OUTPUT_TAIL_BYTES = 4096
@@ -174,7 +176,7 @@ def _with_earlier_attempts(final: Result, earlier: list[Result]) -> Result:
 @dataclass(frozen=True)
 class _Prepared:
     box: Sandbox
-    iotests_env: dict[str, str]
+    iotests_env: dict[str, str]  # and a sanitizer build's options without log_path: the reproducer's variables
     launch: Launch
 
 
@@ -185,12 +187,15 @@ def _prepare(run: Run, slot: str, ctx: Context, rel: str) -> _Prepared:
     iotests_env = ctx.base.iotests(ctx.tree, run.format, run.protocol, box.test_dir, box.sock_dir)
     env = child_environment(ctx.base.user_env, iotests_env, box.tmp_dir)
     env[MARKER] = ctx.trackers.marker_of(slot)
+    sanitizers, perturb = ctx.tree.sanitizers, ctx.base.malloc_perturb
+    env.update(sanitizer_environment(sanitizers, box.sanitizer_dir / "report", ctx.base.user_env, perturb))
+    by_hand = {**iotests_env, **sanitizer_environment(sanitizers, None, ctx.base.user_env, perturb)}
     if ctx.coverage is not None:
         env.update(ctx.coverage.environment(box.test_dir.parent, env.get("LD_PRELOAD")))
     overlay = Overlay(ctx.tree.iotests, box.upper, box.work) if ctx.isolation.cores else None
     launch = Launch(command_of(run.test, ctx.base.python), run.test.path.parent, env,
                     box.output(run.test.name), _isolation_for(run, ctx.isolation), overlay)
-    return _Prepared(box, iotests_env, launch)
+    return _Prepared(box, by_hand, launch)
 
 
 def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
@@ -212,6 +217,9 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
 
     verdict = run_verdict(ending.stopped, ending.detail, ending.returncode, reference, output,
                           box.test_dir / f"{run.test.name}.notrun", str(reference), f"{rel}/{output.name}")
+    reports = read_reports(box.sanitizer_dir) if ctx.tree.sanitizers else []
+    if reports:
+        verdict = with_sanitizer(verdict, cause(reports))
     cores = core_files(box.upper) if verdict.outcome is not Outcome.PASS else []
     core_evidence = examine_cores(cores, box.run_dir / "cores", run.test.path.parent, CORE_BUDGET_S,
                                   launched_programs(ctx.tree), perturb_byte(ctx.base.malloc_perturb)) if cores else None
@@ -222,10 +230,19 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     if verdict.outcome is Outcome.PASS and not ending.leaked:
         box.discard()
         return Result(run, Outcome.PASS, "", duration, cpu_s=ending.cpu_s, casenotrun=casenotrun, started_s=started)
-    evidence = [e for e in (ending.evidence, core_evidence) if e is not None]
+    sanitized, reported = _sanitizer_evidence(reports, box, rel)
+    evidence = [e for e in (sanitized, ending.evidence, core_evidence) if e is not None]
     verdict, explanation = explained(verdict, evidence)
-    return replace(_kept(run, rel, prepared, ending, verdict, evidence, duration, casenotrun), started_s=started,
-                   explanation=explanation)
+    kept = _kept(run, rel, prepared, ending, verdict, evidence, duration, casenotrun)
+    return replace(kept, started_s=started, explanation=explanation, attachments=(*kept.attachments, *reported))
+
+
+def _sanitizer_evidence(reports: list[Found], box: Sandbox, rel: str) -> tuple[Evidence | None, list[str]]:
+    """A sanitizer build's reports kept in the run's artifacts (sanitizer/PROGRAM.PID.txt) and the first one
+    explained; nothing when no process reported an error."""
+    if not reports:
+        return None, []
+    return keep_reports(reports, box.run_dir / SANITIZER, f"{rel}/{SANITIZER}")
 
 
 def _kept(run: Run, rel: str, prepared: _Prepared, ending: Ending, verdict: Verdict, evidence: list[Evidence],
