@@ -23,7 +23,7 @@ from typing import Any
 import psutil
 import pytest
 
-from iotests_run.debug import block_state_command, blockstate, diagnostics
+from iotests_run.debug import block_state_command, blockstate, diagnostics, gdb
 from iotests_run.debug.diagnostics import check_core, examine_cores
 from iotests_run.errors import SetupError, UsageError
 from support import GOOD_SEGMENTS, HOSTILE_STATE, Completed, block_node, block_state, elf, needs_dot, run_cli
@@ -279,7 +279,7 @@ def test_a_gdb_that_does_not_finish_is_a_timeout(tmp_path: Path, fake_qemu: subp
     stuck.chmod(0o755)
     monkeypatch.setattr(block_state_command, "tool", lambda name: str(stuck))
     monkeypatch.setattr(block_state_command, "TIMEOUT_S", 1.0)
-    monkeypatch.setattr(blockstate, "GDB_GRACE_S", 1.0)
+    monkeypatch.setattr(gdb, "GDB_GRACE_S", 1.0)
     start = time.monotonic()
     with pytest.raises(SetupError, match=rf"^qemu-io \({fake_qemu.pid}\) live: gdb did not finish within 1 s; "):
         block_state_command.main(["--pid", str(fake_qemu.pid)])
@@ -304,7 +304,7 @@ def test_a_process_gdb_left_stopped_is_continued(tmp_path: Path, fake_qemu: subp
 @needs_gdb
 def test_the_walker_refuses_a_program_file_without_process_or_core(tmp_path: Path) -> None:
     out = tmp_path / "state.json"
-    subprocess.run([str(GDB), "-batch", "-nx", *blockstate.gdb_commands(out), shutil.which("sleep") or "/bin/sleep"],
+    subprocess.run(gdb.argv(str(GDB), gdb.block_state_commands(out), [shutil.which("sleep") or "/bin/sleep"]),
                    capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
     assert "no process or core to read" in blockstate.load(out)["error"]
 
