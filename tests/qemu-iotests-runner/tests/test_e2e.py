@@ -101,14 +101,15 @@ def test_environment_equals_checks(any_reference_tree: ReferenceTree, tmp_path: 
 
 
 def test_checks_own_environment_options_equal_checks(any_reference_tree: ReferenceTree, tmp_path: Path) -> None:
-    """-nocache/-c, -i and -o as check's: `check -qcow2 -nocache -i native -o ... -- env -0` against ours."""
+    """-nocache/-c, -i, -o and -misalign as check's: `check -qcow2 -nocache -i native -o ... -- env -0` against ours."""
     from iotests_run.cli.options import make_parser, settings_of
     from iotests_run.run.admission import Cpus
 
     user_env = dict(os.environ, TEST_DIR=str(tmp_path / "t"), SOCK_DIR=str(tmp_path / "s"), MALLOC_PERTURB_="17")
     for check_args, our_args in ((["-nocache", "-i", "native", "-o", "compat=0.10"],
                                   ["--nocache", "-i", "native", "-o", "compat=0.10"]),
-                                 (["-c", "writethrough"], ["-c", "writethrough"])):
+                                 (["-c", "writethrough"], ["-c", "writethrough"]),
+                                 (["-misalign"], ["--misalign"])):
         dump = tmp_path / "env"
         subprocess.run([sys.executable, "check", "-qcow2", *check_args, "--", "sh", "-c", f"env -0 > {dump}"],
                        cwd=any_reference_tree.build / "tests" / "qemu-iotests", env=user_env,

@@ -59,6 +59,22 @@ def test_vmdk_gets_zeroed_grain_unless_given(tree: QemuTree) -> None:
 
 
 @pytest.mark.unit
+def test_misalign_adds_qemu_io_misalign_before_the_format(tree: QemuTree) -> None:
+    """check's -misalign: ` --misalign` after --aio in QEMU_IO_OPTIONS and _NO_FMT, before luks's missing -f."""
+    from iotests_run.cli.options import make_parser, settings_of
+    from iotests_run.run.admission import Cpus
+
+    for spelling in ("--misalign", "-misalign"):
+        settings = settings_of(make_parser(Cpus(2, None)).parse_args([spelling, "-c", "none"]))
+        env = env_for(tree, "qcow2", settings=settings)
+        assert env["QEMU_IO_OPTIONS"] == "--cache none --aio threads --misalign -f qcow2"
+        assert env["QEMU_IO_OPTIONS_NO_FMT"] == "--cache none --aio threads --misalign"
+    assert env_for(tree, "luks", settings=Settings(misalign=True))["QEMU_IO_OPTIONS"] == \
+        "--cache writeback --aio threads --misalign"
+    assert "--misalign" not in env_for(tree, "qcow2")["QEMU_IO_OPTIONS"]
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("fmt", ["bochs", "cloop", "dmg"])
 def test_non_generic_formats(tree: QemuTree, fmt: str) -> None:
     assert env_for(tree, fmt)["IMGFMT_GENERIC"] == "false"

@@ -119,6 +119,8 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
                    help=f"AIO mode, as check's -i ({', '.join(AIO_MODES)}; default: %(default)s)")
     p.add_argument("-o", "--imgopts", metavar="OPTIONS",
                    help="image creation options (IMGOPTS), as check's -o")
+    p.add_argument("--misalign", "-misalign", action="store_true",
+                   help="misalign qemu-io's memory allocations (QEMU_IO_OPTIONS gets --misalign), as check's -misalign")
     p.add_argument("-j", "--jobs", type=_jobs, default=default_jobs(os.environ, (cpus or Cpus.here()).count),
                    help="at most this many runs at once (default: %(default)s: IOTESTS_RUN_JOBS, else make's -jN, "
                         "else 4 x the usable cores); beyond cores + 1, a run starts only while cores idle")
@@ -234,6 +236,7 @@ class Options:
     cachemode: str | None
     aiomode: str
     imgopts: str | None
+    misalign: bool
     jobs: int
     fixed_jobs: bool
     qemu_source: str | None
@@ -311,7 +314,7 @@ def check_combinations(args: argparse.Namespace | Options) -> None:
 
 
 def settings_of(args: argparse.Namespace | Options) -> Settings:
-    """check's own test-environment options: -c/-nocache, -i, -o."""
-    return Settings(aiomode=args.aiomode, cachemode=args.cachemode, imgopts=args.imgopts)
+    """check's own test-environment options: -c/-nocache, -i, -o, -misalign."""
+    return Settings(aiomode=args.aiomode, cachemode=args.cachemode, imgopts=args.imgopts, misalign=args.misalign)
 
 

@@ -41,11 +41,12 @@ MACHINE_FOR_TARGET = {
 
 @dataclass(frozen=True)
 class Settings:
-    """What check's own options choose (-c/-nocache, -i, -o); its defaults when not given."""
+    """What check's own options choose (-c/-nocache, -i, -o, -misalign); its defaults when not given."""
 
     aiomode: str = "threads"
     cachemode: str | None = None  # None: check's default, writeback (and CACHEMODE_IS_DEFAULT=true)
     imgopts: str | None = None
+    misalign: bool = False  # qemu-io's --misalign in QEMU_IO_OPTIONS (and _NO_FMT)
 
     @property
     def cache(self) -> str:
@@ -69,6 +70,8 @@ def iotests_environment(tree: QemuTree, fmt: str, proto: str, *, python: str,
     b = tree.binaries
     imgopts = settings.imgopts
     io_options = f"--cache {settings.cache} --aio {settings.aiomode}"
+    if settings.misalign:  # as check: after --aio, before -f, in both QEMU_IO_OPTIONS and _NO_FMT
+        io_options += " --misalign"
     env = {
         "PYTHONPATH": os.pathsep.join(filter(None, (str(tree.iotests), str(tree.python_dir.resolve()),
                                                      user_env.get("PYTHONPATH")))),
