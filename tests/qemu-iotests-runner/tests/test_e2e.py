@@ -101,7 +101,8 @@ def test_environment_equals_checks(any_reference_tree: ReferenceTree, tmp_path: 
 
 
 def test_checks_own_environment_options_equal_checks(any_reference_tree: ReferenceTree, tmp_path: Path) -> None:
-    """-nocache/-c, -i, -o and -misalign as check's: `check -qcow2 -nocache -i native -o ... -- env -0` against ours."""
+    """check's environment options (-nocache/-c, -i, -o, -misalign, -p as --print-qemu, -d) against ours:
+    `check -qcow2 OPTIONS -- env -0`."""
     from iotests_run.cli.options import make_parser, settings_of
     from iotests_run.run.admission import Cpus
 
@@ -109,7 +110,8 @@ def test_checks_own_environment_options_equal_checks(any_reference_tree: Referen
     for check_args, our_args in ((["-nocache", "-i", "native", "-o", "compat=0.10"],
                                   ["--nocache", "-i", "native", "-o", "compat=0.10"]),
                                  (["-c", "writethrough"], ["-c", "writethrough"]),
-                                 (["-misalign"], ["--misalign"])):
+                                 (["-misalign"], ["--misalign"]),
+                                 (["-p", "-d"], ["--print-qemu", "-d"])):
         dump = tmp_path / "env"
         subprocess.run([sys.executable, "check", "-qcow2", *check_args, "--", "sh", "-c", f"env -0 > {dump}"],
                        cwd=any_reference_tree.build / "tests" / "qemu-iotests", env=user_env,

@@ -180,3 +180,24 @@ def test_checks_environment_options_and_skipped_cases(fake_tree: FakeTree, tmp_p
     assert "no pylint here" in (results / "summary.txt").read_text()
     case = next(c for c in ET.parse(results / "junit.xml").getroot().iter("testcase") if c.get("name") == "002")
     assert "[case not run] no pylint here" in (case.findtext("system-out") or "")
+
+
+@pytest.mark.unit
+def test_print_qemu_sets_print_qemu_and_debug_sets_no_variable(tree: QemuTree) -> None:
+    assert env_for(tree, "qcow2", settings=Settings(print_qemu=True))["PRINT_QEMU"] == "y"
+    assert "PRINT_QEMU" not in env_for(tree, "qcow2")
+    assert env_for(tree, "qcow2", settings=Settings(debug=True)) == env_for(tree, "qcow2")
+
+
+@pytest.mark.process
+def test_debug_ends_each_tests_argv_with_d_and_print_qemu_sets_its_variable(fake_tree: FakeTree,
+                                                                           tmp_path: Path) -> None:
+    """check's -d appends -d to the test's argv (after the interpreter's script too); -p is --print-qemu here."""
+    fake_tree.add_test("001", 'echo "args: $* print: ${PRINT_QEMU-unset}"\n', out="args: -d print: y\n")
+    fake_tree.add_test("002", "import sys, os\nprint('args:', sys.argv[1:], os.environ.get('PRINT_QEMU'))\n",
+                       out="args: ['-d'] y\n", python=True)
+    results = tmp_path / "results"
+    proc = run_cli(["001", "002", "-d", "--print-qemu", "-j", "2", *fake_tree.args(results)])
+    assert proc.returncode == 0, proc.stdout
+    proc = run_cli(["001", *fake_tree.args(results)])  # without them: "args:  print: unset", a failure
+    assert proc.returncode == 1 and runs_by_test(results)[("qcow2", "001")]["outcome"] == "fail"

@@ -121,6 +121,12 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
                    help="image creation options (IMGOPTS), as check's -o")
     p.add_argument("--misalign", "-misalign", action="store_true",
                    help="misalign qemu-io's memory allocations (QEMU_IO_OPTIONS gets --misalign), as check's -misalign")
+    p.add_argument("-d", "--debug", action="store_true",
+                   help="start each test with -d (its debug output), as check's -d; with many runs each run's "
+                        "output stays its own (the run's output file)")
+    p.add_argument("--print-qemu", action="store_true",
+                   help="QEMU's own stdout and stderr in the test's output (PRINT_QEMU=y), as check's -p "
+                        "(-p is our --protocol)")
     p.add_argument("-j", "--jobs", type=_jobs, default=default_jobs(os.environ, (cpus or Cpus.here()).count),
                    help="at most this many runs at once (default: %(default)s: IOTESTS_RUN_JOBS, else make's -jN, "
                         "else 4 x the usable cores); beyond cores + 1, a run starts only while cores idle")
@@ -237,6 +243,8 @@ class Options:
     aiomode: str
     imgopts: str | None
     misalign: bool
+    debug: bool
+    print_qemu: bool
     jobs: int
     fixed_jobs: bool
     qemu_source: str | None
@@ -314,7 +322,8 @@ def check_combinations(args: argparse.Namespace | Options) -> None:
 
 
 def settings_of(args: argparse.Namespace | Options) -> Settings:
-    """check's own test-environment options: -c/-nocache, -i, -o, -misalign."""
-    return Settings(aiomode=args.aiomode, cachemode=args.cachemode, imgopts=args.imgopts, misalign=args.misalign)
+    """check's own test-environment options: -c/-nocache, -i, -o, -misalign, -d, -p (--print-qemu)."""
+    return Settings(aiomode=args.aiomode, cachemode=args.cachemode, imgopts=args.imgopts, misalign=args.misalign,
+                    debug=args.debug, print_qemu=args.print_qemu)
 
 

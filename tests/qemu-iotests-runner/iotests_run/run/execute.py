@@ -60,10 +60,12 @@ class Context:
     coverage: Recorder | None = None  # --coverage-map: what each run executed, from its own counters
 
 
-def command_of(test: TestCase, python: str) -> list[str]:
-    """check starts a test with the interpreter when its first line is exactly the python3 shebang."""
+def command_of(test: TestCase, python: str, debug: bool = False) -> list[str]:
+    """check starts a test with the interpreter when its first line is exactly the python3 shebang;
+    with -d (debug), the test's argv ends with -d."""
     path = str(test.path.resolve())
-    return [python, path] if test.python else [path]
+    argv = [python, path] if test.python else [path]
+    return [*argv, "-d"] if debug else argv
 
 
 def _tail(path: Path) -> str:
@@ -188,7 +190,7 @@ def _prepare(run: Run, slot: str, ctx: Context, rel: str) -> _Prepared:
     if ctx.coverage is not None:
         env.update(ctx.coverage.environment(box.test_dir.parent, env.get("LD_PRELOAD")))
     overlay = Overlay(ctx.tree.iotests, box.upper, box.work) if ctx.isolation.cores else None
-    launch = Launch(command_of(run.test, ctx.base.python), run.test.path.parent, env,
+    launch = Launch(command_of(run.test, ctx.base.python, ctx.base.settings.debug), run.test.path.parent, env,
                     box.output(run.test.name), _isolation_for(run, ctx.isolation), overlay)
     return _Prepared(box, iotests_env, launch)
 

@@ -41,12 +41,14 @@ MACHINE_FOR_TARGET = {
 
 @dataclass(frozen=True)
 class Settings:
-    """What check's own options choose (-c/-nocache, -i, -o, -misalign); its defaults when not given."""
+    """What check's own options choose (-c/-nocache, -i, -o, -misalign, -d, -p); its defaults when not given."""
 
     aiomode: str = "threads"
     cachemode: str | None = None  # None: check's default, writeback (and CACHEMODE_IS_DEFAULT=true)
     imgopts: str | None = None
     misalign: bool = False  # qemu-io's --misalign in QEMU_IO_OPTIONS (and _NO_FMT)
+    debug: bool = False  # check's -d: each test's argv ends with -d (not a variable)
+    print_qemu: bool = False  # check's -p: PRINT_QEMU=y, QEMU's own output in the test's output
 
     @property
     def cache(self) -> str:
@@ -113,6 +115,8 @@ def iotests_environment(tree: QemuTree, fmt: str, proto: str, *, python: str,
         imgopts = _add_option(imgopts, "zeroed_grain", "on")
     if imgopts is not None:
         env["IMGOPTS"] = imgopts
+    if settings.print_qemu:
+        env["PRINT_QEMU"] = "y"
     env.update(tree.check_sets)
     return env
 
