@@ -109,6 +109,9 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
     p.add_argument("-p", "--protocol", type=_csv, default=["file"], help="protocols, comma separated")
     p.add_argument("-g", "--groups", type=_csv, default=[], help="include tests of these groups")
     p.add_argument("-x", "--exclude-groups", type=_csv, default=[], help="exclude tests of these groups")
+    p.add_argument("--start-from", metavar="TEST",
+                   help="of the selected tests (sorted as check sorts them), only TEST and those after it, as "
+                        "check's --start-from")
     cache = p.add_mutually_exclusive_group()
     cache.add_argument("-c", "--cache", metavar="MODE", dest="cachemode", choices=CACHE_MODES,
                        help=f"cache mode, as check's -c ({', '.join(CACHE_MODES)}; default: writeback, "
@@ -196,8 +199,9 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
     p.add_argument("--flaky-report", action="store_true",
                    help="print the runs that failed in their recent history on this tree (the duration history "
                         "keeps each run's last outcomes) and exit")
-    p.add_argument("--list", dest="list_plan", action="store_true",
-                   help="print the plan (test, format, protocol, run or skip: reason; tab-separated) and exit")
+    p.add_argument("--list", "-n", "--dry-run", dest="list_plan", action="store_true",
+                   help="print the plan (test, format, protocol, run or skip: reason; tab-separated) and exit "
+                        "(-n, --dry-run: check's spelling)")
     p.add_argument("--shard", metavar="I/N", type=planner.Shard.parse,
                    help="run the I-th of N duration-balanced shards (default: CI_NODE_INDEX/CI_NODE_TOTAL if set)")
     p.add_argument("--history", metavar="FILE", type=Path,
@@ -239,6 +243,7 @@ class Options:
     protocol: list[str]
     groups: list[str]
     exclude_groups: list[str]
+    start_from: str | None
     cachemode: str | None
     aiomode: str
     imgopts: str | None
@@ -311,6 +316,8 @@ def check_combinations(args: argparse.Namespace | Options) -> None:
         raise UsageError("--repeat with --last-failed: repeat named tests instead (iotests-run TEST --repeat N)")
     if args.maxfail is not None and args.repeat is not None:
         raise UsageError("--maxfail with --repeat: --repeat counts failures (use --until-fail to stop a run's copies)")
+    if args.start_from is not None and args.last_failed:
+        raise UsageError("--start-from with --last-failed: --last-failed chooses the tests (give one of them)")
     if args.until_fail and args.repeat is None:
         raise UsageError("--until-fail needs --repeat N")
     if args.affected_by is not None and not args.affected_by.strip():

@@ -94,7 +94,7 @@ def find_tests(options: Options) -> Selection | None:
     if again:
         tests = [catalog.tests[k] for k in sorted({r.key for r in again}) if k in catalog.tests]
     else:
-        tests = catalog.select(options.tests, options.groups, options.exclude_groups)
+        tests = catalog.select(options.tests, options.groups, options.exclude_groups, options.start_from)
     if not tests:
         raise UsageError("no tests selected")
     scratch = (options.scratch or default_scratch(tree.build)).resolve()
