@@ -101,7 +101,7 @@ def test_environment_equals_checks(any_reference_tree: ReferenceTree, tmp_path: 
 
 
 def test_checks_own_environment_options_equal_checks(any_reference_tree: ReferenceTree, tmp_path: Path) -> None:
-    """check's environment options (-nocache/-c, -i, -o, -misalign, -p as --print-qemu, -d) against ours:
+    """check's environment options (-nocache/-c, -i, -o, -misalign, -p as --print-qemu, -d, -valgrind, -gdb):
     `check -qcow2 OPTIONS -- env -0`."""
     from iotests_run.cli.options import make_parser, settings_of
     from iotests_run.run.admission import Cpus
@@ -111,7 +111,8 @@ def test_checks_own_environment_options_equal_checks(any_reference_tree: Referen
                                   ["--nocache", "-i", "native", "-o", "compat=0.10"]),
                                  (["-c", "writethrough"], ["-c", "writethrough"]),
                                  (["-misalign"], ["--misalign"]),
-                                 (["-p", "-d"], ["--print-qemu", "-d"])):
+                                 (["-p", "-d"], ["--print-qemu", "-d"]),
+                                 (["-valgrind", "-gdb"], ["--valgrind", "--gdb"])):
         dump = tmp_path / "env"
         subprocess.run([sys.executable, "check", "-qcow2", *check_args, "--", "sh", "-c", f"env -0 > {dump}"],
                        cwd=any_reference_tree.build / "tests" / "qemu-iotests", env=user_env,

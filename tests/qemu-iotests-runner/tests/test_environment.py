@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -201,3 +202,58 @@ def test_debug_ends_each_tests_argv_with_d_and_print_qemu_sets_its_variable(fake
     assert proc.returncode == 0, proc.stdout
     proc = run_cli(["001", *fake_tree.args(results)])  # without them: "args:  print: unset", a failure
     assert proc.returncode == 1 and runs_by_test(results)[("qcow2", "001")]["outcome"] == "fail"
+
+
+@pytest.mark.unit
+def test_valgrind_and_gdb_set_checks_variables(tree: QemuTree) -> None:
+    """-valgrind: VALGRIND_QEMU=y; -gdb: the user's GDB_OPTIONS, localhost:12345 when unset or empty."""
+    both = Settings(valgrind=True, gdb=True)
+    env = env_for(tree, "qcow2", settings=both)
+    assert (env["VALGRIND_QEMU"], env["GDB_OPTIONS"]) == ("y", "localhost:12345")
+    assert env_for(tree, "qcow2", user={"GDB_OPTIONS": ""}, settings=both)["GDB_OPTIONS"] == "localhost:12345"
+    assert env_for(tree, "qcow2", user={"GDB_OPTIONS": "0.0.0.0:2345"}, settings=both)["GDB_OPTIONS"] == \
+        "0.0.0.0:2345"
+    plain = env_for(tree, "qcow2", user={"GDB_OPTIONS": "0.0.0.0:2345"})
+    assert "VALGRIND_QEMU" not in plain and "GDB_OPTIONS" not in plain
+    child = child_environment({"GDB_OPTIONS": "0.0.0.0:2345"}, env_for(tree, "qcow2", settings=both), Path("/tmp"))
+    assert child["GDB_OPTIONS"] == "localhost:12345"
+
+
+@pytest.mark.unit
+def test_valgrind_scales_the_limits_and_gdb_has_no_hang_limit() -> None:
+    import math
+
+    from iotests_run.cli.options import Options, check_gdb, make_parser
+    from iotests_run.errors import UsageError
+    from iotests_run.run.admission import Cpus
+
+    def options(*argv: str) -> Options:
+        return Options.of(make_parser(Cpus(2, None)).parse_args(list(argv)))
+
+    assert (options().multiplier, options().hang_limit) == (1.0, 120.0)
+    assert (options("--valgrind").multiplier, options("--valgrind").hang_limit) == (10.0, 1200.0)
+    assert options("-valgrind", "--timeout-multiplier", "3", "--hang-timeout", "10").hang_limit == 30.0
+    assert options("--timeout-multiplier", "3").hang_limit == 120.0  # as before: hard limits only
+    assert options("-gdb").hang_limit == math.inf
+    check_gdb(options("--gdb", "-j", "1"), 5)
+    check_gdb(options("--gdb", "-j", "8"), 1)
+    with pytest.raises(UsageError, match=r"--gdb with 2 runs: .* add -j 1"):
+        check_gdb(options("--gdb", "-j", "8"), 2)
+
+
+@pytest.mark.process
+def test_gdb_and_valgrind_on_the_command_line(fake_tree: FakeTree, tmp_path: Path) -> None:
+    """The tests get check's variables; --gdb names the address in each run's start line, and refuses
+    parallel runs in one line (exit 2)."""
+    fake_tree.add_test("001", 'echo "$VALGRIND_QEMU $GDB_OPTIONS"\n', out="y localhost:12345\n")
+    fake_tree.add_test("002", 'echo "$VALGRIND_QEMU $GDB_OPTIONS"\n', out="y localhost:12345\n")
+    results = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if k != "GDB_OPTIONS"}
+    proc = run_cli(["--gdb", "-valgrind", "-j", "1", *fake_tree.args(results)], env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for test in ("001", "002"):
+        assert f"{test}: started; its QEMU waits for gdb at localhost:12345" in proc.stdout
+    proc = run_cli(["--gdb", "-j", "2", *fake_tree.args(results)], env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "iotests-run: --gdb with 2 runs: each QEMU waits for a debugger at one address (GDB_OPTIONS): "
+        "add -j 1 to run them one at a time, or name one test"]

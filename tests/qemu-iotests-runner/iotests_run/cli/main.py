@@ -20,7 +20,7 @@ from types import FrameType
 
 from iotests_run.cli import merge_command, stages
 from iotests_run.cli.exits import EXIT_BISECT_ABORT, EXIT_BISECT_SKIP, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from iotests_run.cli.options import Options, check_combinations, make_parser, parse_arguments
+from iotests_run.cli.options import Options, check_combinations, check_gdb, make_parser, parse_arguments
 from iotests_run.debug import block_state_command
 from iotests_run.errors import SetupError, UsageError
 from iotests_run.results.folder import claim
@@ -39,6 +39,7 @@ def run(options: Options, cpus: Cpus) -> int:
     planned = stages.plan_runs(options, found)
     if options.list_plan:
         return stages.list_plan(planned)
+    check_gdb(options, len(planned.runs))
     prepared = stages.prepare(options, found)  # every output path checked before the claim empties the folder
     held = claim(Path(options.results), "results folder")
     reporter, admission = stages.start_reporting(options, cpus, found, planned, held, prepared, started)

@@ -7,6 +7,7 @@ are checked like options, and the command line wins over IOTESTS_RUN_ARGS.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import shlex
@@ -28,6 +29,8 @@ from iotests_run.tree.environment import VARIABLE_NAME, Settings
 DEFAULT_TIMEOUT_S = 600.0
 DEFAULT_HANG_TIMEOUT_S = 120.0
 DEFAULT_HANG_FACTOR = 5.0
+# --valgrind: how much longer the runs may take (hard and hang limits), unless --timeout-multiplier says.
+VALGRIND_SLOWDOWN = 10.0
 # What QEMU accepts for cache= and aio= (check passes them on as CACHEMODE and AIOMODE).
 CACHE_MODES = ("none", "writeback", "writethrough", "directsync", "unsafe")
 AIO_MODES = ("threads", "native", "io_uring")
@@ -130,6 +133,14 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
     p.add_argument("--print-qemu", action="store_true",
                    help="QEMU's own stdout and stderr in the test's output (PRINT_QEMU=y), as check's -p "
                         "(-p is our --protocol)")
+    p.add_argument("--valgrind", "-valgrind", action="store_true",
+                   help="the tests start QEMU under valgrind (VALGRIND_QEMU=y), as check's -valgrind; the hard "
+                        f"and hang limits are multiplied by {VALGRIND_SLOWDOWN:g} (or --timeout-multiplier X); "
+                        "valgrind's reports are in each test's output")
+    p.add_argument("--gdb", "-gdb", action="store_true",
+                   help="the tests start QEMU under gdbserver at GDB_OPTIONS (default localhost:12345), waiting "
+                        "for a debugger, as check's -gdb; one run at a time (-j 1 when more than one run is "
+                        "planned), on the machine's network, no hang limit; each run's start line names the address")
     p.add_argument("-j", "--jobs", type=_jobs, default=default_jobs(os.environ, (cpus or Cpus.here()).count),
                    help="at most this many runs at once (default: %(default)s: IOTESTS_RUN_JOBS, else make's -jN, "
                         "else 4 x the usable cores); beyond cores + 1, a run starts only while cores idle")
@@ -148,8 +159,9 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
                       help="a line for every finished run, on a terminal too, and each failure's diff under it")
     p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
                    help="hard limit per run (default: %(default)g; per-test overrides in timeouts.json)")
-    p.add_argument("--timeout-multiplier", type=_seconds, default=1.0, metavar="X",
-                   help="multiply every hard limit, for slow machines and sanitizer builds")
+    p.add_argument("--timeout-multiplier", type=_seconds, default=None, metavar="X",
+                   help="multiply every hard limit, for slow machines and sanitizer builds (default: 1; with "
+                        f"--valgrind: {VALGRIND_SLOWDOWN:g}, and the --hang-timeout too)")
     p.add_argument("--hang-timeout", type=_seconds, default=DEFAULT_HANG_TIMEOUT_S, metavar="SECONDS",
                    help="a run whose processes used no CPU and wrote no output this long is a hang "
                         "(default: %(default)g)")
@@ -250,6 +262,8 @@ class Options:
     misalign: bool
     debug: bool
     print_qemu: bool
+    valgrind: bool
+    gdb: bool
     jobs: int
     fixed_jobs: bool
     qemu_source: str | None
@@ -259,7 +273,7 @@ class Options:
     tap: bool
     level: int
     timeout: float
-    timeout_multiplier: float
+    timeout_multiplier: float | None
     hang_timeout: float
     hang_factor: float
     grace: float
@@ -304,6 +318,21 @@ class Options:
         return self.coverage_map if not self.change_asked else None
 
     @property
+    def multiplier(self) -> float:
+        """What the hard limits are multiplied by: --timeout-multiplier, else VALGRIND_SLOWDOWN with --valgrind."""
+        if self.timeout_multiplier is not None:
+            return self.timeout_multiplier
+        return VALGRIND_SLOWDOWN if self.valgrind else 1.0
+
+    @property
+    def hang_limit(self) -> float:
+        """--hang-timeout; with --valgrind times the multiplier (a QEMU under valgrind is slow everywhere); with
+        --gdb none (a QEMU waiting for its debugger uses no CPU and writes nothing: no hang)."""
+        if self.gdb:
+            return math.inf
+        return self.hang_timeout * self.multiplier if self.valgrind else self.hang_timeout
+
+    @property
     def settings(self) -> Settings:
         return settings_of(self)
 
@@ -328,9 +357,17 @@ def check_combinations(args: argparse.Namespace | Options) -> None:
             raise UsageError(f"{name} needs --affected-by REV or --affected-by-diff FILE")
 
 
+def check_gdb(options: Options, planned_runs: int) -> None:
+    """--gdb: every QEMU waits for a debugger at the same address; two at once cannot both listen there."""
+    if options.gdb and planned_runs > 1 and options.jobs != 1:
+        raise UsageError(f"--gdb with {planned_runs} runs: each QEMU waits for a debugger at one address "
+                         "(GDB_OPTIONS): add -j 1 to run them one at a time, or name one test")
+
+
 def settings_of(args: argparse.Namespace | Options) -> Settings:
-    """check's own test-environment options: -c/-nocache, -i, -o, -misalign, -d, -p (--print-qemu)."""
+    """check's own test-environment options: -c/-nocache, -i, -o, -misalign, -d, -p (--print-qemu), -valgrind,
+    -gdb."""
     return Settings(aiomode=args.aiomode, cachemode=args.cachemode, imgopts=args.imgopts, misalign=args.misalign,
-                    debug=args.debug, print_qemu=args.print_qemu)
+                    debug=args.debug, print_qemu=args.print_qemu, valgrind=args.valgrind, gdb=args.gdb)
 
 

@@ -264,8 +264,8 @@ def execute(options: Options, found: Selection, planned: Planned, reporter: Repo
             held: Claim, prepared: Prepared, started: float) -> bool:
     """Every planned run in its sandbox, each judged and reported as it ends; False when interrupted."""
     recorder, tests_env = prepared.recorder, prepared.tests_env
-    limits = limits_for(LimitOptions(options.timeout, options.timeout_multiplier, options.hang_timeout,
-                                     options.grace, options.hang_factor,
+    limits = limits_for(LimitOptions(options.timeout, options.multiplier, options.hang_limit,
+                                     options.grace, 0.0 if options.gdb else options.hang_factor,
                                      history.last_passed(planned.history_file, planned.tree_id)))
     ended = run_in_sandboxes(planned.runs, found.tree, results_dir=held.path, scratch=found.scratch,
                              isolate=not options.no_isolation, perturb=prepared.perturb,

@@ -130,7 +130,7 @@ def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scra
     ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
                   base=TestsBase(user_env, perturb, settings), limits=limits, isolation=isolation,
                   trackers=Trackers(cgroups, marker, adopter), retries=retries, repeat=repeat,
-                  epoch=time.monotonic() if epoch is None else epoch, coverage=coverage)
+                  epoch=time.monotonic() if epoch is None else epoch, coverage=coverage, note=hooks.note)
     interrupted = False
     try:
         execute_all(runs, ctx, admission, hooks.finished, on_tick=lambda: hooks.tick(registry.live()),
