@@ -94,7 +94,7 @@ _seconds = _number(float, 0, True, "more than 0")
 _factor = _number(float, 0, False, "0 or more")
 
 
-def _variable_name(value: str) -> str:
+def variable_name(value: str) -> str:
     if not VARIABLE_NAME.fullmatch(value):
         raise argparse.ArgumentTypeError(f"not a variable name: {value}")
     return value
@@ -102,6 +102,33 @@ def _variable_name(value: str) -> str:
 
 def _csv(value: str) -> list[str]:
     return [v for v in value.split(",") if v]
+
+
+def add_environment_options(p: argparse.ArgumentParser) -> None:
+    """check's options that shape the tests' environment (Settings), shared by a run and `shell`."""
+    cache = p.add_mutually_exclusive_group()
+    cache.add_argument("-c", "--cache", metavar="MODE", dest="cachemode", choices=CACHE_MODES,
+                       help=f"cache mode, as check's -c ({', '.join(CACHE_MODES)}; default: writeback, "
+                            "with CACHEMODE_IS_DEFAULT=true)")
+    cache.add_argument("--nocache", dest="cachemode", action="store_const", const="none",
+                       help="cache mode none (O_DIRECT), as check's -nocache")
+    p.add_argument("-i", "--aio", metavar="MODE", dest="aiomode", default="threads", choices=AIO_MODES,
+                   help=f"AIO mode, as check's -i ({', '.join(AIO_MODES)}; default: %(default)s)")
+    p.add_argument("-o", "--imgopts", metavar="OPTIONS",
+                   help="image creation options (IMGOPTS), as check's -o")
+    p.add_argument("--misalign", "-misalign", action="store_true",
+                   help="misalign qemu-io's memory allocations (QEMU_IO_OPTIONS gets --misalign), as check's -misalign")
+    p.add_argument("--print-qemu", action="store_true",
+                   help="QEMU's own stdout and stderr in the test's output (PRINT_QEMU=y), as check's -p "
+                        "(-p is our --protocol)")
+    p.add_argument("--valgrind", "-valgrind", action="store_true",
+                   help="the tests start QEMU under valgrind (VALGRIND_QEMU=y), as check's -valgrind; the hard "
+                        f"and hang limits are multiplied by {VALGRIND_SLOWDOWN:g} (or --timeout-multiplier X); "
+                        "valgrind's reports are in each test's output")
+    p.add_argument("--gdb", "-gdb", action="store_true",
+                   help="the tests start QEMU under gdbserver at GDB_OPTIONS (default localhost:12345), waiting "
+                        "for a debugger, as check's -gdb; one run at a time (-j 1 when more than one run is "
+                        "planned), on the machine's network, no hang limit; each run's start line names the address")
 
 
 def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
@@ -115,32 +142,10 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
     p.add_argument("--start-from", metavar="TEST",
                    help="of the selected tests (sorted as check sorts them), only TEST and those after it, as "
                         "check's --start-from")
-    cache = p.add_mutually_exclusive_group()
-    cache.add_argument("-c", "--cache", metavar="MODE", dest="cachemode", choices=CACHE_MODES,
-                       help=f"cache mode, as check's -c ({', '.join(CACHE_MODES)}; default: writeback, "
-                            "with CACHEMODE_IS_DEFAULT=true)")
-    cache.add_argument("--nocache", dest="cachemode", action="store_const", const="none",
-                       help="cache mode none (O_DIRECT), as check's -nocache")
-    p.add_argument("-i", "--aio", metavar="MODE", dest="aiomode", default="threads", choices=AIO_MODES,
-                   help=f"AIO mode, as check's -i ({', '.join(AIO_MODES)}; default: %(default)s)")
-    p.add_argument("-o", "--imgopts", metavar="OPTIONS",
-                   help="image creation options (IMGOPTS), as check's -o")
-    p.add_argument("--misalign", "-misalign", action="store_true",
-                   help="misalign qemu-io's memory allocations (QEMU_IO_OPTIONS gets --misalign), as check's -misalign")
+    add_environment_options(p)
     p.add_argument("-d", "--debug", action="store_true",
                    help="start each test with -d (its debug output), as check's -d; with many runs each run's "
                         "output stays its own (the run's output file)")
-    p.add_argument("--print-qemu", action="store_true",
-                   help="QEMU's own stdout and stderr in the test's output (PRINT_QEMU=y), as check's -p "
-                        "(-p is our --protocol)")
-    p.add_argument("--valgrind", "-valgrind", action="store_true",
-                   help="the tests start QEMU under valgrind (VALGRIND_QEMU=y), as check's -valgrind; the hard "
-                        f"and hang limits are multiplied by {VALGRIND_SLOWDOWN:g} (or --timeout-multiplier X); "
-                        "valgrind's reports are in each test's output")
-    p.add_argument("--gdb", "-gdb", action="store_true",
-                   help="the tests start QEMU under gdbserver at GDB_OPTIONS (default localhost:12345), waiting "
-                        "for a debugger, as check's -gdb; one run at a time (-j 1 when more than one run is "
-                        "planned), on the machine's network, no hang limit; each run's start line names the address")
     p.add_argument("-j", "--jobs", type=_jobs, default=default_jobs(os.environ, (cpus or Cpus.here()).count),
                    help="at most this many runs at once (default: %(default)s: IOTESTS_RUN_JOBS, else make's -jN, "
                         "else 4 x the usable cores); beyond cores + 1, a run starts only while cores idle")
@@ -236,7 +241,7 @@ def make_parser(cpus: Cpus | None = None) -> argparse.ArgumentParser:
                              "another QEMU, REV unknown in a shallow clone, ...): say why in one line and run "
                              "everything, instead of exit 2 (for CI and Patchew, where the full run is the safe "
                              "default)")
-    p.add_argument("--pass-env", metavar="NAME", type=_variable_name, action="append", default=[],
+    p.add_argument("--pass-env", metavar="NAME", type=variable_name, action="append", default=[],
                    help="let the tests see this variable although its name looks like a credential "
                         "(TOKEN, SECRET, PASSWORD, ...: those are withheld from tests); repeatable")
     p.add_argument("--no-static-skip", action="store_true",
