@@ -257,3 +257,31 @@ def test_gdb_and_valgrind_on_the_command_line(fake_tree: FakeTree, tmp_path: Pat
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         "iotests-run: --gdb with 2 runs: each QEMU waits for a debugger at one address (GDB_OPTIONS): "
         "add -j 1 to run them one at a time, or name one test"]
+
+
+@pytest.mark.process
+def test_valgrinds_report_fails_the_run_as_check_shows_it(fake_tree: FakeTree, tmp_path: Path) -> None:
+    """A planted invalid read in a program started as common.rc starts QEMU under VALGRIND_QEMU=y (valgrind
+    --error-exitcode=99, its log printed on 99): the run fails, valgrind's report in its diff and output."""
+    import shutil
+    import subprocess
+
+    if shutil.which("valgrind") is None or shutil.which("cc") is None:
+        pytest.skip("needs valgrind and cc")
+    source = tmp_path / "bad.c"
+    source.write_text("#include <stdlib.h>\nint main(void) { int *p = malloc(4); free(p); return p[0] == 7; }\n")
+    subprocess.run(["cc", "-g", "-O0", "-o", str(tmp_path / "bad"), str(source)], check=True)
+    fake_tree.add_test("001", f"""\
+    log="$TEST_DIR/$$.valgrind" bad={tmp_path}/bad
+    if [ "$VALGRIND_QEMU" = y ]; then valgrind --log-file="$log" --error-exitcode=99 "$bad"; else "$bad"; fi
+    [ $? = 99 ] && cat "$log"
+    echo done
+    """, out="done\n")
+    results = tmp_path / "results"
+    assert run_cli(["001", *fake_tree.args(results)]).returncode == 0  # without valgrind the bug goes unseen
+    proc = run_cli(["001", "--valgrind", *fake_tree.args(results)])
+    assert proc.returncode == 1, proc.stdout
+    run = runs_by_test(results)[("qcow2", "001")]
+    assert run["outcome"] == "fail", run
+    assert "+==" in (results / run["artifacts"] / "diff.txt").read_text()  # valgrind's lines, as check's diff
+    assert "Invalid read of size 4" in (results / run["artifacts"] / "001.out.bad").read_text()
