@@ -243,13 +243,13 @@ def test_valgrind_scales_the_limits_and_gdb_has_no_hang_limit() -> None:
 
 @pytest.mark.process
 def test_gdb_and_valgrind_on_the_command_line(fake_tree: FakeTree, tmp_path: Path) -> None:
-    """The tests get check's variables; --gdb names the address in each run's start line, and refuses
+    """The tests get check's variables; --gdb names the address in each run's start line (--quiet too), and refuses
     parallel runs in one line (exit 2)."""
     fake_tree.add_test("001", 'echo "$VALGRIND_QEMU $GDB_OPTIONS"\n', out="y localhost:12345\n")
     fake_tree.add_test("002", 'echo "$VALGRIND_QEMU $GDB_OPTIONS"\n', out="y localhost:12345\n")
     results = tmp_path / "results"
     env = {k: v for k, v in os.environ.items() if k != "GDB_OPTIONS"}
-    proc = run_cli(["--gdb", "-valgrind", "-j", "1", *fake_tree.args(results)], env=env)
+    proc = run_cli(["--gdb", "-valgrind", "-j", "1", "-q", *fake_tree.args(results)], env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for test in ("001", "002"):
         assert f"{test}: started; its QEMU waits for gdb at localhost:12345" in proc.stdout

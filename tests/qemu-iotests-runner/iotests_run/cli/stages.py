@@ -274,7 +274,8 @@ def execute(options: Options, found: Selection, planned: Planned, reporter: Repo
                              repeat=Policy(options.keep_failures, options.until_fail) if options.repeat else None,
                              load=options.load, epoch=started, coverage=recorder,
                              hooks=Hooks(reporter.finished, reporter.tick, reporter.progress.note,
-                                         enough=lambda: enough(options.maxfail, reporter.results)))
+                                         enough=lambda: enough(options.maxfail, reporter.results),
+                                         alert=lambda text: reporter.progress.note(text, quiet_too=True)))
     if ended.orphans:
         reporter.meta.orphans = ended.orphans
         reporter.progress.note(f"iotests-run: killed {len(ended.orphans)} process(es) left by runs that cannot be "
