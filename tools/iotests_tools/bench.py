@@ -35,7 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
@@ -83,12 +83,14 @@ def measured(work: Callable[[], T]) -> tuple[T, float, float]:
     return result, busy1 - busy0, idle1 - idle0
 
 
-def run_check(build: str, fmt: str, selection: list[str], jobs: int) -> tuple[float, dict[str, str]]:
-    """QEMU's own check from the build tree, its TAP output parsed into verdicts per test."""
+def run_check(build: str, fmt: str, selection: list[str], jobs: int,
+              options: Sequence[str] = ()) -> tuple[float, dict[str, str]]:
+    """QEMU's own check from the build tree (with check's options, e.g. -misalign), its TAP output parsed into
+    verdicts per test."""
     workdir = Path(tempfile.mkdtemp(prefix="iotr-check-", dir="/tmp"))
     env = dict(os.environ, TEST_DIR=str(workdir / "scratch"), SOCK_DIR=str(workdir / "s"))
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "check", "-tap", f"-{fmt}", "-j", str(jobs), *selection],
+    proc = subprocess.run([sys.executable, "check", "-tap", f"-{fmt}", "-j", str(jobs), *options, *selection],
                           cwd=Path(build, "tests", "qemu-iotests"), env=env, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True)
     wall = time.monotonic() - start

@@ -91,7 +91,8 @@ _SUITE_HISTORY: list[Path] = []
 def _history_of_the_suite(args: Sequence[str]) -> list[str]:
     """Runs of the test suite keep their duration and outcome history to themselves: in the user's
     ~/.cache file, the suite's many fake trees would push out the reference trees' histories."""
-    if args[:1] in (["merge"], ["block-state"]) or any(a == "--history" or a.startswith("--history=") for a in args):
+    if args[:1] in (["merge"], ["block-state"], ["shell"]) or any(a == "--history" or a.startswith("--history=")
+                                                                   for a in args):
         return []
     if not _SUITE_HISTORY:
         import tempfile

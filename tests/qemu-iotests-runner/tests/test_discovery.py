@@ -65,6 +65,31 @@ def test_short_numbers_and_names(tree: FakeTree) -> None:
 
 
 @pytest.mark.unit
+def test_start_from_keeps_that_test_and_those_after_it_in_checks_order(tree: FakeTree) -> None:
+    catalog = discover(tree.iotests)
+    assert keys(catalog.select([], [], [], start_from="2")) == ["002", "010", "tests/named-one"]
+    assert keys(catalog.select([], ["quick"], [], start_from="named-one")) == ["tests/named-one"]
+    with pytest.raises(UsageError, match="--start-from 10: not among the selected tests"):
+        catalog.select([], ["rw"], [], start_from="10")
+    with pytest.raises(UsageError, match="unknown test: 999"):
+        catalog.select([], [], [], start_from="999")
+
+
+@pytest.mark.process
+def test_start_from_and_dry_run_on_the_command_line(tree: FakeTree, tmp_path: Path) -> None:
+    """check's `--start-from 010 -n`: the plan of 010 and the tests after it; bad uses: one line, exit 2."""
+    results = tmp_path / "r"
+    for dry in ("-n", "--dry-run", "--list"):
+        proc = run_cli(["--start-from", "010", dry, *tree_args(tree, results)])
+        assert proc.returncode == 0, proc.stderr
+        assert [line.split("\t")[0] for line in proc.stdout.splitlines()] == ["010", "named-one"]
+    expect_usage_error(tmp_path, ["-g", "img", "--start-from", "1", *tree_args(tree, results)],
+                       "--start-from 1: not among the selected tests")
+    expect_usage_error(tmp_path, ["--start-from", "1", "--last-failed", *tree_args(tree, results)],
+                       "--start-from with --last-failed")
+
+
+@pytest.mark.unit
 def test_exclude_with_bare_test_list_is_refused(tree: FakeTree) -> None:
     with pytest.raises(UsageError, match="cannot exclude"):
         discover(tree.iotests).select(["001"], [], ["rw"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -56,6 +57,22 @@ def test_vmdk_gets_zeroed_grain_unless_given(tree: QemuTree) -> None:
     assert env_for(tree, "vmdk", settings=Settings(imgopts="subformat=monolithicFlat"))["IMGOPTS"] == \
         "subformat=monolithicFlat,zeroed_grain=on"
     assert env_for(tree, "vmdk", settings=Settings(imgopts="zeroed_grain=off"))["IMGOPTS"] == "zeroed_grain=off"
+
+
+@pytest.mark.unit
+def test_misalign_adds_qemu_io_misalign_before_the_format(tree: QemuTree) -> None:
+    """check's -misalign: ` --misalign` after --aio in QEMU_IO_OPTIONS and _NO_FMT, before luks's missing -f."""
+    from iotests_run.cli.options import make_parser, settings_of
+    from iotests_run.run.admission import Cpus
+
+    for spelling in ("--misalign", "-misalign"):
+        settings = settings_of(make_parser(Cpus(2, None)).parse_args([spelling, "-c", "none"]))
+        env = env_for(tree, "qcow2", settings=settings)
+        assert env["QEMU_IO_OPTIONS"] == "--cache none --aio threads --misalign -f qcow2"
+        assert env["QEMU_IO_OPTIONS_NO_FMT"] == "--cache none --aio threads --misalign"
+    assert env_for(tree, "luks", settings=Settings(misalign=True))["QEMU_IO_OPTIONS"] == \
+        "--cache writeback --aio threads --misalign"
+    assert "--misalign" not in env_for(tree, "qcow2")["QEMU_IO_OPTIONS"]
 
 
 @pytest.mark.unit
@@ -164,3 +181,107 @@ def test_checks_environment_options_and_skipped_cases(fake_tree: FakeTree, tmp_p
     assert "no pylint here" in (results / "summary.txt").read_text()
     case = next(c for c in ET.parse(results / "junit.xml").getroot().iter("testcase") if c.get("name") == "002")
     assert "[case not run] no pylint here" in (case.findtext("system-out") or "")
+
+
+@pytest.mark.unit
+def test_print_qemu_sets_print_qemu_and_debug_sets_no_variable(tree: QemuTree) -> None:
+    assert env_for(tree, "qcow2", settings=Settings(print_qemu=True))["PRINT_QEMU"] == "y"
+    assert "PRINT_QEMU" not in env_for(tree, "qcow2")
+    assert env_for(tree, "qcow2", settings=Settings(debug=True)) == env_for(tree, "qcow2")
+
+
+@pytest.mark.process
+def test_debug_ends_each_tests_argv_with_d_and_print_qemu_sets_its_variable(fake_tree: FakeTree,
+                                                                           tmp_path: Path) -> None:
+    """check's -d appends -d to the test's argv (after the interpreter's script too); -p is --print-qemu here."""
+    fake_tree.add_test("001", 'echo "args: $* print: ${PRINT_QEMU-unset}"\n', out="args: -d print: y\n")
+    fake_tree.add_test("002", "import sys, os\nprint('args:', sys.argv[1:], os.environ.get('PRINT_QEMU'))\n",
+                       out="args: ['-d'] y\n", python=True)
+    results = tmp_path / "results"
+    proc = run_cli(["001", "002", "-d", "--print-qemu", "-j", "2", *fake_tree.args(results)])
+    assert proc.returncode == 0, proc.stdout
+    proc = run_cli(["001", *fake_tree.args(results)])  # without them: "args:  print: unset", a failure
+    assert proc.returncode == 1 and runs_by_test(results)[("qcow2", "001")]["outcome"] == "fail"
+
+
+@pytest.mark.unit
+def test_valgrind_and_gdb_set_checks_variables(tree: QemuTree) -> None:
+    """-valgrind: VALGRIND_QEMU=y; -gdb: the user's GDB_OPTIONS, localhost:12345 when unset or empty."""
+    both = Settings(valgrind=True, gdb=True)
+    env = env_for(tree, "qcow2", settings=both)
+    assert (env["VALGRIND_QEMU"], env["GDB_OPTIONS"]) == ("y", "localhost:12345")
+    assert env_for(tree, "qcow2", user={"GDB_OPTIONS": ""}, settings=both)["GDB_OPTIONS"] == "localhost:12345"
+    assert env_for(tree, "qcow2", user={"GDB_OPTIONS": "0.0.0.0:2345"}, settings=both)["GDB_OPTIONS"] == \
+        "0.0.0.0:2345"
+    plain = env_for(tree, "qcow2", user={"GDB_OPTIONS": "0.0.0.0:2345"})
+    assert "VALGRIND_QEMU" not in plain and "GDB_OPTIONS" not in plain
+    child = child_environment({"GDB_OPTIONS": "0.0.0.0:2345"}, env_for(tree, "qcow2", settings=both), Path("/tmp"))
+    assert child["GDB_OPTIONS"] == "localhost:12345"
+
+
+@pytest.mark.unit
+def test_valgrind_scales_the_limits_and_gdb_has_no_hang_limit() -> None:
+    import math
+
+    from iotests_run.cli.options import Options, check_gdb, make_parser
+    from iotests_run.errors import UsageError
+    from iotests_run.run.admission import Cpus
+
+    def options(*argv: str) -> Options:
+        return Options.of(make_parser(Cpus(2, None)).parse_args(list(argv)))
+
+    assert (options().multiplier, options().hang_limit) == (1.0, 120.0)
+    assert (options("--valgrind").multiplier, options("--valgrind").hang_limit) == (10.0, 1200.0)
+    assert options("-valgrind", "--timeout-multiplier", "3", "--hang-timeout", "10").hang_limit == 30.0
+    assert options("--timeout-multiplier", "3").hang_limit == 120.0  # as before: hard limits only
+    assert options("-gdb").hang_limit == math.inf
+    check_gdb(options("--gdb", "-j", "1"), 5)
+    check_gdb(options("--gdb", "-j", "8"), 1)
+    with pytest.raises(UsageError, match=r"--gdb with 2 runs: .* add -j 1"):
+        check_gdb(options("--gdb", "-j", "8"), 2)
+
+
+@pytest.mark.process
+def test_gdb_and_valgrind_on_the_command_line(fake_tree: FakeTree, tmp_path: Path) -> None:
+    """The tests get check's variables; --gdb names the address in each run's start line (--quiet too), and refuses
+    parallel runs in one line (exit 2)."""
+    fake_tree.add_test("001", 'echo "$VALGRIND_QEMU $GDB_OPTIONS"\n', out="y localhost:12345\n")
+    fake_tree.add_test("002", 'echo "$VALGRIND_QEMU $GDB_OPTIONS"\n', out="y localhost:12345\n")
+    results = tmp_path / "results"
+    env = {k: v for k, v in os.environ.items() if k != "GDB_OPTIONS"}
+    proc = run_cli(["--gdb", "-valgrind", "-j", "1", "-q", *fake_tree.args(results)], env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for test in ("001", "002"):
+        assert f"{test}: started; its QEMU waits for gdb at localhost:12345" in proc.stdout
+    proc = run_cli(["--gdb", "-j", "2", *fake_tree.args(results)], env=env)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "iotests-run: --gdb with 2 runs: each QEMU waits for a debugger at one address (GDB_OPTIONS): "
+        "add -j 1 to run them one at a time, or name one test"]
+
+
+@pytest.mark.process
+def test_valgrinds_report_fails_the_run_as_check_shows_it(fake_tree: FakeTree, tmp_path: Path) -> None:
+    """A planted invalid read in a program started as common.rc starts QEMU under VALGRIND_QEMU=y (valgrind
+    --error-exitcode=99, its log printed on 99): the run fails, valgrind's report in its diff and output."""
+    import shutil
+    import subprocess
+
+    if shutil.which("valgrind") is None or shutil.which("cc") is None:
+        pytest.skip("needs valgrind and cc")
+    source = tmp_path / "bad.c"
+    source.write_text("#include <stdlib.h>\nint main(void) { int *p = malloc(4); free(p); return p[0] == 7; }\n")
+    subprocess.run(["cc", "-g", "-O0", "-o", str(tmp_path / "bad"), str(source)], check=True)
+    fake_tree.add_test("001", f"""\
+    log="$TEST_DIR/$$.valgrind" bad={tmp_path}/bad
+    if [ "$VALGRIND_QEMU" = y ]; then valgrind --log-file="$log" --error-exitcode=99 "$bad"; else "$bad"; fi
+    [ $? = 99 ] && cat "$log"
+    echo done
+    """, out="done\n")
+    results = tmp_path / "results"
+    assert run_cli(["001", *fake_tree.args(results)]).returncode == 0  # without valgrind the bug goes unseen
+    proc = run_cli(["001", "--valgrind", *fake_tree.args(results)])
+    assert proc.returncode == 1, proc.stdout
+    run = runs_by_test(results)[("qcow2", "001")]
+    assert run["outcome"] == "fail", run
+    assert "+==" in (results / run["artifacts"] / "diff.txt").read_text()  # valgrind's lines, as check's diff
+    assert "Invalid read of size 4" in (results / run["artifacts"] / "001.out.bad").read_text()

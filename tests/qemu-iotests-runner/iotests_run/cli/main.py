@@ -4,8 +4,8 @@
     -> start reporting -> execute in sandboxes, judging each run as it ends -> finish
 
 Each stage is a function of cli/stages.py that hands its work to the package of its concern (tree/,
-plan/, affected/, results/, run/, report/). `merge` (cli/merge_command.py) and `block-state`
-(debug/block_state_command.py) own their argv.
+plan/, affected/, results/, run/, report/). `merge` (cli/merge_command.py), `shell` (cli/shell_command.py)
+and `block-state` (debug/block_state_command.py) own their argv.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
-from iotests_run.cli import merge_command, stages
+from iotests_run.cli import merge_command, shell_command, stages
 from iotests_run.cli.exits import EXIT_BISECT_ABORT, EXIT_BISECT_SKIP, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
-from iotests_run.cli.options import Options, check_combinations, make_parser, parse_arguments
+from iotests_run.cli.options import Options, check_combinations, check_gdb, make_parser, parse_arguments
 from iotests_run.debug import block_state_command
 from iotests_run.errors import SetupError, UsageError
 from iotests_run.results.folder import claim
@@ -39,6 +39,7 @@ def run(options: Options, cpus: Cpus) -> int:
     planned = stages.plan_runs(options, found)
     if options.list_plan:
         return stages.list_plan(planned)
+    check_gdb(options, len(planned.runs))
     prepared = stages.prepare(options, found)  # every output path checked before the claim empties the folder
     held = claim(Path(options.results), "results folder")
     reporter, admission = stages.start_reporting(options, cpus, found, planned, held, prepared, started)
@@ -56,6 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if argv[:1] == ["merge"]:
             return merge_command.main(argv[1:])
+        if argv[:1] == ["shell"]:
+            return shell_command.main(argv[1:])
         if argv[:1] == ["block-state"]:
             return block_state_command.main(argv[1:])
         cpus = Cpus.here()

@@ -94,7 +94,7 @@ def find_tests(options: Options) -> Selection | None:
     if again:
         tests = [catalog.tests[k] for k in sorted({r.key for r in again}) if k in catalog.tests]
     else:
-        tests = catalog.select(options.tests, options.groups, options.exclude_groups)
+        tests = catalog.select(options.tests, options.groups, options.exclude_groups, options.start_from)
     if not tests:
         raise UsageError("no tests selected")
     scratch = (options.scratch or default_scratch(tree.build)).resolve()
@@ -264,8 +264,8 @@ def execute(options: Options, found: Selection, planned: Planned, reporter: Repo
             held: Claim, prepared: Prepared, started: float) -> bool:
     """Every planned run in its sandbox, each judged and reported as it ends; False when interrupted."""
     recorder, tests_env = prepared.recorder, prepared.tests_env
-    limits = limits_for(LimitOptions(options.timeout, options.timeout_multiplier, options.hang_timeout,
-                                     options.grace, options.hang_factor,
+    limits = limits_for(LimitOptions(options.timeout, options.multiplier, options.hang_limit,
+                                     options.grace, 0.0 if options.gdb else options.hang_factor,
                                      history.last_passed(planned.history_file, planned.tree_id)))
     ended = run_in_sandboxes(planned.runs, found.tree, results_dir=held.path, scratch=found.scratch,
                              isolate=not options.no_isolation, perturb=prepared.perturb,
@@ -274,7 +274,8 @@ def execute(options: Options, found: Selection, planned: Planned, reporter: Repo
                              repeat=Policy(options.keep_failures, options.until_fail) if options.repeat else None,
                              load=options.load, epoch=started, coverage=recorder,
                              hooks=Hooks(reporter.finished, reporter.tick, reporter.progress.note,
-                                         enough=lambda: enough(options.maxfail, reporter.results)))
+                                         enough=lambda: enough(options.maxfail, reporter.results),
+                                         alert=lambda text: reporter.progress.note(text, quiet_too=True)))
     if ended.orphans:
         reporter.meta.orphans = ended.orphans
         reporter.progress.note(f"iotests-run: killed {len(ended.orphans)} process(es) left by runs that cannot be "

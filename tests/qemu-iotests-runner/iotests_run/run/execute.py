@@ -60,12 +60,15 @@ class Context:
     repeat: Policy | None = None  # --repeat: which failing copies keep artifacts; --until-fail
     epoch: float = field(default_factory=time.monotonic)  # when the invocation began (runs' start offsets)
     coverage: Recorder | None = None  # --coverage-map: what each run executed, from its own counters
+    note: Callable[[str], None] | None = None  # a line for people (--gdb: where the run's QEMU waits)
 
 
-def command_of(test: TestCase, python: str) -> list[str]:
-    """check starts a test with the interpreter when its first line is exactly the python3 shebang."""
+def command_of(test: TestCase, python: str, debug: bool = False) -> list[str]:
+    """check starts a test with the interpreter when its first line is exactly the python3 shebang;
+    with -d (debug), the test's argv ends with -d."""
     path = str(test.path.resolve())
-    return [python, path] if test.python else [path]
+    argv = [python, path] if test.python else [path]
+    return [*argv, "-d"] if debug else argv
 
 
 def _tail(path: Path) -> str:
@@ -103,9 +106,10 @@ def _write_reproducer(path: Path, cwd: Path, iotests_env: Mapping[str, str], arg
     path.chmod(0o755)
 
 
-def _isolation_for(run: Run, isolation: Isolation) -> Isolation:
-    """ssh, nfs and rbd reach their service over the machine's network: no network namespace for them."""
-    return replace(isolation, network=False) if run.protocol in HOST_NETWORK_PROTOCOLS else isolation
+def _isolation_for(run: Run, isolation: Isolation, gdb: bool = False) -> Isolation:
+    """ssh, nfs and rbd reach their service over the machine's network, and with --gdb the developer's gdb
+    reaches gdbserver there: no network namespace for them."""
+    return replace(isolation, network=False) if run.protocol in HOST_NETWORK_PROTOCOLS or gdb else isolation
 
 
 def execute_run(run: Run, index: int, ctx: Context) -> Result:
@@ -193,8 +197,8 @@ def _prepare(run: Run, slot: str, ctx: Context, rel: str) -> _Prepared:
     if ctx.coverage is not None:
         env.update(ctx.coverage.environment(box.test_dir.parent, env.get("LD_PRELOAD")))
     overlay = Overlay(ctx.tree.iotests, box.upper, box.work) if ctx.isolation.cores else None
-    launch = Launch(command_of(run.test, ctx.base.python), run.test.path.parent, env,
-                    box.output(run.test.name), _isolation_for(run, ctx.isolation), overlay)
+    launch = Launch(command_of(run.test, ctx.base.python, ctx.base.settings.debug), run.test.path.parent, env,
+                    box.output(run.test.name), _isolation_for(run, ctx.isolation, ctx.base.settings.gdb), overlay)
     return _Prepared(box, by_hand, launch)
 
 
@@ -205,6 +209,10 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
         return Result(run, Outcome.INTERRUPTED, f"not started: {ctx.registry.why}")
     prepared = _prepare(run, slot, ctx, rel)
     box, output = prepared.box, prepared.launch.output
+    if ctx.base.settings.gdb and ctx.note is not None:
+        address = prepared.iotests_env["GDB_OPTIONS"]
+        ctx.note(f"iotests-run: {run.label}: started; its QEMU waits for gdb at {address} "
+                 f"(gdb -ex 'target remote {address}')")
     qemu_gdb = ctx.tree.source / "scripts" / "qemu-gdb.py"
     watch = Watch(ctx.limits(run), ctx.trackers.for_run(slot), ctx.registry, slot, run.label,
                   box.run_dir / "diagnostics", qemu_gdb if qemu_gdb.is_file() else None)

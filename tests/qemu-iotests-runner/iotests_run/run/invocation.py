@@ -102,6 +102,7 @@ class Hooks:
     tick: Callable[[Sequence[LiveRun]], None]
     note: Callable[[str], None]
     enough: Callable[[], str | None] = lambda: None  # why to stop starting runs now (--maxfail), or None
+    alert: Callable[[str], None] = lambda text: None  # a line shown even with --quiet (--gdb: where QEMU waits)
 
 
 def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scratch: Path, isolate: bool,
@@ -130,7 +131,7 @@ def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scra
     ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
                   base=TestsBase(user_env, perturb, settings), limits=limits, isolation=isolation,
                   trackers=Trackers(cgroups, marker, adopter), retries=retries, repeat=repeat,
-                  epoch=time.monotonic() if epoch is None else epoch, coverage=coverage)
+                  epoch=time.monotonic() if epoch is None else epoch, coverage=coverage, note=hooks.alert)
     interrupted = False
     try:
         execute_all(runs, ctx, admission, hooks.finished, on_tick=lambda: hooks.tick(registry.live()),
