@@ -62,6 +62,15 @@ def test_the_table_is_scaled_to_this_machine_by_the_runs_known_in_both() -> None
 
 
 @pytest.mark.unit
+def test_a_format_the_table_lacks_takes_the_median_over_its_formats() -> None:
+    runs = matrix([case("001"), case("002")], ["qed"], ["file", "nbd"])
+    family = {"qcow2": {"001": 2.0, "002": 1.0}, "raw": {"001": 4.0}, "bogus": "x"}
+    s = seeds.seed(runs, {}, {}, family)
+    assert s.durations == {"qed-file/001": 3.0, "qed-nbd/001": 3.0, "qed-file/002": 1.0, "qed-nbd/002": 1.0}
+    assert s.counts(runs) == {seeds.TABLE_SOURCE: 4}
+
+
+@pytest.mark.unit
 def test_nothing_known_leaves_the_planners_default() -> None:
     runs = matrix([case("001")], ["qcow2"], ["file"])
     s = seeds.seed(runs, {}, {}, {})

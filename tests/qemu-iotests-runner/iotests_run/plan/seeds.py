@@ -8,8 +8,9 @@ start last. So a run's predicted duration comes from the first of these that kno
 2. QEMU check's own `.last-elapsed-cache` in the build's tests/qemu-iotests folder (check
    writes it after each passing test, so a developer who used check has it; this machine);
 3. the table shipped in the package (durations.json, made by tools/durations-table from runs
-   on the reference trees), of this tree's QEMU version family or the nearest one, scaled by
-   how much slower or faster this machine ran the runs known both here and in the table;
+   on the reference trees), of this tree's QEMU version family or the nearest one, per format
+   (a format it lacks: the median over the formats it has), for any protocol, scaled by how
+   much slower or faster this machine ran the runs known both here and in the table;
 4. an estimate: the median of the durations found above for the same format-protocol (any
    source), else of all of them, else `planner.UNKNOWN_ESTIMATE_S`.
 
@@ -119,14 +120,25 @@ def scale(known: Mapping[str, float], table: Mapping[str, float]) -> float:
     return min(max(statistics.median(ratios), SCALE_LIMITS[0]), SCALE_LIMITS[1])
 
 
+def _seconds(value: Any) -> float | None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= MAX_SECONDS
+    return float(value) if ok else None
+
+
 def _table_keys(runs: Iterable[Run], family: Mapping[str, Any]) -> dict[str, float]:
-    """The table's duration of each run, by its history key; the table is per format, for any protocol."""
+    """The table's duration of each run, by its history key. The table is per format, for any protocol; a
+    format it lacks (qed, vmdk...) takes the median of the test's durations under the formats it has (a
+    test long under qcow2 and raw is long under the others too)."""
+    formats = {fmt: tests for fmt, tests in family.items() if isinstance(tests, dict)}
     found = {}
     for run in runs:
-        per_format = family.get(run.format)
-        seconds = per_format.get(run.test.key) if isinstance(per_format, dict) else None
-        if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds <= MAX_SECONDS:
-            found[run.id.history_key] = float(seconds)
+        if run.format in formats:
+            seconds = _seconds(formats[run.format].get(run.test.key))
+        else:
+            known = [s for tests in formats.values() if (s := _seconds(tests.get(run.test.key))) is not None]
+            seconds = statistics.median(known) if known else None
+        if seconds is not None:
+            found[run.id.history_key] = seconds
     return found
 
 
