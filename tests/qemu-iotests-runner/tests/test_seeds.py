@@ -165,6 +165,8 @@ def test_a_cold_start_reads_checks_cache_and_says_where_durations_came_from(fake
                     "--history", str(tmp_path / "h.json")])
     assert proc.returncode == 0, proc.stderr
     assert "durations: 4 check's .last-elapsed-cache, 1 estimated" in proc.stdout
+    meta = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert meta["durations_from"] == {"check's .last-elapsed-cache": 4, "estimated": 1}
     # 901 is estimated at the median of the others (10.25 s)
     assert (tmp_path / "order").read_text().split() == ["903", "902", "901", "904", "905"]
     # warm: the history now knows all three; a broken cache of check's is not even read

@@ -73,7 +73,7 @@ class Planned:
     why: Mapping[Run, str] = field(default_factory=dict)  # --affected-by: why each run to start is affected
     change: str | None = None  # --affected-by: "N of M runs affected by <diff>"
     failed_first: int = 0  # --failed-first: how many runs that failed last time start first
-    durations_from: str = ""  # where the predicted durations came from (plan.seeds.Seeds.line)
+    seeds: seeds.Seeds | None = None  # where the predicted durations came from
 
     @property
     def count(self) -> int:
@@ -150,7 +150,7 @@ def plan_runs(options: Options, found: Selection) -> Planned:
     if options.repeat is not None:  # copies of one run next to each other, so that they run side by side
         runs = [replace(r, copy=k) for r in runs for k in range(1, options.repeat + 1)]
         cost = {**cost, **{r: cost[r.base] for r in runs}}
-    return Planned(skipped, runs, cost, history_file, tree_id, part, reasons, change, first, seeded.line(runs))
+    return Planned(skipped, runs, cost, history_file, tree_id, part, reasons, change, first, seeded)
 
 
 def seed_durations(tree: QemuTree, durations: Mapping[str, float], runs: Sequence[Run]) -> seeds.Seeds:
@@ -206,6 +206,7 @@ def start_reporting(options: Options, cpus: Cpus, found: Selection, planned: Pla
         history_tree=planned.tree_id,  # `merge --history` records the shards' runs under it
         affected=planned.change,
         shard=planned.shard.record() if planned.shard is not None else None,
+        durations_from=dict(planned.seeds.counts(planned.runs)) if planned.seeds and planned.runs else None,
     )
     admission = Admission(options.jobs, cpus.count, cpus.busy_clock(), fixed=options.fixed_jobs)
     # The durations in the history were taken about this many at a time (runs beyond it mostly wait).
@@ -223,7 +224,7 @@ def start_reporting(options: Options, cpus: Cpus, found: Selection, planned: Pla
         print(HEADER, flush=True)
     change = f" ({planned.change})" if planned.change else ""
     change += f"; {planned.failed_first} that failed last time first" if planned.failed_first else ""
-    change += f"; {planned.durations_from}" if planned.durations_from and planned.runs else ""
+    change += f"; {planned.seeds.line(planned.runs)}" if planned.seeds and planned.runs else ""
     progress.note(f"iotests-run: {planned.count} runs of QEMU {tree.version} iotests ({tree.source}){change}, "
                   f"{len(planned.skipped)} known not to apply, {admission.describe()}, results in {held.path}")
     if prepared.tests_env.withheld:
