@@ -1,7 +1,7 @@
 """Benchmark iotests-run against QEMU's own check on the same tree, in one invocation.
 
     tools/bench [--rounds N] [--scenario a|b|c|all] [--check-jobs 4] [--qemu-source DIR --qemu-build DIR]
-    tools/bench --simulate RESULTS_JSON [--slots 2,4,8,16,32] [--format F]
+    tools/bench --simulate RESULTS_JSON [--slots 2,4,8,16,32] [--format F] [--warm-from EARLIER_JSON]
 
 --simulate measures nothing: it replays a results.json's run durations through the real
 planner onto N slots (tools/iotests_tools/simulate.py says how).
@@ -211,10 +211,12 @@ def main() -> int:
                    help="--simulate: the slot counts (default: 2,4,8,16,32)")
     p.add_argument("--format", action="append", default=[],
                    help="--simulate: only this format's runs (repeatable; default: all in the file)")
+    p.add_argument("--warm-from", type=Path, metavar="EARLIER_JSON",
+                   help="--simulate: warm is planned from this earlier round's durations (default: the same runs')")
     p.add_argument("runner_args", nargs="*", help="extra iotests-run arguments (after --)")
     args = p.parse_args()
     if args.simulate is not None:
-        return simulate.main(args.simulate, args.slots, args.format)
+        return simulate.main(args.simulate, args.slots, args.format, args.warm_from)
     if args.scenario == "c":
         source, build = (args.qemu_source, args.qemu_build) if args.qemu_build else reference_tree("10.0")
         differing = scenario_c(args.rounds, source, build, args.check_jobs)

@@ -1,6 +1,6 @@
 """tools/bench --simulate: replay a results.json's measured run durations onto N slots, past this machine.
 
-    tools/bench --simulate RESULTS_JSON [--slots 2,4,8,16,32] [--format qcow2]
+    tools/bench --simulate RESULTS_JSON [--slots 2,4,8,16,32] [--format qcow2] [--warm-from EARLIER_JSON]
 
 Each run takes the time it took in RESULTS_JSON (runs that started; copies of --repeat and runs
 known not to apply left out), and N slots run them with list scheduling: each slot that frees
@@ -112,21 +112,24 @@ def same_data(m: Measured, family: Mapping[str, Any]) -> bool:
 
 
 def simulate(data: Mapping[str, Any], slots: Sequence[int], table: Mapping[str, Any],
-             only: Sequence[str] = ()) -> str:
+             only: Sequence[str] = (), earlier: Mapping[str, Any] | None = None) -> str:
     m = measured(data, only)
     if not m.runs:
         return "no run that started in this results.json\n"
     per_check = check_order(m)
     own_version, own = seeds.table_for(m.version, table)
     other_version, other = other_family(m.version, table)
-    history = {r.id.history_key: m.took[r] for r in m.runs}
+    before = measured(earlier, only) if earlier is not None else m
+    history = {r.id.history_key: before.took[r] for r in before.runs}
     orders = {"before": planner.longest_first(m.runs, planner.costs(m.runs, {})),
               "cold": planned(m, {}, other), "same": planned(m, {}, own), "warm": planned(m, history, {})}
     lines = [f"QEMU {m.version}, {', '.join(m.formats)}: {len(m.runs)} runs, {sum(m.took.values()):.1f} s in all, "
              f"longest {max(m.took.values()):.1f} s",
              f"cold: the table of QEMU {other_version or '(none: estimates only)'}; cold*: the table of QEMU "
              f"{own_version or '(none)'}" + (" (made from these very runs: the warm case)" if own_version and
-                                             same_data(m, own) else ""),
+                                             same_data(m, own) else "")
+             + ("; warm: the history of the earlier round" if earlier is not None else
+                "; warm: the history of these very runs"),
              "",
              "| slots | check -j N | check, 1 at a time | before seeds | cold | cold* | warm | floor "
              "| cold/warm | warm/floor | cold/check |",
@@ -149,6 +152,7 @@ def parse_slots(text: str) -> list[int]:
     return values
 
 
-def main(path: Path, slots: Sequence[int], only: Sequence[str]) -> int:
-    print(simulate(json.loads(path.read_text(encoding="utf-8")), slots, seeds.shipped_table(), only), end="")
+def main(path: Path, slots: Sequence[int], only: Sequence[str], earlier: Path | None = None) -> int:
+    before = json.loads(earlier.read_text(encoding="utf-8")) if earlier is not None else None
+    print(simulate(json.loads(path.read_text(encoding="utf-8")), slots, seeds.shipped_table(), only, before), end="")
     return 0

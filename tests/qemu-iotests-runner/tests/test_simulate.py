@@ -90,6 +90,18 @@ def test_the_simulated_table_names_its_tables_and_flags_one_made_from_the_same_r
     assert low == pytest.approx(sum(took.values()) / 4) and warm >= low
 
 
+@pytest.mark.unit
+def test_warm_from_an_earlier_round_plans_with_its_durations() -> None:
+    sim = tool("simulate")
+    now = results_json("7.2.0", {"001": 1.0, "002": 1.0, "003": 4.0})
+    earlier = results_json("7.2.0", {"001": 4.0, "002": 1.0, "003": 1.0})  # 001 was the long one then
+    text = sim.simulate(now, [2], {}, earlier=earlier)
+    assert "warm: the history of the earlier round" in text
+    cells = next(line for line in text.splitlines() if line.startswith("| 2 |")).split("|")
+    assert cells[7].strip() == "5.0 s"  # 001 first, 002 beside it, then 003 after 1 s: 5 s, not the 4 s floor
+    assert "warm: the history of these very runs" in sim.simulate(now, [2], {})
+
+
 @pytest.mark.process
 def test_bench_simulate_prints_a_table_per_results_json(tmp_path: Path) -> None:
     path = tmp_path / "results.json"
