@@ -31,7 +31,7 @@ def test_each_run_takes_the_first_source_that_knows_it() -> None:
     family = {"qcow2": {"001": 50.0, "002": 70.0, "003": 3.0}}  # under MIN_OVERLAP runs in common: not scaled
     s = seeds.seed(runs, history, check, family, "7.2")
     assert s.durations == {"qcow2-file/001": 5.0, "qcow2-file/002": 7.0, "qcow2-file/003": 3.0,
-                           "qcow2-file/004": 5.0}  # 004: the median of 5, 7, 3
+                           "qcow2-file/004": 6.6}  # 004: the 90th percentile of 3, 5, 7
     assert s.origin["qcow2-file/004"] == seeds.ESTIMATED
     assert s.line(runs) == ("durations: 1 history, 1 check's .last-elapsed-cache, 1 shipped table (QEMU 7.2), "
                             "1 estimated")
@@ -43,9 +43,10 @@ def test_a_cold_start_orders_by_the_table_and_estimates_the_rest_by_format() -> 
     family = {"qcow2": {"001": 1.0, "002": 9.0}, "raw": {"001": 4.0}}
     s = seeds.seed(runs, {}, {}, family)
     ordered = longest_first(runs, costs(runs, s.durations))
-    # qcow2 009 is estimated at qcow2's median (5.0), raw's unknowns at raw's (4.0)
+    # qcow2 009 is estimated at qcow2's 90th percentile (8.2), raw's unknowns at raw's only duration (4.0)
     assert [r.label for r in ordered] == ["qcow2-file 002", "qcow2-file 009", "raw-file 001", "raw-file 002",
                                           "raw-file 009", "qcow2-file 001"]
+    assert s.durations["qcow2-file/009"] == 8.2
     assert s.counts(runs) == {seeds.TABLE_SOURCE: 3, seeds.ESTIMATED: 3}
 
 
@@ -167,8 +168,8 @@ def test_a_cold_start_reads_checks_cache_and_says_where_durations_came_from(fake
     assert "durations: 4 check's .last-elapsed-cache, 1 estimated" in proc.stdout
     meta = json.loads((tmp_path / "r" / "results.json").read_text())
     assert meta["durations_from"] == {"check's .last-elapsed-cache": 4, "estimated": 1}
-    # 901 is estimated at the median of the others (10.25 s)
-    assert (tmp_path / "order").read_text().split() == ["903", "902", "901", "904", "905"]
+    # 901 is estimated at the 90th percentile of the others (27 s): it starts second
+    assert (tmp_path / "order").read_text().split() == ["903", "901", "902", "904", "905"]
     # warm: the history now knows all three; a broken cache of check's is not even read
     write_cache(fake_tree.build, "{broken")
     proc = run_cli(["-f", "qcow2", *fake_tree.args(tmp_path / "r2"), "--history", str(tmp_path / "h.json")])

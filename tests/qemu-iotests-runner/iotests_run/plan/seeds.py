@@ -11,8 +11,11 @@ start last. So a run's predicted duration comes from the first of these that kno
    on the reference trees), of this tree's QEMU version family or the nearest one, per format
    (a format it lacks: the median over the formats it has), for any protocol, scaled by how
    much slower or faster this machine ran the runs known both here and in the table;
-4. an estimate: the median of the durations found above for the same format-protocol (any
-   source), else of all of them, else `planner.UNKNOWN_ESTIMATE_S`.
+4. an estimate: the 90th percentile of the durations found above for the same format-protocol
+   (any source), else of all of them, else `planner.UNKNOWN_ESTIMATE_S`. High on purpose: a run
+   known nowhere is a test newer than the table or outside the quick group it covers (the slower
+   ones), and one that starts early costs nothing when it turns out short, while a long one that
+   starts last is the whole tail (QEMU 10.0's tests/qcow2-encryption, 37 s, is not in 7.2's table).
 
 check's file is a cache anyone can write: it is read through `inputs` (a regular file, capped),
 and a file that is not what check writes is ignored whole, with a warning, never a traceback.
@@ -142,6 +145,13 @@ def _table_keys(runs: Iterable[Run], family: Mapping[str, Any]) -> dict[str, flo
     return found
 
 
+def high(values: list[float]) -> float:
+    """The estimate of a run known nowhere: the 90th percentile of the others (within their range)."""
+    if len(values) < 2:
+        return values[0]
+    return round(statistics.quantiles(values, n=10, method="inclusive")[-1], 2)
+
+
 @dataclass(frozen=True)
 class Seeds:
     """Each run's predicted seconds (by history key) and where it came from."""
@@ -180,12 +190,12 @@ def seed(runs: Iterable[Run], history: Mapping[str, float], check: Mapping[str, 
     by_combo: dict[str, list[float]] = {}
     for key, seconds in durations.items():
         by_combo.setdefault(key.split("/", 1)[0], []).append(seconds)
-    overall = statistics.median(durations.values()) if durations else None
+    overall = high(list(durations.values())) if durations else None
     for run in runs:
         key = run.id.history_key
         if key not in durations:
             combo = by_combo.get(run.combo)
-            guess = statistics.median(combo) if combo else overall
+            guess = high(combo) if combo else overall
             if guess is not None:
                 durations[key], origin[key] = guess, ESTIMATED
             else:
