@@ -51,6 +51,17 @@ def test_a_cold_start_orders_by_the_table_and_estimates_the_rest_by_format() -> 
 
 
 @pytest.mark.unit
+def test_few_runs_known_nowhere_are_estimated_at_the_longest_so_they_start_first() -> None:
+    runs = matrix([case(f"{i:03}") for i in range(1, 12)], ["qcow2"], ["file"])  # 011 is new: 1 of 11
+    family = {"qcow2": {f"{i:03}": float(i) for i in range(1, 11)}}
+    s = seeds.seed(runs, {}, {}, family)
+    assert s.durations["qcow2-file/011"] == 10.0
+    assert [r.test.key for r in longest_first(runs, costs(runs, s.durations))][:2] == ["010", "011"]
+    fewer = {"qcow2": {f"{i:03}": float(i) for i in range(1, 9)}}  # 009, 010, 011 unknown: 3 of 11, too many
+    assert seeds.seed(runs, {}, {}, fewer).durations["qcow2-file/011"] == 7.3  # the 90th percentile of 1..8
+
+
+@pytest.mark.unit
 def test_the_table_is_scaled_to_this_machine_by_the_runs_known_in_both() -> None:
     tests = [case(f"{i:03}") for i in range(1, 8)]
     runs = matrix(tests, ["qcow2"], ["file"])

@@ -11,11 +11,14 @@ start last. So a run's predicted duration comes from the first of these that kno
    on the reference trees), of this tree's QEMU version family or the nearest one, per format
    (a format it lacks: the median over the formats it has), for any protocol, scaled by how
    much slower or faster this machine ran the runs known both here and in the table;
-4. an estimate: the 90th percentile of the durations found above for the same format-protocol
-   (any source), else of all of them, else `planner.UNKNOWN_ESTIMATE_S`. High on purpose: a run
-   known nowhere is a test newer than the table or outside the quick group it covers (the slower
-   ones), and one that starts early costs nothing when it turns out short, while a long one that
-   starts last is the whole tail (QEMU 10.0's tests/qcow2-encryption, 37 s, is not in 7.2's table).
+4. an estimate from the durations found above for the same format-protocol (any source; else
+   all of them; else `planner.UNKNOWN_ESTIMATE_S`): when the runs known nowhere are few (at most
+   FEW_UNKNOWN of the runs), the longest of them, so they start in the first wave; else their
+   90th percentile. High on purpose: a run known nowhere is a test newer than the table or
+   outside the quick group it covers (the slower ones), and one that starts early costs little
+   when it turns out short, while a long one that starts late is the whole tail (QEMU 10.0's
+   tests/qcow2-encryption, 37 s, the longest quick run there, is not in 7.2's table: planned at
+   the 90th percentile, 4 s, it made a simulated 16-slot makespan 1.2 times the warm one).
 
 check's file is a cache anyone can write: it is read through `inputs` (a regular file, capped),
 and a file that is not what check writes is ignored whole, with a warning, never a traceback.
@@ -41,6 +44,7 @@ from iotests_run.text import printable
 CHECK_CACHE = ".last-elapsed-cache"  # testrunner.py's LastElapsedTime, in check's working folder
 CHECK_CACHE_MAX_BYTES = 16 << 20  # a full matrix of ~900 tests x 10 formats x 6 protocols is ~2 MB
 MAX_SECONDS = 86400.0  # one run longer than a day is not a duration check wrote
+FEW_UNKNOWN = 0.1  # at most this share of the runs known nowhere: they are estimated at the longest known
 MIN_OVERLAP = 5  # runs known both here and in the table before the table is scaled to this machine
 SCALE_LIMITS = (0.1, 10.0)
 TABLE = "durations.json"
@@ -190,12 +194,14 @@ def seed(runs: Iterable[Run], history: Mapping[str, float], check: Mapping[str, 
     by_combo: dict[str, list[float]] = {}
     for key, seconds in durations.items():
         by_combo.setdefault(key.split("/", 1)[0], []).append(seconds)
-    overall = high(list(durations.values())) if durations else None
+    unknown = sum(1 for r in {r.id.history_key: r for r in runs}.values() if r.id.history_key not in durations)
+    pick = max if unknown <= FEW_UNKNOWN * len({r.id.history_key for r in runs}) else high
+    overall = pick(list(durations.values())) if durations else None
     for run in runs:
         key = run.id.history_key
         if key not in durations:
             combo = by_combo.get(run.combo)
-            guess = high(combo) if combo else overall
+            guess = pick(combo) if combo else overall
             if guess is not None:
                 durations[key], origin[key] = guess, ESTIMATED
             else:
