@@ -4,8 +4,10 @@
 
 Each INPUT is an iotests-run results.json (its QEMU version from the `qemu` record, its runs'
 `duration_s`) or a duration history ({"trees": ...}: each tree's version from its identity,
-`QEMU 7.2.0 tests:<digest>`). Only runs that ran to their end on the `file` protocol count
-(passes, failures, flaky: a not-run or a stopped run's time says nothing of the test's length).
+`QEMU 7.2.0 tests:<digest>`). Only runs that ran to their end on the `file` protocol count, as
+the duration history learns them (passes, failures, flaky, and a test's own not-run after it
+started: it takes that long again; a stopped run's time says nothing of the test's length, and one
+known not to apply without starting took none).
 The table is keyed by QEMU version family (major.minor), then format, then the test's key; a run
 seen in several inputs gets the median of its durations. Families in the existing output that no
 input covers are kept as they are, so the 7.2 and the 10.0 tables can be regenerated apart.
@@ -29,7 +31,7 @@ from iotests_run.plan.seeds import TABLE, version_family
 from iotests_tools import RUNNER, summary
 
 OUTPUT = RUNNER / "iotests_run" / "plan" / TABLE
-RAN = {"pass", "fail", "flaky"}
+RAN = {"pass", "fail", "flaky", "not-run"}  # model.Outcome.ran_to_its_end; not-run counts when it started
 IDENTITY = re.compile(r"QEMU (\S+) tests:")
 
 Durations = dict[str, dict[str, dict[str, list[float]]]]  # family -> format -> test key -> seconds seen

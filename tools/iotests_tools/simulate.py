@@ -2,9 +2,10 @@
 
     tools/bench --simulate RESULTS_JSON [--slots 2,4,8,16,32] [--format qcow2] [--warm-from EARLIER_JSON]
 
-Each run takes the time it took in RESULTS_JSON (runs that started; copies of --repeat and runs
-known not to apply left out), and N slots run them with list scheduling: each slot that frees
-takes the next one in the order. The orders compared:
+Each run takes the time it took in RESULTS_JSON (runs that started, a test's own not-run
+included; copies of --repeat and runs known not to apply without starting left out), and N
+slots run them with list scheduling: each slot that frees takes the next one in the order.
+The orders compared:
 - check -j N: QEMU check, one invocation per format, one after the other; its tests in name order
   handed to a multiprocessing pool with Pool.starmap's default chunks (ceil(runs / (4 N)) tests,
   each chunk to the next free worker), as testrunner.py does; and the same order one test at a
@@ -33,7 +34,7 @@ from iotests_run.model import Run, TestCase
 from iotests_run.plan import planner, seeds
 
 DEFAULT_SLOTS = (2, 4, 8, 16, 32)
-STARTED = {"pass", "fail", "flaky", "crash", "timeout", "hang"}
+STARTED = {"pass", "fail", "flaky", "crash", "timeout", "hang", "not-run"}  # not-run: when it took time
 
 
 def makespan(order: Sequence[Run], took: Mapping[Run, float], slots: int) -> float:

@@ -124,7 +124,12 @@ def test_durations_table_is_regenerated_from_results_and_histories(tmp_path: Pat
     b = tmp_path / "b.json"
     b.write_text(json.dumps(results_json("7.2.1", {"001": 3.0, "002": 5.0})))
     c = tmp_path / "c.json"
-    c.write_text(json.dumps(results_json("7.2.0", {"001": 2.0})))
+    c.write_text(json.dumps(results_json("7.2.0", {"001": 2.0, "003": 0.2})))
+    data = json.loads(c.read_text())
+    data["runs"][1]["outcome"] = "not-run"  # 003 started and said not run: it takes that long again
+    data["runs"].append({"test": "004", "key": "004", "format": "qcow2", "protocol": "file", "outcome": "timeout",
+                         "duration_s": 300.0, "copy": 0})  # stopped: says nothing of its length
+    c.write_text(json.dumps(data))
     history = tmp_path / "h.json"
     history.write_text(json.dumps({"trees": {"QEMU 10.0.13 tests:abc": {"durations": {
         "raw-file/040": 4.0, "raw-nbd/040": 40.0, "qcow2-file/tests/x": 0.5}}}}))
@@ -132,7 +137,8 @@ def test_durations_table_is_regenerated_from_results_and_histories(tmp_path: Pat
     out.write_text(json.dumps({"versions": {"8.0": {"qcow2": {"001": 7.0}}, "7.2": {"qcow2": {"old": 1.0}}}}))
     assert dt.main(["--output", str(out), str(a), str(b), str(c), str(history)]) == 0
     table = json.loads(out.read_text())
-    assert table["versions"] == {"7.2": {"qcow2": {"001": 2.0, "002": 7.0}},  # medians; 7.2's old entries replaced
+    # medians; 7.2's old entries replaced
+    assert table["versions"] == {"7.2": {"qcow2": {"001": 2.0, "002": 7.0, "003": 0.2}},
                                  "8.0": {"qcow2": {"001": 7.0}},  # no input covers 8.0: kept
                                  "10.0": {"qcow2": {"tests/x": 0.5}, "raw": {"040": 4.0}}}  # nbd left out
     assert "do not edit by hand" in table["generated_by"]
