@@ -196,3 +196,20 @@ def test_a_broken_check_cache_is_one_warning_and_the_run_goes_on(fake_tree: Fake
     warnings = [line for line in proc.stderr.splitlines() if "warning" in line]
     assert len(warnings) == 1 and "elapsed-time cache" in warnings[0] and "Traceback" not in proc.stderr
     assert "durations: 1 estimated" in proc.stdout
+
+
+@pytest.mark.process
+def test_a_shard_leaves_checks_cache_out_so_that_every_shard_computes_one_split(fake_tree: FakeTree,
+                                                                              tmp_path: Path) -> None:
+    for name in ("901", "902", "903", "904"):
+        fake_tree.add_test(name, "true\n", out="")
+    notes = []
+    for cache in (None, json.dumps({str(fake_tree.iotests / "904"): {"file": {"qcow2": 30.0}}})):
+        if cache is not None:
+            write_cache(fake_tree.build, cache)
+        proc = run_cli(["--list", "--shard", "1/2", "-f", "qcow2", *fake_tree.args(tmp_path / "r"),
+                        "--history", str(tmp_path / "h.json")])
+        assert proc.returncode == 0, proc.stderr
+        notes.append([line for line in proc.stderr.splitlines() if "shard 1/2" in line])
+        assert proc.stdout.count("\trun") == 2
+    assert notes[0] == notes[1] and len(notes[0]) == 1 and "30.0" not in notes[0][0]

@@ -136,9 +136,9 @@ def plan_runs(options: Options, found: Selection) -> Planned:
                              lambda text: print(f"iotests-run: warning: {text}", file=sys.stderr))
         to_run, reasons, change = chosen.kept, chosen.why, chosen.line
         skipped += chosen.unaffected
-    seeded = seed_durations(tree, durations, to_run)
-    cost = planner.costs(to_run, seeded.durations)
     shard = options.shard or planner.shard_from_ci(os.environ)
+    seeded = seed_durations(tree, durations, to_run, local=shard is None)
+    cost = planner.costs(to_run, seeded.durations)
     part = None
     if shard is not None:
         skipped, to_run, part = planner.take_shard(shard, skipped, to_run, cost)
@@ -153,11 +153,14 @@ def plan_runs(options: Options, found: Selection) -> Planned:
     return Planned(skipped, runs, cost, history_file, tree_id, part, reasons, change, first, seeded)
 
 
-def seed_durations(tree: QemuTree, durations: Mapping[str, float], runs: Sequence[Run]) -> seeds.Seeds:
+def seed_durations(tree: QemuTree, durations: Mapping[str, float], runs: Sequence[Run],
+                   local: bool = True) -> seeds.Seeds:
     """The history's durations, and for runs it lacks check's .last-elapsed-cache, the shipped table, an estimate
-    (check's file is read only when needed, so a broken one warns only when it would have been used)."""
+    (check's file is read only when needed, so a broken one warns only when it would have been used). A shard
+    leaves check's file out (local=False): it is this machine's, and every shard of a pipeline must compute the
+    same split from what they all share (the history restored from one cache, the package's table)."""
     check: dict[str, float] = {}
-    if any(r.id.history_key not in durations for r in runs):
+    if local and any(r.id.history_key not in durations for r in runs):
         check, warning = seeds.check_cache(tree.build)
         if warning:
             print(f"iotests-run: warning: {printable(warning)}", file=sys.stderr)
