@@ -1,4 +1,5 @@
-"""The code of the Python tools in tools/ (bench, flaky-rates, mutants, qemu-integrate, repeat-overhead).
+"""The code of the Python tools in tools/ (bench, durations-table, flaky-rates, mutants, qemu-integrate,
+repeat-overhead).
 
 Each tools/<name> is a thin script calling main() of iotests_tools/<name>.py, so that the code is an
 ordinary module that ruff and mypy check and tests import. The tools run from a checkout: the

@@ -1,6 +1,10 @@
 """Benchmark iotests-run against QEMU's own check on the same tree, in one invocation.
 
     tools/bench [--rounds N] [--scenario a|b|c|all] [--check-jobs 4] [--qemu-source DIR --qemu-build DIR]
+    tools/bench --simulate RESULTS_JSON [--slots 2,4,8,16,32] [--format F] [--warm-from EARLIER_JSON]
+
+--simulate measures nothing: it replays a results.json's run durations through the real
+planner onto N slots (tools/iotests_tools/simulate.py says how).
 
 Scenario a: `check -qcow2 -g quick -j 4` vs `iotests-run -f qcow2 -g quick`.
 Scenario b: `check -j 4` for qcow2, raw and qed quick back to back vs one
@@ -43,7 +47,7 @@ from typing import TypeVar
 
 import psutil
 
-from iotests_tools import TOOLS, summary
+from iotests_tools import TOOLS, simulate, summary
 
 T = TypeVar("T")
 
@@ -188,6 +192,13 @@ def differences(check: dict[str, str], ours: dict[str, str]) -> list[str]:
             for key in sorted(set(check) | set(ours)) if check.get(key) != ours.get(key)]
 
 
+def slots_list(text: str) -> list[int]:
+    try:
+        return simulate.parse_slots(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=summary(__doc__))
     p.add_argument("--rounds", type=int, default=1)
@@ -196,8 +207,18 @@ def main() -> int:
     p.add_argument("--qemu-source")
     p.add_argument("--qemu-build")
     p.add_argument("--group", default="quick")
+    p.add_argument("--simulate", type=Path, metavar="RESULTS_JSON",
+                   help="replay this results.json's durations through the planner onto N slots; runs nothing")
+    p.add_argument("--slots", type=slots_list, default=list(simulate.DEFAULT_SLOTS),
+                   help="--simulate: the slot counts (default: 2,4,8,16,32)")
+    p.add_argument("--format", action="append", default=[],
+                   help="--simulate: only this format's runs (repeatable; default: all in the file)")
+    p.add_argument("--warm-from", type=Path, metavar="EARLIER_JSON",
+                   help="--simulate: warm is planned from this earlier round's durations (default: the same runs')")
     p.add_argument("runner_args", nargs="*", help="extra iotests-run arguments (after --)")
     args = p.parse_args()
+    if args.simulate is not None:
+        return simulate.main(args.simulate, args.slots, args.format, args.warm_from)
     if args.scenario == "c":
         source, build = (args.qemu_source, args.qemu_build) if args.qemu_build else reference_tree("10.0")
         differing = scenario_c(args.rounds, source, build, args.check_jobs)

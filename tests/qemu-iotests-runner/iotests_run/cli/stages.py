@@ -20,7 +20,7 @@ from iotests_run.cli.exits import EXIT_OK, EXIT_USAGE, exit_status
 from iotests_run.cli.options import Options
 from iotests_run.errors import UsageError
 from iotests_run.model import Outcome, Result, Run, RunId, TestCase
-from iotests_run.plan import history, planner
+from iotests_run.plan import history, planner, seeds
 from iotests_run.plan.repeats import Policy, tallies
 from iotests_run.report.progress import QUIET, Eta, Progress
 from iotests_run.report.summary import closing_line
@@ -73,6 +73,7 @@ class Planned:
     why: Mapping[Run, str] = field(default_factory=dict)  # --affected-by: why each run to start is affected
     change: str | None = None  # --affected-by: "N of M runs affected by <diff>"
     failed_first: int = 0  # --failed-first: how many runs that failed last time start first
+    seeds: seeds.Seeds | None = None  # where the predicted durations came from
 
     @property
     def count(self) -> int:
@@ -136,8 +137,9 @@ def plan_runs(options: Options, found: Selection) -> Planned:
                              lambda text: print(f"iotests-run: warning: {text}", file=sys.stderr))
         to_run, reasons, change, rank = chosen.kept, chosen.why, chosen.line, chosen.rank
         skipped += chosen.unaffected
-    cost = planner.costs(to_run, durations)
     shard = options.shard or planner.shard_from_ci(os.environ)
+    seeded = seed_durations(tree, durations, to_run, local=shard is None)
+    cost = planner.costs(to_run, seeded.durations)
     part = None
     if shard is not None:
         skipped, to_run, part = planner.take_shard(shard, skipped, to_run, cost)
@@ -151,7 +153,22 @@ def plan_runs(options: Options, found: Selection) -> Planned:
     if options.repeat is not None:  # copies of one run next to each other, so that they run side by side
         runs = [replace(r, copy=k) for r in runs for k in range(1, options.repeat + 1)]
         cost = {**cost, **{r: cost[r.base] for r in runs}}
-    return Planned(skipped, runs, cost, history_file, tree_id, part, reasons, change, first)
+    return Planned(skipped, runs, cost, history_file, tree_id, part, reasons, change, first, seeded)
+
+
+def seed_durations(tree: QemuTree, durations: Mapping[str, float], runs: Sequence[Run],
+                   local: bool = True) -> seeds.Seeds:
+    """The history's durations, and for runs it lacks check's .last-elapsed-cache, the shipped table, an estimate
+    (check's file is read only when needed, so a broken one warns only when it would have been used). A shard
+    leaves check's file out (local=False): it is this machine's, and every shard of a pipeline must compute the
+    same split from what they all share (the history restored from one cache, the package's table)."""
+    check: dict[str, float] = {}
+    if local and any(r.id.history_key not in durations for r in runs):
+        check, warning = seeds.check_cache(tree.build)
+        if warning:
+            print(f"iotests-run: warning: {printable(warning)}", file=sys.stderr)
+    version, family = seeds.table_for(tree.version, seeds.shipped_table())
+    return seeds.seed(runs, durations, check, family, version)
 
 
 @dataclass(frozen=True)
@@ -195,6 +212,7 @@ def start_reporting(options: Options, cpus: Cpus, found: Selection, planned: Pla
         history_tree=planned.tree_id,  # `merge --history` records the shards' runs under it
         affected=planned.change,
         shard=planned.shard.record() if planned.shard is not None else None,
+        durations_from=dict(planned.seeds.counts(planned.runs)) if planned.seeds and planned.runs else None,
     )
     admission = Admission(options.jobs, cpus.count, cpus.busy_clock(), fixed=options.fixed_jobs)
     # The durations in the history were taken about this many at a time (runs beyond it mostly wait).
@@ -212,6 +230,7 @@ def start_reporting(options: Options, cpus: Cpus, found: Selection, planned: Pla
         print(HEADER, flush=True)
     change = f" ({planned.change})" if planned.change else ""
     change += f"; {planned.failed_first} that failed last time first" if planned.failed_first else ""
+    change += f"; {planned.seeds.line(planned.runs)}" if planned.seeds and planned.runs else ""
     progress.note(f"iotests-run: {planned.count} runs of QEMU {tree.version} iotests ({tree.source}){change}, "
                   f"{len(planned.skipped)} known not to apply, {admission.describe()}, results in {held.path}")
     if prepared.tests_env.withheld:

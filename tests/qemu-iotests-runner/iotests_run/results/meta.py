@@ -16,7 +16,7 @@ from typing import Any
 
 # Written only once they have a value: what the end adds, and what only some runs have.
 _ONLY_WHEN_SET = frozenset({"affected", "shard", "finished", "wall_s", "cpu_s", "repeats", "orphans", "first_failure",
-                            "stopped",
+                            "stopped", "durations_from",
                             "merged_from", "shards", "missing_shards"})
 
 
@@ -90,6 +90,7 @@ class Meta:
     orphans: list[str] | None = None  # processes killed at the end that no run could be told to own
     first_failure: dict[str, Any] | None = None  # {"after_s": seconds after the start, "run": its label}
     stopped: str | None = None  # why the runs left were not started (--maxfail N reached)
+    durations_from: dict[str, int] | None = None  # how many runs' predicted durations came from each source
     merged_from: list[str] | None = None  # merge: its inputs
     shards: list[dict[str, Any]] | None = None  # merge: each input's shard, command, wall time, timeline
     missing_shards: list[str] | None = None  # merge: shards of the split not among the inputs
@@ -114,6 +115,8 @@ _ACCEPTS: dict[str, Callable[[Any], bool]] = {
     "cpu_s": _optional(_seconds_by_whom), "repeats": _optional(_records), "orphans": _optional(_texts),
     "first_failure": _optional(lambda v: isinstance(v, dict) and _number(v.get("after_s")) and _text(v.get("run"))),
     "stopped": _optional(_text),
+    "durations_from": _optional(lambda v: isinstance(v, dict) and all(isinstance(k, str) and _count(x)
+                                                                       for k, x in v.items())),
     "merged_from": _optional(_texts), "shards": _optional(_records), "missing_shards": _optional(_texts),
 }
 assert set(_ACCEPTS) == {f.name for f in fields(Meta)}, "every field of Meta is read back"
