@@ -61,7 +61,7 @@ def main() -> int:
                      "yes" if got.named else "no"])
         print(f"{bug.name}: {got.outcome}: {got.first_line}", file=sys.stderr, flush=True)
     print(tabulate(rows, headers=["bug", "version", "outcome", "explanation (first line)", "cause named"],
-                   tablefmt="github"))
+                   tablefmt="github", disable_numparse=True))
     print(f"\n{named} of {len(chosen)} bugs named on the explanation's first line")
     return 0 if named == len(chosen) else 1
 

@@ -248,3 +248,10 @@ def test_an_iothread_idling_in_its_loop_is_no_poller_and_an_idle_qemu_says_so() 
     main = thread(1, 100, "main", "__ppoll", "qemu_poll_ns", "os_host_main_loop_wait", "main_loop_wait")
     doc = document(threads=[main, idle], nodes=[node()], contexts=[context(MAIN_CTX, "main")])
     assert hang.explain(doc).startswith("QEMU is idle: no thread waits in the block layer, 0 tracked requests")
+
+
+def test_a_function_shown_twice_in_a_row_inlined_is_named_once() -> None:
+    poller = thread(1, 100, "main", "aio_poll", "bdrv_drain_all_begin", "bdrv_drain_all_begin", "bdrv_drain_all",
+                    aio_poll={"ctx": MAIN_CTX})
+    doc = document(threads=[poller], nodes=[node(in_flight=1)], contexts=[context(MAIN_CTX, "main")])
+    assert "polls the main context in bdrv_drain_all_begin <- bdrv_drain_all" in hang.explain(doc)

@@ -48,7 +48,8 @@ def _dicts(value: Any) -> list[dict[str, Any]]:
 def _qemu_frames(frames: Iterable[dict[str, Any]]) -> list[str]:
     """Function names of frames that are QEMU's own and say something (no libc, no waiting plumbing)."""
     names = [str(f.get("function") or "") for f in frames if isinstance(f, dict)]
-    return [n for n in names if n and n not in PLUMBING and n not in LIBC_NAMES and not n.startswith(LIBC_PREFIXES)]
+    kept = [n for n in names if n and n not in PLUMBING and n not in LIBC_NAMES and not n.startswith(LIBC_PREFIXES)]
+    return [n for i, n in enumerate(kept) if i == 0 or kept[i - 1] != n]  # an inlined frame shows twice
 
 
 def _where(frames: list[dict[str, Any]], after: int) -> str:
