@@ -5,7 +5,7 @@ JOBS ?=
 PYTEST_ARGS ?=
 BIN = $(VENV)/bin
 
-.PHONY: demo check check-fast check-block lint reference reference-all reference-coverage bug-trees browser graphviz gitlab-ci-local venv bench clean
+.PHONY: demo check check-fast check-block lint reference reference-all reference-coverage reference-sanitize bug-trees browser graphviz valgrind gitlab-ci-local venv bench clean
 
 $(BIN)/iotests-run: pyproject.toml meson.build $(shell find tests/qemu-iotests-runner/iotests_run -name '*.py' -o -name '*.json' -o -name '*.c' 2>/dev/null)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ reference-all: reference
 reference-coverage: reference
 	tools/build-reference-qemu --coverage
 
+# The 7.2 sources' ASan + UBSan build beside it (only the programs the iotests start), for the sanitizer tests.
+reference-sanitize: reference
+	tools/build-reference-qemu --sanitize
+
 # The injected bugs' trees (tools/bugs.d): each reference version's sources with every bug's dormant patch,
 # built once per set of patches (only the programs the iotests run), for tools/bugs and the e2e tests.
 bug-trees: venv reference-all
@@ -40,6 +44,12 @@ browser:
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@command -v chromium >/dev/null || echo "make: chromium not installed: the HTML report's browser test is skipped"
+
+# Debian's valgrind, for --valgrind (check's -valgrind) and its test (installed when running as root).
+valgrind:
+	@command -v valgrind >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
+	@command -v valgrind >/dev/null || echo "make: valgrind not installed: the --valgrind tests are skipped"
 
 # Debian's graphviz, to render the block-layer graphs of hung and crashed QEMUs as SVG (installed as root).
 graphviz:
@@ -60,6 +70,7 @@ gitlab-ci-local:
 	@test -x $(GITLAB_CI_LOCAL_DIR)/node_modules/.bin/gitlab-ci-local && command -v rsync >/dev/null || \
 	  echo "make: gitlab-ci-local or rsync not installed: the GitLab template's pipeline test is skipped"
 
+# ruff and mypy --strict over the package, tests/ and tools/ (pyproject.toml names the files), then the layers.
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -70,7 +81,7 @@ check-fast: venv
 	$(BIN)/pytest -m 'not e2e' $(PYTEST_ARGS)
 
 # Every tier, end-to-end tests on the reference tree included.
-check: venv reference-all reference-coverage bug-trees browser graphviz gitlab-ci-local lint
+check: venv reference-all reference-coverage reference-sanitize bug-trees browser graphviz valgrind gitlab-ci-local lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # QEMU's iotests through meson, as upstream's `make check-block`: suite block (qcow2 auto);

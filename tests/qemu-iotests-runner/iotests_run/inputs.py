@@ -110,10 +110,12 @@ def read_head(path: Path, what: str, limit: int) -> tuple[bytes, int]:
         raise UsageError(f"{what}: cannot read {printable(str(path))} ({exc.strerror or exc})") from None
 
 
-def read_at(path: Path, what: str, offset: int, size: int, limit: int) -> bytes:
-    """size bytes (at most limit) of a regular file from offset: a part its header located (a core's notes,
-    which gdb's gcore writes after the memory). Fewer when the file ends before."""
-    if size > limit or offset < 0:
+def read_at(path: Path, what: str, offset: int, size: int, limit: int | None = None) -> bytes:
+    """Up to size bytes of a regular file from offset (fewer at its end): a part its own headers located, of a
+    file too big to read whole (a core's notes, which gdb's gcore writes after the memory; an executable's
+    dynamic string table). With a limit, a larger part (or a negative offset) is refused; without, the caller
+    caps size."""
+    if limit is not None and (size > limit or offset < 0):
         raise UsageError(f"{what}: {printable(str(path))}: a part of {size} bytes at {offset} is refused "
                          f"(at most {_mb(limit)})")
     try:
@@ -122,7 +124,7 @@ def read_at(path: Path, what: str, offset: int, size: int, limit: int) -> bytes:
         raise _open_error(exc, path, what) from None
     try:
         with _opened(fd, path, what):
-            return os.pread(fd, size, offset)
+            return os.pread(fd, size, offset) if size > 0 and offset >= 0 else b""
     except OSError as exc:
         raise UsageError(f"{what}: cannot read {printable(str(path))} ({exc.strerror or exc})") from None
 

@@ -43,11 +43,40 @@ class Outcome(enum.Enum):
         return self in (Outcome.PASS, Outcome.FAIL, Outcome.NOT_RUN, Outcome.FLAKY)
 
     @property
+    def counters_whole(self) -> bool:
+        """Every process of the run exited by itself, so all its gcov counters were written (a coverage map
+        records it)."""
+        return self in (Outcome.PASS, Outcome.FAIL, Outcome.NOT_RUN)
+
+    @property
+    def letter(self) -> str | None:
+        """Its letter in a run's remembered outcomes (the duration history); None: never remembered (the runner
+        cut it short, or the machine failed it)."""
+        return _LETTERS[self]
+
+    @property
+    def failed_here(self) -> bool:
+        """Counts as a failure in a run's remembered outcomes (flaky too: it failed before it passed)."""
+        return (self.is_failure and self.letter is not None) or self is Outcome.FLAKY
+
+    @classmethod
+    def from_letter(cls, letter: str) -> Outcome:
+        return _BY_LETTER[letter]
+
+    @property
     def tally(self) -> str:
         """The closing line's bucket: passed (flaky too), failed, or skipped (not run, interrupted)."""
         if self.is_failure:
             return "failed"
         return "passed" if self in (Outcome.PASS, Outcome.FLAKY) else "skipped"
+
+
+# Every outcome has an entry (a test checks it): an outcome missing here would be silently dropped from the history.
+_LETTERS: dict[Outcome, str | None] = {
+    Outcome.PASS: "p", Outcome.FAIL: "f", Outcome.TIMEOUT: "t", Outcome.HANG: "h", Outcome.CRASH: "c",
+    Outcome.FLAKY: "y", Outcome.NOT_RUN: None, Outcome.INTERRUPTED: None, Outcome.ERROR: None,
+}
+_BY_LETTER = {letter: outcome for outcome, letter in _LETTERS.items() if letter is not None}
 
 
 class Stop(enum.Enum):
@@ -76,10 +105,12 @@ class TestCase:
 
 
 @dataclass(frozen=True, slots=True)
-class Run:
-    """One test under one format and one protocol (with --repeat, one copy of it: copy 1..N)."""
+class RunId:
+    """A run's identity, the one spelling of it: the test's key, format, protocol (and --repeat copy). The history
+    remembers runs by `history_key` (copies share it), the results folder by `results.folder.run_folder`, results.json
+    by these fields, --last-failed and merge by the record itself."""
 
-    test: TestCase
+    key: str
     format: str
     protocol: str
     copy: int = 0
@@ -89,8 +120,42 @@ class Run:
         return f"{self.format}-{self.protocol}"
 
     @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    @property
+    def history_key(self) -> str:
+        return f"{self.combo}/{self.key}"
+
+    @property
     def label(self) -> str:
-        return f"{self.combo} {self.test.name}" + (f" #{self.copy}" if self.copy else "")
+        return f"{self.combo} {self.name}" + (f" #{self.copy}" if self.copy else "")
+
+    @property
+    def base(self) -> RunId:
+        return RunId(self.key, self.format, self.protocol)
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One test under one format and one protocol (with --repeat, one copy of it: copy 1..N)."""
+
+    test: TestCase
+    format: str
+    protocol: str
+    copy: int = 0
+
+    @property
+    def id(self) -> RunId:
+        return RunId(self.test.key, self.format, self.protocol, self.copy)
+
+    @property
+    def combo(self) -> str:
+        return f"{self.format}-{self.protocol}"
+
+    @property
+    def label(self) -> str:
+        return self.id.label
 
     @property
     def base(self) -> Run:

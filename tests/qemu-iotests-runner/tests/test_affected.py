@@ -12,235 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import FakeTree, ReferenceTree, run_cli
 
-from iotests_run.affected.coverage_map import CoverageMap, Recorder, Span, gcov_environment, load
-from iotests_run.affected.gcov import read_counts, read_notes
-from iotests_run.affected.selection import Affected, FileChange, Hunk, affected, parse_diff
-from iotests_run.model import Run
-from iotests_run.tree.discovery import discover
+from iotests_run.affected import gcov
+from iotests_run.affected.coverage_map import load
+from iotests_run.affected.gcov import GcovError
+from iotests_run.affected.selection import read_diff
+from iotests_run.errors import UsageError
+from support import FAKE_C, Completed, FakeTree, ReferenceTree, gcov_binary, map_json, needs_gcc, run_cli, write_map
 
 REPO = Path(__file__).resolve().parents[3]
-GCC = shutil.which("gcc")
-needs_gcc = pytest.mark.skipif(GCC is None, reason="gcc is not installed")
-
-FAKE_C = """\
-#include <stdio.h>
-#include <string.h>
-
-static int grow(int n)
-{
-    return n * 2;
-}
-
-/* shrink: only `qemu-img shrink` runs it */
-static int shrink(int n)
-{
-    if (n > 1) {
-        return n / 2;
-    }
-    return n;
-}
-
-static void nothing(void) { }
-
-int main(int argc, char **argv)
-{
-    nothing();
-    if (argc > 1 && strcmp(argv[1], "grow") == 0) {
-        printf("%d\\n", grow(argc));
-    } else if (argc > 1 && strcmp(argv[1], "shrink") == 0) {
-        printf("%d\\n", shrink(argc));
-    } else if (argc > 1 && strcmp(argv[1], "wait") == 0) {
-        extern int pause(void);
-        printf("%d\\n", grow(argc));
-        fflush(stdout);
-        pause();
-    }
-    return 0;
-}
-"""
-
-
-def _gcov_binary(source: Path, build: Path, name: str = "qemu-img") -> Path:
-    """Compile source as QEMU's build does: from the build folder, with --coverage."""
-    assert GCC is not None
-    build.mkdir(parents=True, exist_ok=True)
-    binary = build / name
-    if binary.exists():
-        binary.unlink()
-    subprocess.run([GCC, "--coverage", "-O0", "-o", name, str(Path("..") / source.relative_to(build.parent))],
-                   cwd=build, check=True)
-    return binary
-
-
-@pytest.mark.unit
-@needs_gcc
-def test_gcc_notes_and_counters_say_which_functions_ran(tmp_path: Path) -> None:
-    src = tmp_path / "src" / "block" / "fake.c"
-    src.parent.mkdir(parents=True)
-    src.write_text(FAKE_C)
-    binary = _gcov_binary(src, tmp_path / "build")
-    notes = read_notes(next((tmp_path / "build").glob("*.gcno")))
-    spans = {f.name: (f.start, f.end) for f in notes.functions}
-    assert spans == {"grow": (4, 7), "shrink": (10, 16), "nothing": (18, 18), "main": (20, 34)}
-    prefix = tmp_path / "box"
-    subprocess.run([str(binary), "grow"], env=gcov_environment(prefix), check=True, capture_output=True)
-    (counts,) = prefix.rglob("*.gcda")
-    by_name = {f.ident: f.name for f in notes.functions}
-    ran = {by_name[i]: state for i, state in read_counts(counts).items()}
-    assert ran == {"grow": True, "shrink": False, "nothing": True, "main": True}
-
-    recorder = Recorder(tmp_path / "src", tmp_path / "build")
-    recorder.collect("qcow2-file/001", prefix)
-    assert recorder.executed == {"qcow2-file/001": {("block/fake.c", "grow"), ("block/fake.c", "nothing"),
-                                                    ("block/fake.c", "main")}}
-    cmap = recorder.save(tmp_path / "map.json.gz", "QEMU 7.2.0 tests:x")
-    again = load(tmp_path / "map.json.gz")
-    assert again.files == {"block/fake.c": [Span("grow", 4, 7), Span("shrink", 10, 16), Span("nothing", 18, 18),
-                                            Span("main", 20, 34)]}
-    assert again.runs == cmap.runs and {again.table()[i][1].name for i in again.runs["qcow2-file/001"]} == \
-        {"grow", "nothing", "main"}
-    # a second recording of other runs keeps the first one's
-    recorder2 = Recorder(tmp_path / "src", tmp_path / "build")
-    recorder2.executed["qcow2-file/002"] = {("block/fake.c", "shrink")}
-    assert sorted(recorder2.save(tmp_path / "map.json.gz", "QEMU 7.2.0 tests:x").runs) == \
-        ["qcow2-file/001", "qcow2-file/002"]
-
-
-DIFF = """\
-diff --git a/block/qcow2.c b/block/qcow2.c
-index 1111111..2222222 100644
---- a/block/qcow2.c
-+++ b/block/qcow2.c
-@@ -12 +12 @@ static int alpha(void)
--    return 1;
-+    return 2;
-@@ -30,0 +31,2 @@ static int beta(void)
-+    int unused;
-+    (void)unused;
-@@ -41 +42 @@
---- a line that starts like a header
-+++ and one more
-diff --git a/block/new.c b/block/new.c
-new file mode 100644
-index 0000000..3333333
---- /dev/null
-+++ b/block/new.c
-@@ -0,0 +1,3 @@
-+int fresh(void)
-+{
-+}
-diff --git a/block/old.c b/block/gone.c
-similarity index 90%
-rename from block/old.c
-rename to block/gone.c
---- a/block/old.c
-+++ b/block/gone.c
-@@ -5 +5 @@
--x
-+y
-\\ No newline at end of file
-"""
-
-
-@pytest.mark.unit
-def test_a_diff_gives_each_file_and_the_old_side_of_its_hunks() -> None:
-    changes = {c.path: c for c in parse_diff(DIFF)}
-    assert sorted(changes) == ["block/new.c", "block/old.c", "block/qcow2.c"]
-    qcow2 = changes["block/qcow2.c"]
-    # the "--- a line" inside the third hunk is a removed line, not a new file header
-    assert qcow2.hunks == [Hunk(12, 1), Hunk(30, 0), Hunk(41, 1)] and qcow2.sections == 1
-    assert (changes["block/new.c"].old, changes["block/new.c"].new) == (None, "block/new.c")
-    assert (changes["block/old.c"].old, changes["block/old.c"].new) == ("block/old.c", "block/gone.c")
-    assert changes["block/old.c"].hunks == [Hunk(5, 1)]
-    # a mail with two patches touching one file: two sections
-    mail = "Subject: [PATCH 1/2]\n\n" + DIFF.split("diff --git a/block/new.c")[0] + "-- \n2.39.5\n\n" + \
-        "Subject: [PATCH 2/2]\n\n" + DIFF.split("diff --git a/block/new.c")[0]
-    assert {c.path: c.sections for c in parse_diff(mail)} == {"block/qcow2.c": 2}
-
-
-def _catalog(fake_tree: FakeTree) -> object:
-    fake_tree.add_test("001", "echo ok\n. ./common.filter\n", out="ok\n")
-    fake_tree.add_test("002", "echo ok\n", out="ok\n")
-    fake_tree.add_test("003", "import iotests\n", out="", python=True)
-    (fake_tree.iotests / "common.filter").write_text("# filters\n")
-    (fake_tree.iotests / "iotests.py").write_text("# the Python library\n")
-    return discover(fake_tree.iotests)
-
-
-def _map() -> CoverageMap:
-    files = {"block/qcow2.c": [Span("alpha", 10, 14), Span("beta", 20, 35)],
-             "block/raw-format.c": [Span("gamma", 5, 9), Span("delta", 11, 40)]}
-    # table order: qcow2.c alpha 0, beta 1; raw-format.c gamma 2, delta 3
-    runs = {"qcow2-file/001": frozenset({0, 1}), "qcow2-file/002": frozenset({1}),
-            "raw-file/001": frozenset({2}), "raw-file/002": frozenset({3}), "qcow2-file/003": frozenset()}
-    return CoverageMap("QEMU 7.2.0 tests:x", "2026-11-30T09:00:00Z", files, {}, runs, frozenset({3}))
-
-
-def _selected(result: Affected, cmap: CoverageMap, fake_tree: FakeTree) -> dict[str, str | None]:
-    catalog = discover(fake_tree.iotests)
-    table = cmap.table()
-    return {f"{fmt}-file/{key}": result.why(Run(catalog.tests[key], fmt, "file"), cmap, table)
-            for fmt in ("qcow2", "raw") for key in ("001", "002", "003")}
-
-
-@pytest.mark.unit
-def test_changed_functions_select_the_runs_that_executed_them(fake_tree: FakeTree) -> None:
-    catalog = _catalog(fake_tree)
-    cmap = _map()
-
-    def pick(*changes: FileChange) -> dict[str, str | None]:
-        return _selected(affected(changes, cmap, catalog), cmap, fake_tree)  # type: ignore[arg-type]
-
-    inside_alpha = FileChange("block/qcow2.c", "block/qcow2.c", [Hunk(12, 1)])
-    got = pick(inside_alpha)
-    assert {k for k, v in got.items() if v} == {"qcow2-file/001", "raw-file/003"}  # raw-file/003: not mapped
-    assert got["qcow2-file/001"] == "executes alpha (block/qcow2.c)"
-    assert got["raw-file/003"] == "not in the coverage map"
-    # a whole function deleted: its old lines are all inside it
-    assert {k for k, v in pick(FileChange("block/qcow2.c", "block/qcow2.c", [Hunk(20, 16)])).items() if v} == \
-        {"qcow2-file/001", "qcow2-file/002", "raw-file/003"}
-    # lines inserted inside beta, and between alpha's and beta's lines (outside both)
-    assert pick(FileChange("block/qcow2.c", "block/qcow2.c", [Hunk(25, 0)]))["qcow2-file/002"]
-    edge = affected([FileChange("block/qcow2.c", "block/qcow2.c", [Hunk(14, 0)])], cmap, catalog)  # type: ignore
-    assert edge.everything and "block/qcow2.c:14-15 changed outside any function" in edge.everything
-    # a hunk reaching one line above a function (its return type, a comment): everything
-    assert affected([FileChange("block/qcow2.c", "block/qcow2.c", [Hunk(9, 2)])], cmap, catalog).everything  # type: ignore
-    # files the map does not hold: a header's macro, a new file, the build
-    for path, old in (("include/block/block_int.h", "include/block/block_int.h"), ("block/new.c", None),
-                      ("meson.build", "meson.build")):
-        assert "no functions in the coverage map" in (affected([FileChange(old, path, [Hunk(1, 1)])], cmap,
-                                                               catalog).everything or "")  # type: ignore
-    # a file renamed, or changed by two patches of a series: all of its functions
-    renamed = FileChange("block/qcow2.c", "block/qcow2-main.c", [Hunk(12, 1)])
-    assert {k for k, v in pick(renamed).items() if v} == {"qcow2-file/001", "qcow2-file/002", "raw-file/003"}
-    twice = FileChange("block/qcow2.c", "block/qcow2.c", [Hunk(12, 1)], sections=2)
-    assert {k for k, v in pick(twice).items() if v} == {"qcow2-file/001", "qcow2-file/002", "raw-file/003"}
-    # delta has no counters (uncounted): whether a run executed it is unknown, so everything runs
-    uncounted = affected([FileChange("block/raw-format.c", "block/raw-format.c", [Hunk(20, 1)])], cmap, catalog)  # type: ignore
-    assert "counters cannot tell" in (uncounted.everything or "")
-
-
-@pytest.mark.unit
-def test_changed_tests_and_helpers_select_the_tests_using_them(fake_tree: FakeTree) -> None:
-    catalog = _catalog(fake_tree)
-    cmap = _map()
-
-    def tests(path: str) -> set[str]:
-        result = affected([FileChange(path, path, [Hunk(1, 1)])], cmap, catalog)  # type: ignore[arg-type]
-        assert result.everything is None, result.everything
-        return set(result.tests)
-
-    assert tests("tests/qemu-iotests/002") == {"002"}
-    assert tests("tests/qemu-iotests/002.out") == {"002"}
-    assert tests("tests/qemu-iotests/common.filter") == {"001"}
-    assert tests("tests/qemu-iotests/common.rc") == {"001", "002"}
-    assert tests("tests/qemu-iotests/iotests.py") == {"003"}
-    assert tests("python/qemu/machine/machine.py") == {"003"}
-    for machinery in ("tests/qemu-iotests/check", "tests/qemu-iotests/testenv.py",
-                      "tests/qemu-iotests-runner/iotests_run/cli.py"):
-        assert affected([FileChange(machinery, machinery, [Hunk(1, 1)])], cmap, catalog).everything  # type: ignore
 
 
 def _gcov_tree(fake_tree: FakeTree) -> Path:
@@ -248,7 +28,7 @@ def _gcov_tree(fake_tree: FakeTree) -> Path:
     source = fake_tree.source / "block" / "fake.c"
     source.parent.mkdir(parents=True)
     source.write_text(FAKE_C)
-    _gcov_binary(source, fake_tree.build)
+    gcov_binary(source, fake_tree.build)
     fake_tree.add_test("001", '"$QEMU_IMG_PROG" grow >/dev/null; echo ok\n', out="ok\n")
     fake_tree.add_test("002", '"$QEMU_IMG_PROG" shrink >/dev/null; echo ok\n', out="ok\n")
     # 003's qemu-img is killed with SIGKILL (as common.qemu kills QEMU): its counters must be written all the same
@@ -263,7 +43,7 @@ def _git(cwd: Path, *args: str) -> None:
                    capture_output=True)
 
 
-def _listing(proc: subprocess.CompletedProcess[str]) -> dict[str, str]:
+def _listing(proc: Completed) -> dict[str, str]:
     assert proc.returncode == 0, proc.stderr
     return {line.split("\t")[0]: line.split("\t")[3] for line in proc.stdout.splitlines()}
 
@@ -398,8 +178,6 @@ def test_bad_change_selections_are_one_line_and_exit_2(fake_tree: FakeTree, tmp_
         shutil.rmtree(tmp_path / "r")
 
 
-# --- on the reference tree: a map from its gcov build, a patch to block/qcow2.c -----------------------------
-
 SMALL = ["001", "002", "004", "005", "008"]  # quick tests that read and write images
 
 
@@ -459,3 +237,39 @@ def test_a_qemu_killed_while_it_quits_keeps_its_counters(coverage_tree: Referenc
     ran = {(table[i][0], table[i][1].name) for i in cmap.runs["qcow2-file/312"]}
     assert ("block/mirror.c", "mirror_run") in ran  # what the test is about: its QEMU's mirror job
     assert ("softmmu/vl.c", "qemu_init") in ran  # and QEMU's start-up, written with the rest at its exit
+
+
+@pytest.mark.unit
+def test_fifos_and_devices_are_refused_unread(tmp_path: Path, no_hang: None) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(UsageError, match="--affected-by-diff: not a regular file"):
+            read_diff(path)
+        with pytest.raises(UsageError, match="coverage map: not a regular file"):
+            load(path)
+        with pytest.raises(GcovError, match="not a regular file"):
+            gcov.read_counts(path)
+        with pytest.raises(GcovError, match="not a regular file"):
+            gcov.read_notes(path)
+    # counters a test replaced by a link are not followed
+    (tmp_path / "real.gcda").write_bytes(b"")
+    (tmp_path / "link.gcda").symlink_to(tmp_path / "real.gcda")
+    with pytest.raises(GcovError, match="a symbolic link"):
+        gcov.read_counts(tmp_path / "link.gcda")
+
+
+@pytest.mark.process
+def test_a_fifo_as_diff_or_map_is_one_line_and_exit_2(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", "echo ok\n", out="ok\n")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    cmap = write_map(tmp_path / "map.json.gz", map_json())
+    for extra in (["--affected-by-diff", str(fifo), "--coverage-map", str(cmap)],
+                  ["--affected-by-diff", "/dev/zero", "--coverage-map", str(cmap)],
+                  ["--affected-by-diff", str(cmap), "--coverage-map", str(fifo)],
+                  ["--coverage-map", str(fifo)],
+                  ["--coverage-map", "/dev/zero"]):
+        proc = run_cli([*extra, *fake_tree.args(tmp_path / "r")], timeout=60)
+        assert proc.returncode == 2 and "not a regular file" in proc.stderr, (extra, proc.stderr)
+        assert proc.stderr.count("\n") == 1

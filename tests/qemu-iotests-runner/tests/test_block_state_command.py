@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -21,18 +20,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
-from support import Completed, run_cli
 
-from iotests_run.debug import block_state_command, blockstate, diagnostics
+from iotests_run.debug import block_state_command, blockstate, diagnostics, gdb
 from iotests_run.debug.diagnostics import check_core, examine_cores
 from iotests_run.errors import SetupError, UsageError
-from iotests_run.inputs import read_head
+from support import GOOD_SEGMENTS, HOSTILE_STATE, Completed, block_node, block_state, elf, needs_dot, run_cli
 
 GDB = shutil.which("gdb")
-DOT = shutil.which("dot")
+
+
 needs_gdb = pytest.mark.skipif(GDB is None, reason="gdb is not installed")
-needs_dot = pytest.mark.skipif(DOT is None, reason="graphviz's dot is not installed")
+
 
 FAKE_GDB = """#!/bin/sh
 echo "$*" >> "$FAKE_GDB_LOG"
@@ -42,29 +42,6 @@ exit 0
 """
 
 
-def node(**fields: Any) -> dict[str, Any]:
-    base = {"address": "0x10", "node_name": "top", "driver": "qcow2", "filename": "/img/a.qcow2", "refcnt": 1,
-            "aio_context": "0x1", "in_flight": 0, "quiesce_counter": 0, "children": [], "requests": []}
-    return {**base, **fields}
-
-
-def state(*nodes: dict[str, Any], **fields: Any) -> dict[str, Any]:
-    base = {"main_aio_context": "0x1", "nodes": list(nodes), "backends": [], "jobs": [], "drain_all_count": 0,
-            "graph_writer": None, "threads": []}
-    return {**base, **fields}
-
-
-HOSTILE = state(
-    node(filename="/img/a\nforged: line\x1b[2J&b.qcow2", node_name='n"<b>\\\x1b'),
-    node(address="0x20", node_name="base", filename="/img/base\x9b.raw",
-         children=[], requests=[{"type": "write\x1b", "offset": 0, "bytes": 512, "co": "0x99",
-                                 "backtrace": [{"function": "f\nx", "pc": "0x1", "file": "a\x1b.c", "line": 3}]}]),
-    backends=[{"address": "0x30", "name": "drive\x1b0", "root": "0x10", "in_flight": 0}],
-    jobs=[{"address": "0x40", "id": "job\n1", "type": "mirror", "status": "running", "nodes": []}],
-    threads=[{"num": 1, "name": "qemu\x1b", "current": None, "callers": []}],
-)
-
-
 @pytest.fixture
 def fake_gdb(tmp_path: Path) -> dict[str, str]:
     """The environment that puts the fake gdb first on PATH, its log and the document it hands over."""
@@ -72,7 +49,7 @@ def fake_gdb(tmp_path: Path) -> dict[str, str]:
     folder.mkdir()
     (folder / "gdb").write_text(FAKE_GDB)
     (folder / "gdb").chmod(0o755)
-    (tmp_path / "state.json").write_text(json.dumps(state(node())))
+    (tmp_path / "state.json").write_text(json.dumps(block_state(block_node())))
     return {**os.environ, "PATH": f"{folder}:{os.environ['PATH']}", "FAKE_GDB_LOG": str(tmp_path / "gdb.log"),
             "FAKE_STATE": str(tmp_path / "state.json")}
 
@@ -102,8 +79,6 @@ def gdb_ran(tmp_path: Path) -> bool:
     return (tmp_path / "gdb.log").exists()
 
 
-# 1. Outputs ------------------------------------------------------------------------------------------
-
 @pytest.mark.process
 def test_outputs_that_cannot_be_written_are_refused_before_gdb_runs(tmp_path: Path, fake_gdb: dict[str, str],
                                                                     fake_qemu: subprocess.Popen[bytes]) -> None:
@@ -130,7 +105,7 @@ def test_outputs_that_cannot_be_written_are_refused_before_gdb_runs(tmp_path: Pa
 @needs_dot
 def test_dot_and_svg_and_json_are_all_written(tmp_path: Path, fake_gdb: dict[str, str],
                                               fake_qemu: subprocess.Popen[bytes]) -> None:
-    Path(fake_gdb["FAKE_STATE"]).write_text(json.dumps(HOSTILE))
+    Path(fake_gdb["FAKE_STATE"]).write_text(json.dumps(HOSTILE_STATE))
     out = {kind: tmp_path / f"g.{kind}" for kind in ("dot", "svg", "json")}
     (tmp_path / "g.dot").write_text("an old graph")  # replaced whole
     proc = run_cli(["block-state", "--pid", str(fake_qemu.pid), "--dot", str(out["dot"]), "--svg", str(out["svg"]),
@@ -138,7 +113,7 @@ def test_dot_and_svg_and_json_are_all_written(tmp_path: Path, fake_gdb: dict[str
     assert proc.returncode == 0, proc.stderr
     assert out["dot"].read_text().startswith("digraph block {")
     ET.parse(out["svg"])
-    assert json.loads(out["json"].read_text()) == HOSTILE
+    assert json.loads(out["json"].read_text()) == HOSTILE_STATE
     assert sorted(p.name for p in tmp_path.glob("g.*")) == ["g.dot", "g.json", "g.svg"]
     assert not list(tmp_path.glob(".g.*"))  # no temporary file left
 
@@ -157,7 +132,7 @@ def test_svg_without_graphviz_is_refused_before_gdb_and_writes_no_dot(tmp_path: 
 def test_a_write_that_fails_names_the_file_and_leaves_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setattr(block_state_command, "_target", lambda *a: (["-p", "1"], "qemu-io (1)", "live"))
-    monkeypatch.setattr(block_state_command, "_walk", lambda *a: state(node()))
+    monkeypatch.setattr(block_state_command, "_walk", lambda *a: block_state(block_node()))
     real_replace = os.replace
 
     def full(src: str, dst: str) -> None:  # the rename is what fails, after the data was written
@@ -213,8 +188,6 @@ def test_a_stdout_closed_early_or_full_leaves_the_files_written(tmp_path: Path, 
     assert (tmp_path / "b.json").is_file()
 
 
-# 2. Pids ---------------------------------------------------------------------------------------------
-
 @pytest.mark.process
 def test_pids_out_of_range_or_not_numbers_are_one_line(tmp_path: Path, fake_gdb: dict[str, str]) -> None:
     for args in (["--pid=-1"], ["--pid", "0"], ["--pid", "abc"], ["--pid", str(2**31)], ["--pid", "9" * 40],
@@ -243,7 +216,7 @@ class FakeProcess:
 
 @pytest.mark.unit
 def test_a_kernel_thread_is_named_so(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(block_state_command.psutil, "Process", FakeProcess)
+    monkeypatch.setattr(psutil, "Process", FakeProcess)
     monkeypatch.setattr(block_state_command, "_proc_line", lambda pid, name: "2 (kthreadd) S 0 0 0 0 -1 2129984 0")
     with pytest.raises(UsageError, match=r"^--pid 2 is a kernel thread \(kthreadd\), not a QEMU program$"):
         block_state_command._program(2)
@@ -306,7 +279,7 @@ def test_a_gdb_that_does_not_finish_is_a_timeout(tmp_path: Path, fake_qemu: subp
     stuck.chmod(0o755)
     monkeypatch.setattr(block_state_command, "tool", lambda name: str(stuck))
     monkeypatch.setattr(block_state_command, "TIMEOUT_S", 1.0)
-    monkeypatch.setattr(blockstate, "GDB_GRACE_S", 1.0)
+    monkeypatch.setattr(gdb, "GDB_GRACE_S", 1.0)
     start = time.monotonic()
     with pytest.raises(SetupError, match=rf"^qemu-io \({fake_qemu.pid}\) live: gdb did not finish within 1 s; "):
         block_state_command.main(["--pid", str(fake_qemu.pid)])
@@ -331,84 +304,17 @@ def test_a_process_gdb_left_stopped_is_continued(tmp_path: Path, fake_qemu: subp
 @needs_gdb
 def test_the_walker_refuses_a_program_file_without_process_or_core(tmp_path: Path) -> None:
     out = tmp_path / "state.json"
-    subprocess.run([str(GDB), "-batch", "-nx", *blockstate.gdb_commands(out), shutil.which("sleep") or "/bin/sleep"],
+    subprocess.run(gdb.argv(str(GDB), gdb.block_state_commands(out), [shutil.which("sleep") or "/bin/sleep"]),
                    capture_output=True, stdin=subprocess.DEVNULL, timeout=60)
     assert "no process or core to read" in blockstate.load(out)["error"]
-
-
-# 3. Cores --------------------------------------------------------------------------------------------
-
-def elf(segments: list[tuple[int, int, int]], *, cls: int = 2, order: str = "<", e_type: int = 4,
-        xnum: bool = False, size: int | None = None) -> bytes:
-    """An ELF file whose program headers list (p_type, p_offset, p_filesz); zeros up to size (default: all)."""
-    header, entry = ("16sHHIQQQIHHHHHH", "IIQQQQQQ") if cls == 2 else ("16sHHIIIIIHHHHHH", "IIIIIIII")
-    ehsize, phentsize = struct.calcsize(order + header), struct.calcsize(order + entry)
-    phoff = ehsize
-    shoff = phoff + phentsize * len(segments) if xnum else 0
-    ident = b"\x7fELF" + bytes([cls, 1 if order == "<" else 2, 1]) + bytes(9)
-    phnum = 0xFFFF if xnum else len(segments)
-    out = struct.pack(order + header, ident, e_type, 62, 1, 0, phoff, shoff, 0, ehsize, phentsize, phnum,
-                      64 if xnum else 0, 1 if xnum else 0, 0)
-    for p_type, offset, filesz in segments:
-        values = (p_type, 4, offset, 0, 0, filesz, filesz, 4096) if cls == 2 else (
-            p_type, offset, 0, 0, filesz, filesz, 4, 4096)
-        out += struct.pack(order + entry, *values)
-    if xnum:  # section header 0: sh_info holds the count
-        out += struct.pack(order + "IIQQQQIIQQ", 0, 0, 0, 0, 0, 0, 0, len(segments), 0, 0)
-    end = max([len(out), *(o + f for _, o, f in segments)])
-    return (out + bytes(end - len(out)))[:size]
-
-
-GOOD = [(4, 0x1000, 0x200), (1, 0x2000, 0x3000), (1, 0x5000, 0)]
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize("kind", [{}, {"cls": 1, "order": ">"}, {"xnum": True}])
-def test_a_whole_core_passes_the_check(tmp_path: Path, kind: dict[str, Any]) -> None:
-    core = tmp_path / "core"
-    core.write_bytes(elf(GOOD, **kind))
-    check_core(core, "--core")
-
-
-@pytest.mark.unit
-def test_cores_that_are_not_or_are_cut_short_are_refused(tmp_path: Path) -> None:
-    cases = {
-        b"": "is not a core file (empty)",
-        b"core dumped\n": "is not a core file (not ELF)",
-        gzip.compress(elf(GOOD)): "is gzip-compressed; gunzip it first",
-        elf(GOOD, e_type=2): "is an executable, not a core",
-        elf(GOOD, e_type=3): "is a shared object or PIE executable, not a core",
-        elf(GOOD)[:40]: "is truncated (within its ELF header)",
-        elf(GOOD)[:100]: "is truncated (100 bytes; its program headers end at byte 232)",
-        elf(GOOD, size=0x4000): "is truncated (16384 bytes; its segments need 20480)",
-        elf([(4, 0x1000, 0x10)]): "has no memory segments",
-        elf([]): "has no program headers",
-        elf(GOOD, xnum=True, size=0x4000): "is truncated",
-        b"\x7fELF\x09\x01" + bytes(60): "unknown class or byte order",
-    }
-    for n, (data, needle) in enumerate(cases.items()):
-        core = tmp_path / f"core{n}"
-        core.write_bytes(data)
-        with pytest.raises(UsageError, match=r"^--core: ") as caught:
-            check_core(core, "--core")
-        assert needle in str(caught.value), (needle, str(caught.value))
-
-
-@pytest.mark.unit
-def test_only_the_head_of_a_big_core_is_read(tmp_path: Path) -> None:
-    big = tmp_path / "big"
-    with big.open("wb") as f:
-        f.truncate(1 << 30)  # sparse: 1 GB that takes no room
-    head, size = read_head(big, "--core", 4096)
-    assert len(head) == 4096 and size == 1 << 30
 
 
 @pytest.mark.process
 def test_bad_cores_are_refused_before_gdb_runs(tmp_path: Path, fake_gdb: dict[str, str]) -> None:
     (tmp_path / "empty").write_bytes(b"")
     (tmp_path / "text").write_text("not a core\n")
-    (tmp_path / "cut").write_bytes(elf(GOOD, size=0x3000))
-    (tmp_path / "core.gz").write_bytes(gzip.compress(elf(GOOD)))
+    (tmp_path / "cut").write_bytes(elf(GOOD_SEGMENTS, size=0x3000))
+    (tmp_path / "core.gz").write_bytes(gzip.compress(elf(GOOD_SEGMENTS)))
     for name, needle in (("empty", "empty"), ("text", "not ELF"), ("cut", "truncated"), ("core.gz", "gunzip")):
         one_line_exit_2(run_cli(["block-state", "--core", str(tmp_path / name), "--exe", sys.executable],
                                 env=fake_gdb), needle)
@@ -429,71 +335,6 @@ def test_a_real_core_cut_short_is_refused(tmp_path: Path, fake_qemu: subprocess.
         f.truncate(core.stat().st_size // 2)
     with pytest.raises(UsageError, match="is truncated"):
         check_core(core, "--core")
-
-
-# 4. Strings from QEMU's memory -----------------------------------------------------------------------
-
-@pytest.mark.unit
-def test_text_escapes_control_characters_so_no_line_is_forged() -> None:
-    out = blockstate.text(HOSTILE, "Block-layer state of qemu-io (1), live\x1b]0;title\x07")
-    assert not any(c in out for c in "\x1b\x9b\x07")
-    assert not any(line.startswith("forged") for line in out.splitlines())
-    assert "/img/a\\nforged: line\\x1b[2J&b.qcow2" in out
-    assert "\\x1b]0;title\\x07" in out.splitlines()[0]
-    assert "f\\nx (0x1) at a\\x1b.c:3" in out
-    assert "job\\n1: mirror" in out and "thread 1 (qemu\\x1b)" in out
-    line = blockstate.summary(HOSTILE, "qemu-io\x1b (1)")
-    assert "\n" not in line and "\x1b" not in line and "in flight: write\\x1b 0+512" in line
-
-
-@pytest.mark.unit
-def test_dot_escapes_quotes_backslashes_entities_and_controls() -> None:
-    graph = blockstate.dot(HOSTILE, 'title "quoted" \\ <&>')
-    assert not any(c in graph for c in "\x1b\x9b")
-    assert 'label="title \\"quoted\\" \\\\ &lt;&amp;&gt;"' in graph
-    assert '"n\\"&lt;b&gt;\\\\\\\\x1b\\n' in graph  # the node name: n"<b>\ then ESC shown as \x1b
-    assert "/img/a\\\\nforged: line\\\\x1b[2J&amp;b.qcow2\\n" in graph
-
-
-@pytest.mark.process
-@needs_dot
-def test_a_hostile_filename_still_makes_well_formed_svg() -> None:
-    image = blockstate.svg(blockstate.dot(HOSTILE, "t"))
-    assert image is not None
-    texts = [t.text for t in ET.fromstring(image).iter("{http://www.w3.org/2000/svg}text")]
-    assert "/img/a\\nforged: line\\x1b[2J&b.qcow2" in texts
-    assert 'n"<b>\\\\x1b' in texts
-    assert "job job\\n1" in texts
-
-
-@pytest.mark.unit
-def test_renderers_take_any_document_without_raising(tmp_path: Path) -> None:
-    odd: list[Any] = [
-        {"nodes": "abc"}, {"nodes": [1]}, {"nodes": [{"children": [None]}]}, {"threads": [{"callers": 5}]},
-        state(node(filename=12, node_name=None, children=[{"perm": "RW", "role": None}], requests=[{}])),
-        state(node(filename="\ud800 lone surrogate \uffff")),
-    ]
-    for doc in odd:
-        for rendered in (blockstate.text(doc, "t"), blockstate.dot(doc, "t"), blockstate.summary(doc, "q")):
-            rendered.encode("utf-8")  # no lone surrogate left
-    assert "not a document of the walker" in blockstate.text({"nodes": [1]}, "t")
-    assert "\\ud800 lone surrogate \\uffff" in blockstate.text(odd[-1], "t")
-    assert "\\\\ud800 lone surrogate \\\\uffff" in blockstate.dot(odd[-1], "t")  # the backslash escaped in DOT
-
-
-@pytest.mark.unit
-def test_load_says_why_there_is_no_document(tmp_path: Path) -> None:
-    assert blockstate.load(tmp_path / "none") == {"error": "no block state from gdb (gdb wrote none)"}
-    (tmp_path / "bad").write_text("{not json")
-    assert "is not JSON" in blockstate.load(tmp_path / "bad")["error"]
-    (tmp_path / "deep").write_text("[" * 100_000 + "]" * 100_000)
-    assert "is not JSON" in blockstate.load(tmp_path / "deep")["error"]
-    (tmp_path / "list").write_text('{"nodes": 3}')
-    assert "not a document of the walker" in blockstate.load(tmp_path / "list")["error"]
-    (tmp_path / "refused").write_text('{"error": "no all_bdrv_states\\u001b[2J"}')
-    assert blockstate.load(tmp_path / "refused") == {"error": "no all_bdrv_states\\x1b[2J"}
-    (tmp_path / "fine").write_text(json.dumps(HOSTILE))
-    assert blockstate.load(tmp_path / "fine") == HOSTILE  # raw: --json keeps what the walker read
 
 
 @pytest.mark.process

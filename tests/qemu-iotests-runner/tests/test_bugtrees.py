@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO
 
 from iotests_run.errors import UsageError
+from support import REPO
 
 sys.path.insert(0, str(REPO / "tools"))
-import bugtrees
+from iotests_tools import bugtrees
 
 pytestmark = pytest.mark.unit
 

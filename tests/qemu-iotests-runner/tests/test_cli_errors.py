@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import FakeTree, run_cli
+
+from support import FakeTree, expect_usage_error, run_cli, tree_args
 
 pytestmark = pytest.mark.process
 
@@ -19,20 +20,8 @@ def tree(fake_tree: FakeTree, tmp_path: Path) -> FakeTree:
     return fake_tree
 
 
-def expect_usage_error(tmp_path: Path, args: list[str], *needles: str, env: dict[str, str] | None = None,
-                       cwd: Path | None = None) -> None:
-    proc = run_cli(args, env=env, cwd=cwd or tmp_path)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("iotests-run: ")
-    for needle in needles:
-        assert needle in lines[0]
-    assert "Traceback" not in proc.stderr + proc.stdout
-    assert not (tmp_path / "started").exists()
-
-
 Case = Callable[[FakeTree, Path], tuple[list[str], tuple[str, ...]]]
+
 
 CASES: dict[str, Case] = {
     "unknown format": lambda t, r: (["-f", "qcow2,qcow3", *t.args(r)], ("unknown format: qcow3",)),
@@ -138,3 +127,17 @@ def test_bisect_exit_codes(tree: FakeTree, tmp_path: Path) -> None:
     proc = run_cli([*tree.args(tmp_path / "r"), "--bisect", "--frobnicate"], cwd=tmp_path)
     assert proc.returncode == 128 and "--frobnicate" in proc.stderr
     assert run_cli(tree.args(tmp_path / "r"), cwd=tmp_path).returncode == 2  # without --bisect: as always
+
+
+def test_bad_files_and_values_named_on_the_command_line(pass_fail_tree: FakeTree, tmp_path: Path) -> None:
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes(b"002 qcow2-file # caf\xe9\n")
+    expect_usage_error(tmp_path, tree_args(pass_fail_tree, tmp_path / "r", "--quarantine", str(latin)), "not UTF-8")
+    expect_usage_error(tmp_path, tree_args(pass_fail_tree, tmp_path / "r", "--quarantine", "/dev/zero"),
+                       "not a regular file")
+    expect_usage_error(tmp_path, tree_args(pass_fail_tree, tmp_path / "r", "--shard", "1/1000000000"), "bad shard")
+    env = dict(os.environ, IOTESTS_RUN_JOBS="abc")
+    expect_usage_error(tmp_path, tree_args(pass_fail_tree, tmp_path / "r"), "IOTESTS_RUN_JOBS: abc", env=env)
+    env = dict(os.environ, IOTESTS_RUN_ARGS="-f raw")
+    proc = run_cli(tree_args(pass_fail_tree, tmp_path / "r", "001", "-f", "qcow2"), env=env)
+    assert proc.returncode == 0 and "qcow2-file" in proc.stdout and "raw-file" not in proc.stdout, proc.stdout

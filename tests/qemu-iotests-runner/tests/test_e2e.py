@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import gzip
-import importlib.machinery
+import importlib
 import json
 import os
 import re
@@ -16,10 +16,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from support import ReferenceTree, run_cli
 
 from iotests_run.tree.environment import iotests_environment
 from iotests_run.tree.qemu import open_tree
+from support import ReferenceTree, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -29,12 +29,10 @@ SAMPLE = ["001", "012", "045", "047", "075", "111", "205", "268", "block-status-
 
 
 def bench_module() -> types.ModuleType:
-    loader = importlib.machinery.SourceFileLoader("iotests_bench", str(REPO / "tools" / "bench"))
-    module = types.ModuleType(loader.name)
-    module.__file__ = loader.path
-    sys.modules[loader.name] = module  # as an import would: dataclasses look their module up there
-    loader.exec_module(module)
-    return module
+    """tools/bench's code (tools/iotests_tools/bench.py): how it runs check and reads its verdicts."""
+    if str(REPO / "tools") not in sys.path:
+        sys.path.insert(0, str(REPO / "tools"))
+    return importlib.import_module("iotests_tools.bench")
 
 
 @pytest.mark.parametrize("fmt", ["qcow2", "raw"])
@@ -49,6 +47,30 @@ def test_same_verdicts_as_check(any_reference_tree: ReferenceTree, tmp_path: Pat
     assert len(check) == len(SAMPLE)
     assert bench.differences(check, ours) == []
     assert set(check.values()) >= {"pass", "not run"}
+
+
+def test_misalign_same_verdicts_as_check(reference_tree: ReferenceTree, tmp_path: Path) -> None:
+    """`check -misalign` and `iotests-run --misalign` on a handful of real tests: the same verdicts."""
+    bench = bench_module()
+    tests = ["001", "012", "045", "075", "block-status-cache"]
+    _, check = bench.run_check(str(reference_tree.build), "qcow2", tests, 2, ["-misalign"])
+    results = tmp_path / "results"
+    proc = run_cli(["--misalign", "-f", "qcow2", *tests, *reference_tree.args(results)])
+    assert proc.returncode in (0, 1), proc.stderr
+    data = json.loads((results / "results.json").read_text())
+    assert "--misalign" in data["environment"]["qcow2-file"]["QEMU_IO_OPTIONS"]
+    ours = {f"{r['format']}-{r['protocol']} {r['test']}": bench.VERDICT_OF_OUTCOME[r["outcome"]] for r in data["runs"]}
+    assert len(check) == len(tests) and bench.differences(check, ours) == []
+
+
+def test_valgrind_passes_a_real_test_on_a_clean_tree(reference_tree: ReferenceTree, tmp_path: Path) -> None:
+    """--valgrind: 001's qemu-io processes under valgrind (VALGRIND_QEMU=y), the limits x10; it passes."""
+    results = tmp_path / "results"
+    proc = run_cli(["--valgrind", "-f", "raw", "001", *reference_tree.args(results)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads((results / "results.json").read_text())
+    assert data["environment"]["raw-file"]["VALGRIND_QEMU"] == "y"
+    assert [r["outcome"] for r in data["runs"]] == ["pass"]
 
 
 def test_junit_and_results_json_of_real_runs(reference_tree: ReferenceTree, tmp_path: Path) -> None:
@@ -103,14 +125,18 @@ def test_environment_equals_checks(any_reference_tree: ReferenceTree, tmp_path: 
 
 
 def test_checks_own_environment_options_equal_checks(any_reference_tree: ReferenceTree, tmp_path: Path) -> None:
-    """-nocache/-c, -i and -o as check's: `check -qcow2 -nocache -i native -o ... -- env -0` against ours."""
+    """check's environment options (-nocache/-c, -i, -o, -misalign, -p as --print-qemu, -d, -valgrind, -gdb):
+    `check -qcow2 OPTIONS -- env -0`."""
     from iotests_run.cli.options import make_parser, settings_of
     from iotests_run.run.admission import Cpus
 
     user_env = dict(os.environ, TEST_DIR=str(tmp_path / "t"), SOCK_DIR=str(tmp_path / "s"), MALLOC_PERTURB_="17")
     for check_args, our_args in ((["-nocache", "-i", "native", "-o", "compat=0.10"],
                                   ["--nocache", "-i", "native", "-o", "compat=0.10"]),
-                                 (["-c", "writethrough"], ["-c", "writethrough"])):
+                                 (["-c", "writethrough"], ["-c", "writethrough"]),
+                                 (["-misalign"], ["--misalign"]),
+                                 (["-p", "-d"], ["--print-qemu", "-d"]),
+                                 (["-valgrind", "-gdb"], ["--valgrind", "--gdb"])):
         dump = tmp_path / "env"
         subprocess.run([sys.executable, "check", "-qcow2", *check_args, "--", "sh", "-c", f"env -0 > {dump}"],
                        cwd=any_reference_tree.build / "tests" / "qemu-iotests", env=user_env,

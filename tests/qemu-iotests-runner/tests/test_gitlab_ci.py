@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import ReferenceTree
 
 from iotests_run.affected.coverage_map import load
 from iotests_run.cli.options import make_parser
 from iotests_run.tree.qemu import reference_cache
+from support import ReferenceTree
 
 REPO = Path(__file__).resolve().parents[3]
 TEMPLATE = REPO / "tools" / "gitlab-ci" / "iotests.yml"

@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from support import REPO
 
 pytestmark = pytest.mark.e2e
 
 sys.path.insert(0, str(REPO / "tools"))
-import bugtrees  # noqa: E402
+from iotests_tools import bugtrees  # noqa: E402
 
 HANGS = [b for b in bugtrees.bugs() if b.kind == "hang"]
 

@@ -9,15 +9,15 @@ import shutil
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support import FakeTree, run_cli
 
 from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.report import html
 from iotests_run.report.html import html_report
 from iotests_run.report.outcomes import PRESENTATION
-
-pytestmark = pytest.mark.process
+from support import FakeTree, run_cli
 
 LEAKER = 'setsid sleep 3600 </dev/null >/dev/null 2>&1 &\nsleep 0.5\necho ok\n'
 
@@ -73,6 +73,7 @@ def _rgb(colour: str) -> tuple[int, int, int]:
     return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
 
 
+@pytest.mark.process
 def test_report_renders_in_a_browser_and_every_link_leads_somewhere(fake_tree: FakeTree, tmp_path: Path) -> None:
     fake_tree.add_test("001", 'echo "hello $IMGFMT"\n', out="hello qcow2\n")
     fake_tree.add_test("002", "echo changed\n", out="original\n")
@@ -113,6 +114,7 @@ def test_report_renders_in_a_browser_and_every_link_leads_somewhere(fake_tree: F
         assert _rgb(PRESENTATION[outcome].colour) in seen, f"no {outcome.value} cell painted"
 
 
+@pytest.mark.process
 def test_big_diffs_are_trimmed_and_every_outcome_has_a_colour() -> None:
     run = Run(TestCase("040", Path("040"), frozenset()), "qcow2", "file")
     diff = "\n".join(f"+line {i}" for i in range(1000))
@@ -125,6 +127,7 @@ def test_big_diffs_are_trimmed_and_every_outcome_has_a_colour() -> None:
     assert set(PRESENTATION) == set(Outcome)
 
 
+@pytest.mark.process
 def test_a_timeline_of_700_runs_stays_one_lane_per_slot_and_every_bar_visible() -> None:
     """700 runs, 8 at a time, over about ten minutes (a qcow2+raw quick run on a big machine): 8 lanes,
     not 700; every bar at least a pixel wide; the chart a screen high."""
@@ -159,6 +162,7 @@ class _Tags(HTMLParser):
         self.attrs += [(k, v or "") for k, v in attrs]
 
 
+@pytest.mark.process
 def test_a_merged_shard_that_started_no_run_keeps_its_heading() -> None:
     """A merge request's shard whose runs the change did not affect still says what it was and that it ran nothing."""
     ran, idle = (Run(TestCase(k, Path(k), frozenset()), "qcow2", "file") for k in ("001", "002"))
@@ -172,6 +176,7 @@ def test_a_merged_shard_that_started_no_run_keeps_its_heading() -> None:
     assert "started no run: its 1 run(s) were not run" in page
 
 
+@pytest.mark.process
 def test_no_markup_from_test_names_output_or_merged_files_reaches_the_page(tmp_path: Path) -> None:
     """Names, reasons, diffs and meta of a hostile (merged) results.json are text in the browser's DOM, never markup."""
     run = Run(TestCase(f"tests/{HOSTILE}", Path(HOSTILE), frozenset()), HOSTILE, "file")
@@ -194,6 +199,7 @@ def test_no_markup_from_test_names_output_or_merged_files_reaches_the_page(tmp_p
     assert all(re.fullmatch(r"run-[A-Za-z0-9_.-]+", v) for k, v in tags.attrs if k == "id" and v.startswith("run-"))
 
 
+@pytest.mark.process
 def test_the_timeline_shows_every_started_run_where_it_ran(fake_tree: FakeTree, tmp_path: Path) -> None:
     fake_tree.add_test("001", "sleep 0.5\necho ok\n", out="ok\n")
     fake_tree.add_test("002", "sleep 3600\n", out="")
@@ -219,3 +225,44 @@ def test_the_timeline_shows_every_started_run_where_it_ran(fake_tree: FakeTree, 
     shot = tmp_path / "timeline.png"
     _browser(results / "report.html", tmp_path / "profile", "--window-size=1200,1400", f"--screenshot={shot}")
     assert _rgb("#1a73e8") in _colours(shot)  # the runs-in-flight line is drawn
+
+
+def _result(i: int, outcome: Outcome = Outcome.PASS, started: float | None = 0.0, duration: float = 1.0,
+            combo: tuple[str, str] = ("qcow2", "file")) -> Result:
+    key = f"{i:06d}"
+    return Result(Run(TestCase(key, Path(key), frozenset()), *combo), outcome, duration_s=duration,
+                  started_s=started)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("value", [1e300, float("inf"), float("nan"), -5.0])
+def test_the_timeline_is_bounded_whatever_the_numbers(value: float) -> None:
+    runs = [_result(1, started=value, duration=value), _result(2, started=0.0, duration=value)]
+    samples: list[Any] = [[value, value, value], ["x", None, 1], [1], None, [0, 1, None]]
+    chart = html.timeline(runs, samples)
+    assert chart.startswith('<svg class="timeline"') and len(chart) < 20_000
+
+
+@pytest.mark.unit
+def test_the_timeline_draws_a_bounded_number_of_bars_and_points() -> None:
+    runs = [_result(i, started=float(i % 1000), duration=1000.0) for i in range(20_000)]
+    samples = [[float(t), 1000, 3.0] for t in range(200_000)]
+    chart = html.timeline(runs, samples)
+    assert chart.count("<rect") <= html.TIMELINE_BARS and len(chart) < 3_000_000
+    assert "not drawn" in chart
+
+
+@pytest.mark.unit
+def test_the_page_is_bounded_however_many_runs_and_says_what_it_left_out() -> None:
+    combos = [("qcow2", "file"), ("raw", "file"), ("qed", "nbd")]
+    results = [_result(i, Outcome.FAIL if i % 97 == 0 else Outcome.PASS, combo=combo, started=None)
+               for i in range(20_000) for combo in combos]
+    results += [_result(1, combo=(f"f{i}", "file")) for i in range(html.MATRIX_COLUMNS - len(combos) + 5)]
+    page = html.html_report(results, {"qemu": "x", "command": [1, None], "wall_s": "long"}, "merged")
+    assert len(page) < 10_000_000
+    assert page.count("<tr") <= html.MATRIX_ROWS + 1 and page.count('class="run"') == html.DETAILS
+    failing = {f"{i:06d}" for i in range(0, 20_000, 97)}
+    assert all(f'title="{key}"' in page for key in failing)  # every test with a problem keeps its row
+    assert f"{20_000 - html.MATRIX_ROWS} more tests and 5 more format-protocol columns" in page
+    assert all(f"<th>{f}-{p}</th>" in page for f, p in combos)  # the columns with the most runs are kept
+    assert f"{len(failing) * 3 - html.DETAILS} more runs that did not pass cleanly" in page

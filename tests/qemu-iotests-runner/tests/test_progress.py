@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from support import FakeTree, run_cli
 
 from iotests_run.model import LiveRun, Outcome, Result, Run, TestCase
 from iotests_run.report.progress import CLEAR_LINE, NORMAL, QUIET, Eta, Progress
+from support import FakeTree, run_cli, tree_args
 
 
 def _run(name: str) -> Run:
@@ -106,3 +106,16 @@ def test_quiet_and_verbose(fake_tree: FakeTree, tmp_path: Path) -> None:
     assert any("pass" in line and "001" in line for line in verbose.stdout.splitlines())
     both = run_cli(["-q", "-v", *fake_tree.args(tmp_path / "x")])
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+@pytest.mark.process
+def test_escape_sequences_from_tests_are_shown_not_obeyed(fake_tree: FakeTree, tmp_path: Path) -> None:
+    fake_tree.add_test("001", r"""printf 'skip\033]0;pwned\007\033[2J' > "$TEST_DIR/001.notrun"
+""", out="")
+    fake_tree.add_test("002", r"""printf 'bad\033[31m red\n'
+""", out="good\n")
+    proc = run_cli(tree_args(fake_tree, tmp_path / "r", "-v"))
+    assert proc.returncode == 1
+    out = proc.stdout + (tmp_path / "r" / "summary.txt").read_text()
+    assert "\x1b" not in out and "\x07" not in out
+    assert "\\x1b[31m red" in proc.stdout  # the -v diff, shown

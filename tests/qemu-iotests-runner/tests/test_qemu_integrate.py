@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
 from support import ReferenceTree
 
 TOOL = Path(__file__).resolve().parents[3] / "tools" / "qemu-integrate"

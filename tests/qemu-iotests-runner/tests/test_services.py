@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import FakeTree, run_cli
 
 from iotests_run.model import Run, TestCase
 from iotests_run.run.execute import _isolation_for
 from iotests_run.run.isolation import Isolation
 from iotests_run.tree import services
+from support import FakeTree, run_cli
 
 
 def _build(tmp_path: Path, *defined: str) -> Path:

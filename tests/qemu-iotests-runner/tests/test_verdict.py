@@ -1,3 +1,5 @@
+"""run/verdict.py: check's comparison of outputs and its verdict order."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,23 +8,8 @@ import pytest
 
 from iotests_run.model import Outcome
 from iotests_run.run.verdict import judge, output_diff
-from iotests_run.tree.discovery import reference_output
 
 pytestmark = pytest.mark.unit
-
-
-def test_reference_order(tmp_path: Path) -> None:
-    test = tmp_path / "040"
-    assert reference_output(test, "qcow2", "pc", "writeback") == Path(f"{test}.out")
-    Path(f"{test}.out").write_text("")
-    Path(f"{test}.pc.out").write_text("")
-    assert reference_output(test, "qcow2", "pc", "writeback") == Path(f"{test}.pc.out")
-    Path(f"{test}.out.qcow2").write_text("")
-    assert reference_output(test, "qcow2", "pc", "writeback") == Path(f"{test}.out.qcow2")
-    assert reference_output(test, "raw", "pc", "writeback") == Path(f"{test}.pc.out")
-    Path(f"{test}.out.nocache").write_text("")
-    assert reference_output(test, "qcow2", "pc", "writeback") == Path(f"{test}.out.qcow2")
-    assert reference_output(test, "qcow2", "pc", "none") == Path(f"{test}.out.nocache")
 
 
 def write(path: Path, data: bytes) -> Path:

@@ -27,6 +27,7 @@ from typing import Any
 import psutil
 
 from iotests_run.debug import blockstate, crash
+from iotests_run.debug import gdb as gdb_run
 from iotests_run.debug.diagnostics import QEMU_PROGRAMS, check_core, core_origin, tool
 from iotests_run.errors import Parser, SetupError, UsageError
 from iotests_run.files import write_atomically
@@ -202,7 +203,7 @@ def _walk(gdb: str, target: list[str], who: str, where: str, pid: int | None) ->
     was_stopped = _stopped(pid)
     with tempfile.TemporaryDirectory(prefix="iotests-run-block-") as tmp:
         out = Path(tmp) / "state.json"
-        run = blockstate.run_gdb([gdb, "-batch", "-nx", *blockstate.gdb_commands(out), *target], TIMEOUT_S)
+        run = gdb_run.run(gdb_run.argv(gdb, gdb_run.block_state_commands(out), target), TIMEOUT_S)
         state = blockstate.load(out)
     if run.failure:
         if pid is not None and not was_stopped and _stopped(pid):  # gdb killed while the process was held

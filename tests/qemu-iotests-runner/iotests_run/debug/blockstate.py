@@ -10,13 +10,10 @@ installed), and a one-line summary for results.json, JUnit, the summary and repo
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,6 @@ from iotests_run.errors import UsageError
 from iotests_run.inputs import parse_json, read_bytes
 from iotests_run.text import printable
 
-GDB_SCRIPT = Path(__file__).resolve().parent / "gdbscripts" / "block_state.py"
 SWITCH_FRAMES = {"qemu_coroutine_switch", "qemu_coroutine_yield"}
 DOT_TIMEOUT_S = 20.0
 MAX_JSON_BYTES = 64 << 20  # the walker's bounds (1000 nodes, 50 requests each, 30 frames) stay well below
@@ -34,14 +30,6 @@ MAX_DEPTH = 16  # the walker nests 5 deep
 ROLES = ((1, "data"), (2, "metadata"), (4, "filtered"), (8, "cow"), (16, "primary"))
 PERMS = ((1, "consistent-read"), (2, "write"), (4, "write-unchanged"), (8, "resize"))
 SHORT_PERMS = {"consistent-read": "R", "write": "W", "write-unchanged": "w", "resize": "s"}
-
-
-def gdb_commands(json_out: Path, perturb: int | None = None) -> list[str]:
-    """What to add to a gdb command line (attached to a process or opened on a core) to get the JSON.
-    perturb: the run's MALLOC_PERTURB_ byte, with which glibc fills what is freed (the walker's crash facts
-    say whether a pointer's memory holds it); without it the walker reads the process's own environment."""
-    fill = ["-ex", f"set $iotests_perturb = {perturb}"] if perturb is not None and 0 < perturb < 256 else []
-    return [*fill, "-ex", f"source {GDB_SCRIPT}", "-ex", f"iotests-block-state {json_out}"]
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -393,45 +381,6 @@ def write(state: dict[str, Any], folder: Path, stem: str, title: str) -> list[st
         (folder / f"{stem}.svg").write_bytes(image)
         files.append(f"{stem}.svg")
     return files
-
-
-GDB_GRACE_S = 5.0
-
-
-@dataclass(frozen=True)
-class GdbRun:
-    output: str  # what gdb printed, stdout and stderr together
-    failure: str  # "" when gdb finished; else why not ("gdb did not finish within 60 s")
-
-
-def run_gdb(argv: list[str], timeout: float) -> GdbRun:
-    """gdb in batch mode in its own session, bounded in time. Its output tells why it read nothing (an
-    attach refused, a file that is no core). Past the time it gets SIGTERM first, on which gdb detaches
-    from a live process (one killed outright can leave it stopped), then SIGKILL."""
-    try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    except OSError as exc:
-        return GdbRun("", f"gdb could not run: {exc.strerror or exc}")
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        _stop(proc)
-        return GdbRun("", f"gdb did not finish within {timeout:g} s")
-    return GdbRun(out.decode("utf-8", errors="replace"), "")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    for sig, wait in ((signal.SIGTERM, GDB_GRACE_S), (signal.SIGKILL, None)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.communicate(timeout=wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def json_text(state: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ import psutil
 
 from iotests_run import DEPS
 from iotests_run.debug import blockstate, crash, hang
+from iotests_run.debug import gdb as gdb_run
 from iotests_run.debug.corefile import core_program, read_notes
 from iotests_run.errors import UsageError
 from iotests_run.inputs import read_head
@@ -102,11 +103,10 @@ def _gdb(gdb: str, pid: int, name: str, folder: Path, qemu_gdb: Path | None,
          timeout: float) -> tuple[list[str], list[str]]:
     """Every thread's backtrace, the block-layer state (blockstate.py) and `qemu bt`, in one attach."""
     block = f"block-{pid}-{name}"
-    argv = [gdb, "-p", str(pid), "-batch", "-nx", "-ex", "set pagination off", "-ex", "thread apply all bt",
-            *blockstate.gdb_commands(folder / f"{block}.json")]
+    commands = ["set pagination off", "thread apply all bt", *gdb_run.block_state_commands(folder / f"{block}.json")]
     if qemu_gdb is not None:
-        argv += ["-ex", f"source {qemu_gdb}", "-ex", "echo \\n=== qemu bt (coroutine-aware) ===\\n",
-                 "-ex", "qemu bt"]
+        commands += [f"source {qemu_gdb}", "echo \\n=== qemu bt (coroutine-aware) ===\\n", "qemu bt"]
+    argv = gdb_run.argv(gdb, commands, ["-p", str(pid)])
     file = f"gdb-{pid}-{name}.txt"
     text = _run_tool(argv, folder / file, timeout)
     cut = [f"{name} ({pid}): gdb did not finish within {timeout:.0f} s (load average {os.getloadavg()[0]:.1f}): "
@@ -363,14 +363,14 @@ def examine_cores(cores: list[Path], folder: Path, cwd: Path, budget_s: float, p
         name = os.path.basename(program) or read_notes(kept).command or "?"
         bt_file = f"core-{n}-{name}-backtrace.txt"
         block = f"core-{n}-{name}-block"
-        argv = [gdb, "-batch", "-nx", "-ex", "set pagination off", "-ex", "bt"]
+        commands = ["set pagination off", "bt"]
         unread = _core_problem(kept) if QEMU_PROGRAMS.match(name) else ""
         walk = bool(QEMU_PROGRAMS.match(name)) and not unread and bool(program)
         if walk:  # the walker before the other threads' backtraces: under load, what explains the crash comes first
-            argv += ["-ex", "echo \\n=== block state ===\\n", *blockstate.gdb_commands(folder / f"{block}.json",
-                                                                                 perturb)]
-        argv += ["-ex", "echo \\n=== all threads ===\\n", "-ex", "thread apply all bt"]
-        argv += [program, str(kept)] if program else ["-c", str(kept)]
+            commands += ["echo \\n=== block state ===\\n",
+                         *gdb_run.block_state_commands(folder / f"{block}.json", perturb)]
+        commands += ["echo \\n=== all threads ===\\n", "thread apply all bt"]
+        argv = gdb_run.argv(gdb, commands, [program, str(kept)] if program else ["-c", str(kept)])
         # what is left of the budget, shared by the cores still to read (gdb loading QEMU's symbols is slow under load)
         share = max(deadline - time.monotonic(), 1) / (len(cores) - n + 1)
         text, cut = _gdb_on_core(argv, folder / bt_file, share)

@@ -31,21 +31,14 @@ from tabulate import tabulate
 
 from iotests_run.errors import UsageError
 from iotests_run.files import write_atomically
-from iotests_run.model import Outcome, Result, Run
+from iotests_run.model import Outcome, Result
 from iotests_run.text import printable
 
 MAX_TREES = 16
 MAX_BYTES = 64 << 20
 STAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")  # last_failure, as save writes it; anything else is ignored
 RECENT = 50  # outcomes remembered per run (test x format x protocol)
-# One letter per outcome in a run's recent history; runs the runner cut short are not remembered.
-LETTER = {Outcome.PASS: "p", Outcome.FAIL: "f", Outcome.TIMEOUT: "t", Outcome.HANG: "h", Outcome.CRASH: "c",
-          Outcome.FLAKY: "y"}
-FAILED_LETTERS = frozenset("ftchy")  # flaky counts: it failed before it passed
-
-
-def history_key(run: Run) -> str:
-    return f"{run.combo}/{run.test.key}"
+LETTERS = frozenset(o.letter for o in Outcome if o.letter is not None)
 
 
 def tree_identity(version: str, test_keys: Iterable[str]) -> str:
@@ -115,7 +108,7 @@ class Recent:
 
     @property
     def failed(self) -> int:
-        return sum(letter in FAILED_LETTERS for letter in self.outcomes)
+        return sum(Outcome.from_letter(letter).failed_here for letter in self.outcomes)
 
     def phrase(self) -> str:
         """What a failure's report says about its past here."""
@@ -135,14 +128,14 @@ def recent(path: Path, tree: str) -> dict[str, Recent]:
     failures = failures if isinstance(failures, dict) else {}
     return {str(k): Recent(v, failures.get(k) if isinstance(failures.get(k), str) and STAMP.fullmatch(failures[k])
                            else None)
-            for k, v in outcomes.items() if isinstance(v, str) and set(v) <= set(LETTER.values())}
+            for k, v in outcomes.items() if isinstance(v, str) and set(v) <= LETTERS}
 
 
 def last_passed(path: Path, tree: str) -> dict[str, float]:
     """The duration of every run whose latest remembered outcome on this tree is a pass (history_key -> s)."""
     durations, _ = load(path, tree)
     return {key: durations[key] for key, past in recent(path, tree).items()
-            if past.outcomes.endswith(LETTER[Outcome.PASS]) and key in durations}
+            if past.outcomes.endswith(str(Outcome.PASS.letter)) and key in durations}
 
 
 def save(path: Path, tree: str, results: Iterable[Result]) -> None:
@@ -150,15 +143,15 @@ def save(path: Path, tree: str, results: Iterable[Result]) -> None:
     a failed save is not an error (the file is a cache)."""
     results = list(results)
     path = Path(os.path.realpath(path))  # a history reached through a link is saved at its target, link kept
-    learnt = {history_key(r.run): round(r.duration_s, 2) for r in results
+    learnt = {r.run.id.history_key: round(r.duration_s, 2) for r in results
               if r.outcome.ran_to_its_end and r.duration_s > 0}
     letters: dict[str, str] = {}
     failed_now: set[str] = set()
     for r in sorted(results, key=lambda r: r.run.copy):
-        if r.outcome in LETTER:
-            letters[history_key(r.run)] = letters.get(history_key(r.run), "") + LETTER[r.outcome]
-            if LETTER[r.outcome] in FAILED_LETTERS:
-                failed_now.add(history_key(r.run))
+        if r.outcome.letter is not None:
+            letters[r.run.id.history_key] = letters.get(r.run.id.history_key, "") + r.outcome.letter
+            if r.outcome.failed_here:
+                failed_now.add(r.run.id.history_key)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -192,10 +185,7 @@ def with_past(result: Result, past: Mapping[str, Recent]) -> Result:
     """A failure, with what its run's recent history on this tree says (read before this invocation)."""
     if not result.outcome.is_failure:
         return result
-    return replace(result, recent=past.get(history_key(result.run), Recent("")).phrase())
-
-
-NAMES = {"f": "fail", "t": "timeout", "h": "hang", "c": "crash", "y": "flaky"}
+    return replace(result, recent=past.get(result.run.id.history_key, Recent("")).phrase())
 
 
 def flaky_report(past: Mapping[str, Recent]) -> str:
@@ -205,8 +195,8 @@ def flaky_report(past: Mapping[str, Recent]) -> str:
         if not r.failed:
             continue
         combo, _, test = key.partition("/")
-        kinds = ", ".join(f"{r.outcomes.count(letter)} {name}" for letter, name in NAMES.items()
-                          if letter in r.outcomes)
+        kinds = ", ".join(f"{r.outcomes.count(o.letter)} {o.value}" for o in Outcome
+                          if o.failed_here and o.letter is not None and o.letter in r.outcomes)
         rows.append((r.failed / len(r.outcomes), [printable(combo), printable(test.removeprefix("tests/")),
                                                   len(r.outcomes), r.failed,
                                                   f"{100 * r.failed / len(r.outcomes):.1f}%", kinds,

@@ -11,7 +11,7 @@ from typing import Any
 
 from iotests_run.errors import UsageError
 from iotests_run.model import Outcome, Result, Run, TestCase
-from iotests_run.plan.history import history_key
+from iotests_run.plan.history import Recent
 from iotests_run.text import printable
 from iotests_run.tree.applicability import Declarations, declarations, not_applicable
 from iotests_run.tree.discovery import reference_output
@@ -36,7 +36,7 @@ def estimator(durations: Mapping[str, float]) -> dict[str, float]:
 
 
 def estimate(run: Run, durations: Mapping[str, float], medians: Mapping[str, float]) -> float:
-    known = durations.get(history_key(run))
+    known = durations.get(run.id.history_key)
     if known is not None:
         return known
     return medians.get(run.combo, statistics.median(medians.values()) if medians else UNKNOWN_ESTIMATE_S)
@@ -51,6 +51,23 @@ def costs(runs: Sequence[Run], durations: Mapping[str, float]) -> dict[Run, floa
 def longest_first(runs: Sequence[Run], cost: Mapping[Run, float]) -> list[Run]:
     """Start the longest runs first so no core idles at the tail; ties keep plan order."""
     return sorted(runs, key=lambda r: -cost[r])
+
+
+def closest_first(runs: Sequence[Run], rank: Mapping[Run, tuple[int, int]], cost: Mapping[Run, float]) -> list[Run]:
+    """With a change to select by: the runs most specific to it first (`rank`, lowest first: see
+    affected.selection.Affected.specificity), the shortest first among equals, so that a failure the change
+    caused shows soonest (longest-first fills the cores better; a selection is small)."""
+    return sorted(runs, key=lambda r: (*rank.get(r, (2, 0)), cost[r]))
+
+
+def failed_first(runs: Sequence[Run], recent: Mapping[str, Recent]) -> tuple[list[Run], int]:
+    """--failed-first: the runs whose last remembered outcome on this tree was a failure (flaky included) start
+    before the others, each group in the order given; and how many there are."""
+    def failed_last_time(run: Run) -> bool:
+        past = recent.get(run.id.history_key)
+        return past is not None and bool(past.outcomes) and Outcome.from_letter(past.outcomes[-1]).failed_here
+    first = [r for r in runs if failed_last_time(r)]
+    return first + [r for r in runs if not failed_last_time(r)], len(first)
 
 
 @dataclass(frozen=True)
@@ -152,8 +169,8 @@ def take_shard(shard: Shard, skipped: list[Result], to_run: list[Run],
     cost = {**to_run_cost, **{r.run: 0.0 for r in skipped}}
     shards = split(list(cost), cost, shard.total)
     mine = set(shards[shard.index - 1])
-    digest = hashlib.sha256("\n".join(f"{i} {history_key(r)}" for i, part in enumerate(shards, 1)
-                                      for r in sorted(part, key=history_key)).encode()).hexdigest()[:16]
+    digest = hashlib.sha256("\n".join(f"{i} {r.id.history_key}" for i, part in enumerate(shards, 1)
+                                      for r in sorted(part, key=lambda r: r.id.history_key)).encode()).hexdigest()[:16]
     part = ShardPart(shard, len(mine), len(cost), tuple(sum(cost[r] for r in s) for s in shards), digest)
     return [r for r in skipped if r.run in mine], [r for r in to_run if r in mine], part
 

@@ -22,6 +22,7 @@ from iotests_run.model import Result
 from iotests_run.report.outcomes import PRESENTATION
 from iotests_run.report.summary import closing_line
 from iotests_run.results.folder import DIFF, MAX_SECONDS, REPRODUCER
+from iotests_run.results.meta import Meta
 
 DIFF_LINES = 200
 # Characters, not only lines: one 10 MB line would otherwise land whole in the page.
@@ -254,13 +255,12 @@ def _words(value: Any) -> str:
     return " ".join(map(str, value)) if isinstance(value, list) else ""
 
 
-def _timelines(results: Sequence[Result], meta: Mapping[str, Any]) -> str:
+def _timelines(results: Sequence[Result], meta: Meta) -> str:
     """One timeline for a run; for a merge, one per input (each shard ran on its own clock), the first
     TIMELINE_CHARTS of them."""
-    shards = meta.get("shards")
-    if not isinstance(shards, list) or not shards:
-        samples = meta.get("timeline")
-        return timeline(results, samples if isinstance(samples, list) else [])
+    shards = meta.shards
+    if not shards:
+        return timeline(results, meta.timeline)
     by_shard: dict[int, list[Result]] = {}
     for r in results:
         by_shard.setdefault(r.shard, []).append(r)
@@ -315,28 +315,29 @@ def _fact_text(value: Any) -> str:
     return value if isinstance(value, str) else "?"
 
 
-def _facts(meta: Mapping[str, Any]) -> list[str]:
-    """The page's first line, from a meta that may come from a merged (hostile) results.json."""
-    qemu: Mapping[str, Any] = meta["qemu"] if isinstance(meta.get("qemu"), dict) else {}
-    facts = [f"QEMU {_fact_text(qemu.get('version'))} ({_fact_text(qemu.get('source'))})",
-             f"started {_fact_text(meta.get('started'))}"]
-    if isinstance(meta.get("wall_s"), (int, float)):
-        facts.append(f"wall {meta['wall_s']} s")
-    if isinstance(meta.get("affected"), str):
-        facts.append(meta["affected"])
-    missing = meta.get("missing_shards")
-    if missing and isinstance(missing, list):
-        facts.append(f"INCOMPLETE (shard {', '.join(map(str, missing[:TIMELINE_CHARTS]))} not merged)")
-    elif not meta.get("complete", True):
+def _facts(meta: Meta) -> list[str]:
+    """The page's first line."""
+    facts = [f"QEMU {_fact_text(meta.qemu.get('version'))} ({_fact_text(meta.qemu.get('source'))})",
+             f"started {_fact_text(meta.started or None)}"]
+    if meta.wall_s is not None:
+        facts.append(f"wall {meta.wall_s} s")
+    if meta.affected:
+        facts.append(meta.affected)
+    if meta.missing_shards:
+        facts.append(f"INCOMPLETE (shard {', '.join(meta.missing_shards[:TIMELINE_CHARTS])} not merged)")
+    elif not meta.complete:
         facts.append("INCOMPLETE (interrupted)")
     return facts
 
 
-def html_report(results: Sequence[Result], meta: Mapping[str, Any], title: str,
+def html_report(results: Sequence[Result], meta: Meta | Mapping[str, Any], title: str,
                 exists: Callable[[str], bool] = lambda path: True) -> str:
     """The page; `exists` says whether a file (relative to the results folder) is there to link to. Bounded
     whatever the runs: MATRIX_ROWS tests (problems first) by MATRIX_COLUMNS format-protocols, DETAILS entries
-    below; what is left out is counted in the page."""
+    below; what is left out is counted in the page. Loose fields (a dict) are read as results.json's are
+    (`Meta.from_dict`), complete unless they say otherwise."""
+    if not isinstance(meta, Meta):
+        meta = Meta.from_dict({"complete": True, **meta})
     runs_of = Counter(r.run.combo for r in results)  # the columns kept: those with the most runs
     combos = sorted(sorted(runs_of, key=lambda c: (-runs_of[c], c))[:MATRIX_COLUMNS])
     by_test: dict[str, dict[str, Result]] = {}
@@ -359,7 +360,7 @@ def html_report(results: Sequence[Result], meta: Mapping[str, Any], title: str,
     notable = [r for r in sorted(results, key=lambda r: (r.run.combo, r.run.test.key)) if _notable(r)]
     more = (f'<p class="meta">{len(notable) - DETAILS} more runs that did not pass cleanly are not detailed here: '
             "see summary.txt, results.json and junit.xml</p>") if len(notable) > DETAILS else ""
-    command = _words(meta.get("command"))
+    command = " ".join(meta.command)
     charts = _timelines(results, meta)
     return "\n".join([
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

@@ -42,10 +42,11 @@ def _counts_table(results: Sequence[Result]) -> str:
 
 
 def summary_text(results: Sequence[Result], title: str, wall_s: float, repeated: Sequence[Tally] = (),
-                 affected: str | None = None) -> str:
-    """The text summary; `affected` is --affected-by's line ("3 of 12 runs affected by ..."), said under the title
-    so that a reader (a Patchew mail, a CI log) knows the runs were a selection, or why they were not."""
-    parts = [title, *([f"Selection: {affected}"] if affected else []), "", _counts_table(results)]
+                 heads: Sequence[str] = ()) -> str:
+    """The text summary; `heads` are said under the title: --affected-by's selection ("Selection: 3 of 12 runs
+    affected by ..."), so that a reader (a Patchew mail, a CI log) knows the runs were a selection, or why they
+    were not; --maxfail's stop; when the first failure came."""
+    parts = [title, *(terminal_safe(h) for h in heads), "", _counts_table(results)]
     if repeated:
         rows = [[t.run.combo, t.run.test.name, t.attempts, t.failed,
                  ", ".join(f"{n} {k}" for k, n in sorted(t.failures.items())) or "-",

@@ -16,10 +16,9 @@ from __future__ import annotations
 import errno
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from iotests_run.files import write_atomically
 from iotests_run.model import LiveRun, Result
@@ -30,6 +29,8 @@ from iotests_run.report.progress import Progress
 from iotests_run.report.results_json import results_json_chunks
 from iotests_run.report.summary import summary_text
 from iotests_run.report.tap import tap_line
+from iotests_run.results.folder import JUNIT, REPORT, RESULTS_JSON, SUMMARY
+from iotests_run.results.meta import Meta
 
 # While runs finish, results.json and junit.xml are rewritten at most this often (and at the end):
 # each rewrite serialises every result so far, and after every run that cost the runner more CPU
@@ -59,7 +60,7 @@ class Reporter:
 
     results_dir: Path
     junit_copy: Path | None
-    meta: dict[str, Any]
+    meta: Meta
     progress: Progress
     tap: bool
     results: list[Result]
@@ -95,6 +96,8 @@ class Reporter:
 
     def finished(self, result: Result) -> None:
         self.record(result)
+        if self.meta.first_failure is None and result.outcome.is_failure:
+            self.meta.first_failure = {"after_s": round(self.clock() - self.epoch, 2), "run": result.run.label}
         self.unwritten = True
         self.flush(at_most_every=WRITE_EVERY_S)
 
@@ -117,7 +120,7 @@ class Reporter:
             cores = max(0.0, round((busy - self._last[1]) / (now - self._last[0]), 2))
         if busy is not None:
             self._last = (now, busy)
-        self.meta.setdefault("timeline", []).append([round(now - self.epoch, 1), in_flight, cores])
+        self.meta.timeline.append([round(now - self.epoch, 1), in_flight, cores])
 
 
 def incomplete(folder: Path, failed: Sequence[tuple[Path, OSError]], finished: int) -> str:
@@ -139,27 +142,29 @@ def _write_each(files: Sequence[tuple[Path, Callable[[], str | bytes | Iterable[
     return failed
 
 
-def write_machine_reports(folder: Path, results: Sequence[Result], meta: Mapping[str, Any],
+def write_machine_reports(folder: Path, results: Sequence[Result], meta: Meta,
                           junit_copy: Path | None = None) -> list[tuple[Path, OSError]]:
     """results.json and junit.xml (and its copy where --junit asked), each replaced atomically; the files
     that could not be written, with why."""
     xml = junit_xml(fold(results), attachment_base=relative_to_cwd(folder.resolve()))  # one testcase per run
     files: list[tuple[Path, Callable[[], str | bytes | Iterable[str]]]] = [
-        (folder / "results.json", lambda: results_json_chunks(results, meta)),  # every copy of a repeated run
-        (folder / "junit.xml", lambda: xml)]
+        (folder / RESULTS_JSON, lambda: results_json_chunks(results, meta.to_dict())),  # every copy of a repeated run
+        (folder / JUNIT, lambda: xml)]
     if junit_copy is not None:
         files.append((junit_copy, lambda: xml))
     return _write_each(files)
 
 
-def write_people_reports(folder: Path, results: Sequence[Result], meta: Mapping[str, Any], title: str,
+def write_people_reports(folder: Path, results: Sequence[Result], meta: Meta, title: str,
                          wall_s: float) -> tuple[str, list[tuple[Path, OSError]]]:
     """summary.txt and report.html, at the end of a run or a merge; the summary's text and the files that could
     not be written. The copies of a repeated run are folded into one result (repeats.fold), their tally beside it."""
-    affected = meta.get("affected")
-    text = summary_text(fold(results), title, wall_s, repeated=tallies(results),
-                        affected=affected if isinstance(affected, str) else None)
+    first = meta.first_failure
+    heads = [*([f"Selection: {meta.affected}"] if meta.affected else []),
+             *([f"Stopped: {meta.stopped}"] if meta.stopped else []),
+             *([f"First failure after {first['after_s']} s: {first['run']}"] if first else [])]
+    text = summary_text(fold(results), title, wall_s, repeated=tallies(results), heads=heads)
     return text, _write_each([
-        (folder / "summary.txt", lambda: text),
-        (folder / "report.html", lambda: html_report(fold(results), meta, title,
+        (folder / SUMMARY, lambda: text),
+        (folder / REPORT, lambda: html_report(fold(results), meta, title,
                                                      exists=lambda rel: (folder / rel).is_file()))])

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from iotests_run.errors import UsageError
+from iotests_run.errors import SetupError, UsageError
 from iotests_run.files import remove_tree
 from iotests_run.inputs import open_beneath, parse_json, read_beneath, read_bytes
-from iotests_run.model import Outcome, Result, Run, TestCase
+from iotests_run.model import Outcome, Result, Run, RunId, TestCase
 from iotests_run.outputs import DIFF_BYTES, report_excerpt
 from iotests_run.text import printable
 from iotests_run.tree.discovery import TEST_NAME
@@ -33,10 +33,12 @@ MARKER = ".iotests-run"
 # Room held back in the folder from the claim to the end (released when the disk is full, so that
 # results.json and junit.xml can still take every run that finished, and at the end for the last writes).
 RESERVE, RESERVE_BYTES = ".iotests-run.reserve", 8 << 20
-RESULT_FILES = ("junit.xml", "results.json", "summary.txt", "report.html")
+JUNIT, RESULTS_JSON, SUMMARY, REPORT = "junit.xml", "results.json", "summary.txt", "report.html"
+RESULT_FILES = (JUNIT, RESULTS_JSON, SUMMARY, REPORT)
 RUNS = "runs"
 # Files of a run's artifacts folder.
 DIFF, LEAKED, REPRODUCER = "diff.txt", "leaked.txt", "reproduce.sh"
+SANITIZER = "sanitizer"  # a sanitizer build's reports: sanitizer/PROGRAM.PID.txt
 SCHEMA = 3  # results.json's "schema": 2 added it and each run's "quarantined", "casenotrun", "copy", "recent";
 # 3 added "history_tree", "shard" (a shard's part of the split) and "shards" (a merge's inputs), each run's "shard"
 # How much of a recorded diff.txt merge reads back: all of one capped as outputs.DIFF_BYTES (its headers
@@ -52,9 +54,10 @@ MAX_COPY = 1_000_000
 MAX_INPUTS = 10_000
 
 
-def run_folder(run: Run) -> str:
+def run_folder(run: Run | RunId) -> str:
     """The run's artifacts folder, relative to the results folder."""
-    return f"{RUNS}/{run.combo}/{run.test.name}" + (f"-copy-{run.copy}" if run.copy else "")
+    ident = run.id if isinstance(run, Run) else run
+    return f"{RUNS}/{ident.combo}/{ident.name}" + (f"-copy-{ident.copy}" if ident.copy else "")
 
 
 # Claiming ------------------------------------------------------------------------------------------
@@ -99,7 +102,7 @@ def _is_previous_results(folder: Path, entries: list[str]) -> bool:
     if not all(e in ours or any(e.startswith(f".{f}.") for f in RESULT_FILES) for e in entries):
         return False
     try:  # a FIFO or a device there must not block or fill memory
-        data = json.loads(read_bytes(folder / "results.json", "", RESULTS_JSON_BYTES, follow_links=False))
+        data = json.loads(read_bytes(folder / RESULTS_JSON, "", RESULTS_JSON_BYTES, follow_links=False))
         return str(data.get("tool", "")).startswith("iotests-run ")
     except (UsageError, ValueError, AttributeError, RecursionError):
         return False
@@ -175,6 +178,26 @@ def check_outside(path: Path, folder: Path, what: str) -> None:
     real, results = path.resolve(), folder.resolve()
     if real == results or results in real.parents:
         raise UsageError(f"{what} {path} is inside the results folder {folder}, which each run empties")
+
+
+def check_junit_copy(path: Path) -> Path:
+    """--junit FILE: a new file, or one holding JUnit XML already; never a folder or another file."""
+    path = path.resolve()
+    if path.is_dir():
+        raise UsageError(f"--junit {path} is a folder; name a file")
+    if path.exists():
+        try:
+            with path.open("rb") as f:
+                head = f.read(512) if path.is_file() else b""
+        except OSError as exc:
+            raise UsageError(f"--junit {path} cannot be replaced ({exc.strerror or exc})") from None
+        if head.strip() and b"<testsuite" not in head:
+            raise UsageError(f"--junit {path} exists and is not a JUnit XML file; it is left as it is")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SetupError(f"folder of --junit is not writable: {path.parent} ({exc.strerror or exc})") from None
+    return path
 
 
 # Records: written by each run, read back by merge and --last-failed --------------------------------
@@ -298,9 +321,9 @@ class Recorded:
     meta: dict[str, Any]
     records: list[dict[str, Any]]  # each checked against _FIELDS
 
-    def idents(self) -> list[tuple[str, str, str]]:
-        """(test key, format, protocol) of each run (copies of one run share it)."""
-        return [(r.get("key") or r["test"], r["format"], r["protocol"]) for r in self.records]
+    def idents(self) -> list[RunId]:
+        """The identity of each recorded run."""
+        return [RunId(r.get("key") or r["test"], r["format"], r["protocol"], r.get("copy", 0)) for r in self.records]
 
     def result(self, record: dict[str, Any], iotests: Path, artifacts_in: Path,
                tests: dict[str, TestCase] | None = None) -> Result:
@@ -327,10 +350,10 @@ class Recorded:
 def read_results(folder: Path, what: str) -> Recorded:
     """A results folder's results.json (a regular file, no link followed, at most RESULTS_JSON_BYTES), every
     run record checked; anything else is one UsageError line."""
-    path = folder / "results.json"
+    path = folder / RESULTS_JSON
     if not os.path.lexists(path):
         raise UsageError(f"{what}: no results.json in {folder}")
-    data = parse_json(read_beneath(folder, "results.json", what, RESULTS_JSON_BYTES), what, path)
+    data = parse_json(read_beneath(folder, RESULTS_JSON, what, RESULTS_JSON_BYTES), what, path)
     if not isinstance(data, dict) or not isinstance(data.get("runs"), list):
         raise UsageError(f"{what}: {path} is not a results.json (no runs list)")
     if len(data["runs"]) > MAX_RUNS:

@@ -24,7 +24,7 @@ from typing import Any
 
 from iotests_run.errors import SetupError, UsageError
 from iotests_run.inputs import number
-from iotests_run.model import Result, TestCase
+from iotests_run.model import Result, RunId, TestCase
 from iotests_run.plan import history
 from iotests_run.plan.planner import MAX_SHARDS
 from iotests_run.results.folder import (
@@ -38,6 +38,7 @@ from iotests_run.results.folder import (
     read_results,
     short_of_room,
 )
+from iotests_run.results.meta import Meta
 from iotests_run.text import printable
 
 # What a shard's artifacts may bring into OUT: a file beyond FILE_BYTES, or beyond TOTAL_BYTES of them all, is
@@ -57,7 +58,7 @@ MAX_WORDS = 100_000
 @dataclass
 class Merged:
     results: list[Result]
-    meta: dict[str, Any]
+    meta: Meta
     claim: Claim
     tree: str | None  # the inputs' common duration-history identity, asked for by `--history`
     warnings: list[str] = field(default_factory=list)  # artifacts left out of OUT, the first SHOWN_WARNINGS
@@ -331,22 +332,22 @@ def copy_artifacts(out: Path, inputs: list[Path], total: int = TOTAL_BYTES) -> _
     return copy
 
 
-def _merged_meta(inputs: list[Path], shards: list[Recorded], command: list[str], missing: list[str]) -> dict[str, Any]:
+def _merged_meta(inputs: list[Path], shards: list[Recorded], command: list[str], missing: list[str]) -> Meta:
     """The merge's results.json fields: the first shard's, the merge's own, and each shard's timeline."""
-    meta = dict(shards[0].meta)
-    meta["merged_from"] = [str(f) for f in inputs]
-    meta.pop("shard", None)
-    meta["timeline"] = []  # each shard's samples are in its entry of "shards"
-    meta["command"] = command  # the merge's; each shard's stays in its entry of "shards"
-    meta["shards"] = [{"folder": str(folder), "shard": s.meta.get("shard"), "started": s.meta.get("started"),
+    meta = Meta.from_dict(shards[0].meta)
+    meta.merged_from = [str(f) for f in inputs]
+    meta.shard = None
+    meta.timeline = []  # each shard's samples are in its entry of "shards"
+    meta.command = command  # the merge's; each shard's stays in its entry of "shards"
+    meta.shards = [{"folder": str(folder), "shard": s.meta.get("shard"), "started": s.meta.get("started"),
                        "command": s.meta.get("command", []), "wall_s": s.meta.get("wall_s"),
                        "complete": s.meta.get("complete") is True, "timeline": s.meta.get("timeline", [])}
                       for folder, s in zip(inputs, shards, strict=True)]
-    meta["missing_shards"] = missing
-    meta["complete"] = all(s.meta.get("complete") is True for s in shards) and not missing
-    meta["strict_flaky"] = any(s.meta.get("strict_flaky") is True for s in shards)
-    meta["planned"] = int(sum(s.meta.get("planned", 0) for s in shards))
-    meta["wall_s"] = max(float(s.meta.get("wall_s", 0.0)) for s in shards)  # shards run side by side
+    meta.missing_shards = missing
+    meta.complete = all(s.meta.get("complete") is True for s in shards) and not missing
+    meta.strict_flaky = any(s.meta.get("strict_flaky") is True for s in shards)
+    meta.planned = int(sum(s.meta.get("planned", 0) for s in shards))
+    meta.wall_s = max(float(s.meta.get("wall_s", 0.0)) for s in shards)  # shards run side by side
     return meta
 
 
@@ -355,12 +356,11 @@ def _check_runs(shards: list[Recorded]) -> None:
     total = sum(len(s.records) for s in shards)
     if total > MAX_RUNS:
         raise UsageError(f"merge: the inputs hold {total} runs, more than {MAX_RUNS}")
-    seen: dict[tuple[str, str, str, int], Path] = {}
+    seen: dict[RunId, Path] = {}
     for shard in shards:
-        for (key, fmt, proto), record in zip(shard.idents(), shard.records, strict=True):
-            ident = (key, fmt, proto, record.get("copy", 0))
+        for ident in shard.idents():
             if ident in seen:
-                raise UsageError(f"merge: run {fmt}-{proto} {key} is in both {seen[ident]} "
+                raise UsageError(f"merge: run {ident.combo} {ident.key} is in both {seen[ident]} "
                                  f"and {shard.folder}")
             seen[ident] = shard.folder
 

@@ -12,15 +12,15 @@ from pathlib import Path
 
 from iotests_run.errors import UsageError
 from iotests_run.inputs import read_text
-from iotests_run.model import Outcome, Result, Run
+from iotests_run.model import Outcome, Result, Run, RunId
 from iotests_run.results.folder import read_results
 from iotests_run.text import printable
 
 
-def last_failed(results: Path) -> set[tuple[str, str, str]]:
-    """(test key, format, protocol) of every run that failed (or was flaky or interrupted) last time."""
+def last_failed(results: Path) -> set[RunId]:
+    """Every run that failed (or was flaky or interrupted) last time (its copies folded into the run)."""
     recorded = read_results(results, "--last-failed")
-    return {ident for ident, record in zip(recorded.idents(), recorded.records, strict=True)
+    return {ident.base for ident, record in zip(recorded.idents(), recorded.records, strict=True)
             if Outcome(record["outcome"]).is_notable}
 
 

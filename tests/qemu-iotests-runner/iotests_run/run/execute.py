@@ -15,25 +15,26 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType
 
-from iotests_run.affected.coverage_map import Recorder
+from iotests_run.affected.recorder import Recorder
 from iotests_run.debug.diagnostics import Evidence, core_files, examine_cores
+from iotests_run.debug.sanitizer_reports import Found, cause, keep_reports, read_reports
 from iotests_run.files import move_tree, remove_tree, tree_size
 from iotests_run.inputs import read_optional
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.outputs import KEEP_OUTPUT_BYTES, keep_head_and_tail, report_excerpt
-from iotests_run.plan.history import history_key
 from iotests_run.plan.repeats import DROP, REPORT_AND_STOP, Policy
-from iotests_run.results.folder import DIFF, LEAKED, REPRODUCER, run_folder, short_of_room
+from iotests_run.results.folder import DIFF, LEAKED, REPRODUCER, SANITIZER, run_folder, short_of_room
 from iotests_run.run.admission import Admission
 from iotests_run.run.isolation import Isolation, Overlay
 from iotests_run.run.registry import Registry
 from iotests_run.run.sandbox import Sandbox, ShortRoot
 from iotests_run.run.supervise import Ending, Launch, Limits, Watch, supervise
 from iotests_run.run.tracking import MARKER, Trackers
-from iotests_run.run.verdict import Verdict, run_verdict, with_core
+from iotests_run.run.verdict import Verdict, run_verdict, with_core, with_sanitizer
 from iotests_run.tree.discovery import reference_output
 from iotests_run.tree.environment import TestsBase, child_environment
 from iotests_run.tree.qemu import QemuTree
+from iotests_run.tree.sanitizers import sanitizer_environment
 from iotests_run.tree.services import HOST_NETWORK_PROTOCOLS
 
 OUTPUT_TAIL_BYTES = 4096
@@ -59,12 +60,15 @@ class Context:
     repeat: Policy | None = None  # --repeat: which failing copies keep artifacts; --until-fail
     epoch: float = field(default_factory=time.monotonic)  # when the invocation began (runs' start offsets)
     coverage: Recorder | None = None  # --coverage-map: what each run executed, from its own counters
+    note: Callable[[str], None] | None = None  # a line for people (--gdb: where the run's QEMU waits)
 
 
-def command_of(test: TestCase, python: str) -> list[str]:
-    """check starts a test with the interpreter when its first line is exactly the python3 shebang."""
+def command_of(test: TestCase, python: str, debug: bool = False) -> list[str]:
+    """check starts a test with the interpreter when its first line is exactly the python3 shebang;
+    with -d (debug), the test's argv ends with -d."""
     path = str(test.path.resolve())
-    return [python, path] if test.python else [path]
+    argv = [python, path] if test.python else [path]
+    return [*argv, "-d"] if debug else argv
 
 
 def _tail(path: Path) -> str:
@@ -102,9 +106,10 @@ def _write_reproducer(path: Path, cwd: Path, iotests_env: Mapping[str, str], arg
     path.chmod(0o755)
 
 
-def _isolation_for(run: Run, isolation: Isolation) -> Isolation:
-    """ssh, nfs and rbd reach their service over the machine's network: no network namespace for them."""
-    return replace(isolation, network=False) if run.protocol in HOST_NETWORK_PROTOCOLS else isolation
+def _isolation_for(run: Run, isolation: Isolation, gdb: bool = False) -> Isolation:
+    """ssh, nfs and rbd reach their service over the machine's network, and with --gdb the developer's gdb
+    reaches gdbserver there: no network namespace for them."""
+    return replace(isolation, network=False) if run.protocol in HOST_NETWORK_PROTOCOLS or gdb else isolation
 
 
 def execute_run(run: Run, index: int, ctx: Context) -> Result:
@@ -175,7 +180,7 @@ def _with_earlier_attempts(final: Result, earlier: list[Result]) -> Result:
 @dataclass(frozen=True)
 class _Prepared:
     box: Sandbox
-    iotests_env: dict[str, str]
+    iotests_env: dict[str, str]  # and a sanitizer build's options without log_path: the reproducer's variables
     launch: Launch
 
 
@@ -186,21 +191,28 @@ def _prepare(run: Run, slot: str, ctx: Context, rel: str) -> _Prepared:
     iotests_env = ctx.base.iotests(ctx.tree, run.format, run.protocol, box.test_dir, box.sock_dir)
     env = child_environment(ctx.base.user_env, iotests_env, box.tmp_dir)
     env[MARKER] = ctx.trackers.marker_of(slot)
+    sanitizers, perturb = ctx.tree.sanitizers, ctx.base.malloc_perturb
+    env.update(sanitizer_environment(sanitizers, box.sanitizer_dir / "report", ctx.base.user_env, perturb))
+    by_hand = {**iotests_env, **sanitizer_environment(sanitizers, None, ctx.base.user_env, perturb)}
     if ctx.coverage is not None:
         env.update(ctx.coverage.environment(box.test_dir.parent, env.get("LD_PRELOAD")))
     overlay = Overlay(ctx.tree.iotests, box.upper, box.work) if ctx.isolation.cores else None
-    launch = Launch(command_of(run.test, ctx.base.python), run.test.path.parent, env,
-                    box.output(run.test.name), _isolation_for(run, ctx.isolation), overlay)
-    return _Prepared(box, iotests_env, launch)
+    launch = Launch(command_of(run.test, ctx.base.python, ctx.base.settings.debug), run.test.path.parent, env,
+                    box.output(run.test.name), _isolation_for(run, ctx.isolation, ctx.base.settings.gdb), overlay)
+    return _Prepared(box, by_hand, launch)
 
 
 def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     """Prepare, supervise, judge (verdict.py), keep the evidence: one attempt of one run."""
     reference = reference_output(run.test.path, run.format, ctx.tree.default_machine, ctx.base.settings.cache)
     if ctx.registry.stopping.is_set():
-        return Result(run, Outcome.INTERRUPTED, "not started: the runner was interrupted")
+        return Result(run, Outcome.INTERRUPTED, f"not started: {ctx.registry.why}")
     prepared = _prepare(run, slot, ctx, rel)
     box, output = prepared.box, prepared.launch.output
+    if ctx.base.settings.gdb and ctx.note is not None:
+        address = prepared.iotests_env["GDB_OPTIONS"]
+        ctx.note(f"iotests-run: {run.label}: started; its QEMU waits for gdb at {address} "
+                 f"(gdb -ex 'target remote {address}')")
     qemu_gdb = ctx.tree.source / "scripts" / "qemu-gdb.py"
     watch = Watch(ctx.limits(run), ctx.trackers.for_run(slot), ctx.registry, slot, run.label,
                   box.run_dir / "diagnostics", qemu_gdb if qemu_gdb.is_file() else None)
@@ -208,11 +220,14 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     ending = supervise(prepared.launch, watch)
     duration = round(time.monotonic() - start, 3)
     if ctx.coverage is not None:
-        ctx.coverage.collect(history_key(run), box.test_dir.parent)
+        ctx.coverage.collect(run.id.history_key, box.test_dir.parent)
     started = round(start - ctx.epoch, 3)
 
     verdict = run_verdict(ending.stopped, ending.detail, ending.returncode, reference, output,
                           box.test_dir / f"{run.test.name}.notrun", str(reference), f"{rel}/{output.name}")
+    reports = read_reports(box.sanitizer_dir) if ctx.tree.sanitizers else []
+    if reports:
+        verdict = with_sanitizer(verdict, cause(reports))
     cores = core_files(box.upper) if verdict.outcome is not Outcome.PASS else []
     core_evidence = examine_cores(cores, box.run_dir / "cores", run.test.path.parent, CORE_BUDGET_S,
                                   launched_programs(ctx.tree), perturb_byte(ctx.base.malloc_perturb)) if cores else None
@@ -223,10 +238,19 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     if verdict.outcome is Outcome.PASS and not ending.leaked:
         box.discard()
         return Result(run, Outcome.PASS, "", duration, cpu_s=ending.cpu_s, casenotrun=casenotrun, started_s=started)
-    evidence = [e for e in (ending.evidence, core_evidence) if e is not None]
+    sanitized, reported = _sanitizer_evidence(reports, box, rel)
+    evidence = [e for e in (sanitized, ending.evidence, core_evidence) if e is not None]
     verdict, explanation = explained(verdict, evidence)
-    return replace(_kept(run, rel, prepared, ending, verdict, evidence, duration, casenotrun), started_s=started,
-                   explanation=explanation)
+    kept = _kept(run, rel, prepared, ending, verdict, evidence, duration, casenotrun)
+    return replace(kept, started_s=started, explanation=explanation, attachments=(*kept.attachments, *reported))
+
+
+def _sanitizer_evidence(reports: list[Found], box: Sandbox, rel: str) -> tuple[Evidence | None, list[str]]:
+    """A sanitizer build's reports kept in the run's artifacts (sanitizer/PROGRAM.PID.txt) and the first one
+    explained; nothing when no process reported an error."""
+    if not reports:
+        return None, []
+    return keep_reports(reports, box.run_dir / SANITIZER, f"{rel}/{SANITIZER}")
 
 
 def _kept(run: Run, rel: str, prepared: _Prepared, ending: Ending, verdict: Verdict, evidence: list[Evidence],
@@ -311,13 +335,15 @@ def _keep(notes: list[str], name: str, write: Callable[[], object]) -> bool:
 
 def execute_all(runs: list[Run], ctx: Context, admission: Admission,
                 on_result: Callable[[Result], None],
-                on_tick: Callable[[], None] | None = None) -> list[Result]:
+                on_tick: Callable[[], None] | None = None,
+                enough: Callable[[], str | None] | None = None) -> list[Result]:
     """Run everything in one pool, in the given order, as `admission` lets runs start;
     report each result (in this thread) as it finishes.
 
     On SIGINT or SIGTERM every live run is asked to stop, the pool drains (each
     in-flight run reports itself interrupted, runs not started yet say so) and
-    KeyboardInterrupt is raised once every run has a result. While the pool runs,
+    KeyboardInterrupt is raised once every run has a result. `enough` (--maxfail), asked after each result,
+    stops the pool the same way when it returns why, without the KeyboardInterrupt. While the pool runs,
     those signals only set a flag that the loop reads: an exception raised
     asynchronously inside the queue's wait can leave its lock held, and then
     neither this loop nor any worker's put() ever gets it again.
@@ -368,6 +394,9 @@ def execute_all(runs: list[Run], ctx: Context, admission: Admission,
                 if result is not None:
                     results.append(result)
                     on_result(result)
+                    why = enough() if enough is not None and not ctx.registry.stopping.is_set() else None
+                    if why:
+                        ctx.registry.stop(why)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from iotests_run.affected.coverage_map import Recorder
+from iotests_run.affected.recorder import Recorder
 from iotests_run.model import LiveRun, Result, Run
-from iotests_run.plan.history import history_key
 from iotests_run.plan.repeats import Policy
 from iotests_run.run.admission import Admission
 from iotests_run.run.adoption import Adopter
@@ -54,7 +53,7 @@ def limits_for(options: LimitOptions) -> Callable[[Run], Limits]:
     def limits(run: Run) -> Limits:
         timeout = float(table.get(run.test.key, options.timeout_s)) * options.multiplier
         sooner = None
-        took = options.passed.get(history_key(run))
+        took = options.passed.get(run.id.history_key)
         if options.hang_factor and took is not None:
             after = round(max(HANG_FLOOR_S, options.hang_factor * took) * options.multiplier, 1)
             if after < options.hang_timeout_s:
@@ -90,8 +89,9 @@ def cpu_seconds() -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Ended:
-    interrupted: bool
+    interrupted: bool  # by SIGINT or SIGTERM
     orphans: list[str]  # processes no single run could be blamed for (no cgroups), killed at the end
+    stopped: str | None = None  # why the runs left were not started, when Hooks.enough said so (--maxfail)
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,8 @@ class Hooks:
     finished: Callable[[Result], None]
     tick: Callable[[Sequence[LiveRun]], None]
     note: Callable[[str], None]
+    enough: Callable[[], str | None] = lambda: None  # why to stop starting runs now (--maxfail), or None
+    alert: Callable[[str], None] = lambda text: None  # a line shown even with --quiet (--gdb: where QEMU waits)
 
 
 def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scratch: Path, isolate: bool,
@@ -129,10 +131,11 @@ def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scra
     ctx = Context(tree=tree, results=results_dir, short_root=short_root, registry=registry,
                   base=TestsBase(user_env, perturb, settings), limits=limits, isolation=isolation,
                   trackers=Trackers(cgroups, marker, adopter), retries=retries, repeat=repeat,
-                  epoch=time.monotonic() if epoch is None else epoch, coverage=coverage)
+                  epoch=time.monotonic() if epoch is None else epoch, coverage=coverage, note=hooks.alert)
     interrupted = False
     try:
-        execute_all(runs, ctx, admission, hooks.finished, on_tick=lambda: hooks.tick(registry.live()))
+        execute_all(runs, ctx, admission, hooks.finished, on_tick=lambda: hooks.tick(registry.live()),
+                    enough=hooks.enough)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -144,4 +147,5 @@ def run_in_sandboxes(runs: list[Run], tree: QemuTree, *, results_dir: Path, scra
         if watchdog.stdin is not None:
             watchdog.stdin.close()
         watchdog.wait()
-    return Ended(interrupted, orphans)
+    stopped = registry.why if registry.stopping.is_set() and not interrupted else None
+    return Ended(interrupted, orphans, stopped)

@@ -15,6 +15,7 @@ class Registry:
         self._lock = threading.Lock()
         self._live: dict[str, LiveRun] = {}
         self.stopping = threading.Event()
+        self.why = "the runner was interrupted"  # said by every run stopped or not started because of it
 
     def add(self, key: str, label: str) -> LiveRun:
         now = time.monotonic()
@@ -38,6 +39,8 @@ class Registry:
                 if live.label.startswith(base_label + " #"):
                     live.stop.set()
 
-    def stop(self) -> None:
+    def stop(self, why: str = "the runner was interrupted") -> None:
         """Ask every live run to end now; each worker kills its own run's processes."""
+        if not self.stopping.is_set():
+            self.why = why
         self.stopping.set()

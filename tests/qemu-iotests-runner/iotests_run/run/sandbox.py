@@ -37,6 +37,12 @@ class Sandbox:
     def work(self) -> Path:
         return self.test_dir.parent / "o" / "w"
 
+    @property
+    def sanitizer_dir(self) -> Path:
+        """Where a sanitizer build's processes write their reports (ASAN_OPTIONS log_path): beside TEST_DIR, read
+        when the run ends, the reports moved to run_dir when kept."""
+        return self.test_dir.parent / "san"
+
     def output(self, name: str) -> Path:
         """Where the test's output goes while it runs: beside TEST_DIR, not in the results folder, so that a full
         results disk cannot cut it short (and change the verdict); moved to run_dir when kept."""
@@ -45,7 +51,7 @@ class Sandbox:
     def create(self) -> None:
         if not remove_tree(self.run_dir):
             raise OSError(f"cannot empty {self.run_dir}, left by an earlier run")
-        for d in (self.test_dir, self.sock_dir, self.tmp_dir, self.upper, self.work):
+        for d in (self.test_dir, self.sock_dir, self.tmp_dir, self.upper, self.work, self.sanitizer_dir):
             if not remove_tree(d):
                 raise OSError(f"cannot empty {d}, left by an earlier run")
             d.mkdir(parents=True)

@@ -162,7 +162,7 @@ def _watch(pidfd: int, output: Path, tracker: Tracker, limits: Limits,
     while not _wait_exit(pidfd, TICK_S):
         now = time.monotonic()
         if registry.stopping.is_set():
-            return Stop.INTERRUPTED, "the runner was interrupted"
+            return Stop.INTERRUPTED, registry.why
         if live.stop.is_set():
             return Stop.INTERRUPTED, "another copy of this run failed (--until-fail)"
         if now - live.started >= limits.timeout_s:

@@ -58,6 +58,17 @@ def with_core(verdict: Verdict, cause: str) -> Verdict:
     return Verdict(Outcome.CRASH, cause, verdict.diff) if verdict.outcome is Outcome.FAIL and cause else verdict
 
 
+def with_sanitizer(verdict: Verdict, cause: str) -> Verdict:
+    """A run in which a sanitizer reported an error crashed, whatever its test then did (said after the cause):
+    the first memory or UB error of its processes is the story, even when the test passed (the report went to a
+    file, not to the output it is judged by) or waited for a QEMU the report ended. A crash already, or a run
+    the user interrupted, stays what it is."""
+    if verdict.outcome in (Outcome.CRASH, Outcome.INTERRUPTED) or not cause:
+        return verdict
+    then = f"; then {verdict.outcome.value}: {verdict.reason}" if verdict.reason else ""
+    return Verdict(Outcome.CRASH, f"{cause}{then}", verdict.diff)
+
+
 def judge(returncode: int, reference: Path, output: Path, notrun_file: Path,
           reference_label: str, output_label: str) -> Verdict:
     """check's order: exit status, then .notrun, then whether the outputs agree (streamed: outputs.py)."""

@@ -4,7 +4,8 @@ Facts carried over from check: tests are `NNN` files and `tests/NAME` files
 with a `tests/NAME.out` beside them; a test's groups are the words after the
 first line starting with `# group: `; `group.local` adds `TEST group...` lines;
 `disabled` is excluded unless named; individually named tests are added after
-group exclusion; `-x` cannot be combined with a bare list of tests.
+group exclusion; `-x` cannot be combined with a bare list of tests; `--start-from TEST` drops the
+sorted selection's tests before TEST (which must be among them).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ class Catalog:
             raise UsageError(f"unknown test: {printable(name)}")
         return key
 
-    def select(self, names: list[str], groups: list[str], exclude: list[str]) -> list[TestCase]:
+    def select(self, names: list[str], groups: list[str], exclude: list[str],
+               start_from: str | None = None) -> list[TestCase]:
         known = self.all_groups()
         for g in (*groups, *exclude):
             if g not in known:
@@ -73,7 +75,17 @@ class Catalog:
             dropped.add("disabled")
         chosen = {k for k in chosen if not (self.tests[k].groups & dropped)}
         chosen.update(keys)
-        return [self.tests[k] for k in sorted(chosen)]
+        ordered = sorted(chosen)  # check's order: numbered tests, then tests/NAME
+        if start_from is not None:
+            ordered = ordered[_position(ordered, self.key_of(start_from), start_from):]
+        return [self.tests[k] for k in ordered]
+
+
+def _position(ordered: list[str], key: str, name: str) -> int:
+    """Where --start-from's test is in the selection (check's rule: it must be one of them)."""
+    if key not in ordered:
+        raise UsageError(f"--start-from {printable(name)}: not among the selected tests")
+    return ordered.index(key)
 
 
 def discover(iotests: Path) -> Catalog:

@@ -32,6 +32,9 @@ IOTESTS_VARIABLES = (
     "QEMU_DEFAULT_MACHINE", "MALLOC_PERTURB_", "GDB_OPTIONS", "PRINT_QEMU",
 )
 
+# Where check's -gdb has gdbserver listen when GDB_OPTIONS is unset or empty.
+DEFAULT_GDB_OPTIONS = "localhost:12345"
+
 # qemu-system targets whose default machine cannot run the iotests.
 MACHINE_FOR_TARGET = {
     "arm": "virt", "aarch64": "virt", "avr": "mega2560", "m68k": "virt", "riscv32": "virt",
@@ -41,11 +44,17 @@ MACHINE_FOR_TARGET = {
 
 @dataclass(frozen=True)
 class Settings:
-    """What check's own options choose (-c/-nocache, -i, -o); its defaults when not given."""
+    """What check's own options choose (-c/-nocache, -i, -o, -misalign, -d, -p, -valgrind, -gdb); its defaults
+    when not given."""
 
     aiomode: str = "threads"
     cachemode: str | None = None  # None: check's default, writeback (and CACHEMODE_IS_DEFAULT=true)
     imgopts: str | None = None
+    misalign: bool = False  # qemu-io's --misalign in QEMU_IO_OPTIONS (and _NO_FMT)
+    debug: bool = False  # check's -d: each test's argv ends with -d (not a variable)
+    print_qemu: bool = False  # check's -p: PRINT_QEMU=y, QEMU's own output in the test's output
+    valgrind: bool = False  # check's -valgrind: VALGRIND_QEMU=y, the tests start QEMU under valgrind
+    gdb: bool = False  # check's -gdb: GDB_OPTIONS (the user's, else DEFAULT_GDB_OPTIONS), QEMU under gdbserver
 
     @property
     def cache(self) -> str:
@@ -69,6 +78,8 @@ def iotests_environment(tree: QemuTree, fmt: str, proto: str, *, python: str,
     b = tree.binaries
     imgopts = settings.imgopts
     io_options = f"--cache {settings.cache} --aio {settings.aiomode}"
+    if settings.misalign:  # as check: after --aio, before -f, in both QEMU_IO_OPTIONS and _NO_FMT
+        io_options += " --misalign"
     env = {
         "PYTHONPATH": os.pathsep.join(filter(None, (str(tree.iotests), str(tree.python_dir.resolve()),
                                                      user_env.get("PYTHONPATH")))),
@@ -110,8 +121,19 @@ def iotests_environment(tree: QemuTree, fmt: str, proto: str, *, python: str,
         imgopts = _add_option(imgopts, "zeroed_grain", "on")
     if imgopts is not None:
         env["IMGOPTS"] = imgopts
+    if settings.print_qemu:
+        env["PRINT_QEMU"] = "y"
+    if settings.valgrind:
+        env["VALGRIND_QEMU"] = "y"
+    if settings.gdb:
+        env["GDB_OPTIONS"] = gdb_options(user_env)
     env.update(tree.check_sets)
     return env
+
+
+def gdb_options(user_env: Mapping[str, str]) -> str:
+    """check's -gdb: the user's GDB_OPTIONS, or localhost:12345 when it is unset or empty."""
+    return user_env.get("GDB_OPTIONS") or DEFAULT_GDB_OPTIONS
 
 
 @dataclass(frozen=True)
@@ -142,7 +164,8 @@ def child_environment(user_env: Mapping[str, str], iotests_env: Mapping[str, str
                       tmp_dir: Path) -> dict[str, str]:
     """The full environment of the test process: check passes the user's on, plus ours.
 
-    GDB_OPTIONS is dropped as check drops it when not debugging; TMPDIR points
+    The user's GDB_OPTIONS is dropped as check drops it when not debugging (with --gdb, iotests_env
+    carries it); TMPDIR points
     at the run's own temporary folder.
     """
     env = {k: v for k, v in user_env.items() if k != "GDB_OPTIONS"}

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from iotests_run.errors import SetupError
+from iotests_run.tree.sanitizers import sanitizers_of
 
 # What check of QEMU 7.2 knows; a tree's own check overrides these (see _lists_from_check).
 DEFAULT_FORMATS = ("raw", "bochs", "cloop", "parallels", "qcow", "qcow2", "qed", "vdi",
@@ -49,6 +50,9 @@ class QemuTree:
     default_machine: str
     # Variables this version's check sets in its own environment (QEMU 10.x: PYTHONWARNINGS=default).
     check_sets: tuple[tuple[str, str], ...] = ()
+    # A sanitizer build's sanitizers ("address", "undefined"), read from qemu-img and qemu-system: runs get
+    # ASAN_OPTIONS/UBSAN_OPTIONS (tree/sanitizers.py).
+    sanitizers: tuple[str, ...] = ()
 
     @property
     def iotests(self) -> Path:
@@ -232,4 +236,5 @@ def open_tree(source: str | None, build: str | None, environ: Mapping[str, str],
     formats, protocols = _lists_from_check(check)
     return QemuTree(source=src, build=bld, version=version, binaries=binaries, formats=formats,
                     protocols=protocols, default_machine=default_machine(binaries.qemu),
-                    check_sets=_variables_check_sets(check))
+                    check_sets=_variables_check_sets(check),
+                    sanitizers=tuple(sorted({*sanitizers_of(binaries.qemu_img), *sanitizers_of(binaries.qemu)})))

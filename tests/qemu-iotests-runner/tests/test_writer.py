@@ -1,4 +1,5 @@
-"""A results folder whose disk fills up mid-run: verdicts stay the tests', the result files stay whole."""
+"""report/writer.py: result files written as runs finish; a results folder whose disk fills up mid-run (the
+verdicts stay the tests', the result files stay whole)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import FakeTree, run_cli
 
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.plan import history
 from iotests_run.report import writer
 from iotests_run.report.progress import Progress
-
-pytestmark = pytest.mark.process
+from iotests_run.results.meta import Meta
+from support import FakeTree, result, run_cli
 
 
 @pytest.fixture
@@ -49,6 +49,7 @@ def _args(tree: FakeTree, results: Path, tmp_path: Path) -> list[str]:
     return [*tree.args(results), "--history", str(tmp_path / "h.json"), "-j", "4"]
 
 
+@pytest.mark.process
 def test_a_disk_filling_up_keeps_every_verdict_and_every_run_in_the_files(fake_tree: FakeTree, small_disk: Path,
                                                                          tmp_path: Path) -> None:
     _noisy_tree(fake_tree)
@@ -71,6 +72,7 @@ def test_a_disk_filling_up_keeps_every_verdict_and_every_run_in_the_files(fake_t
             assert (small_disk / rel).is_file(), rel
 
 
+@pytest.mark.process
 def test_a_full_disk_at_the_end_is_one_line_exit_2_and_the_files_stay_valid(fake_tree: FakeTree,
                                                                            small_disk: Path, tmp_path: Path) -> None:
     fake_tree.add_test("001", "echo fine\n", out="fine\n")
@@ -88,6 +90,7 @@ def test_a_full_disk_at_the_end_is_one_line_exit_2_and_the_files_stay_valid(fake
     assert history.recent(tmp_path / "h.json", next(iter(json.loads((tmp_path / "h.json").read_text())["trees"])))
 
 
+@pytest.mark.process
 def test_a_write_that_fails_gives_up_the_held_back_room_once_then_warns_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
@@ -107,7 +110,7 @@ def test_a_write_that_fails_gives_up_the_held_back_room_once_then_warns_once(
     monkeypatch.setattr(writer, "write_atomically", write)
     shown = io.StringIO()
     run = Run(TestCase("001", tmp_path / "001", frozenset()), "qcow2", "file")
-    rep = writer.Reporter(tmp_path, None, {}, Progress(1, shown), False, [], release=release)
+    rep = writer.Reporter(tmp_path, None, Meta(), Progress(1, shown), False, [], release=release)
     rep.record(Result(run, Outcome.PASS))
     assert rep.write_files() == [] and released == [True]
     assert calls == ["results.json", "junit.xml", "results.json", "junit.xml"]
@@ -117,3 +120,39 @@ def test_a_write_that_fails_gives_up_the_held_back_room_once_then_warns_once(
     assert len(rep.write_files()) == 2 and len(rep.write_files()) == 2
     said = [line for line in shown.getvalue().splitlines() if "cannot write" in line]
     assert len(said) == 2 and all("Read-only" in line for line in said)
+
+
+@pytest.mark.unit
+def test_result_files_follow_finished_runs_within_a_second(tmp_path: Path) -> None:
+    """Runs finishing in a burst rewrite the files once, not once each; nothing waits past a tick."""
+    import io
+
+    from iotests_run.report.progress import Progress
+    from iotests_run.report.writer import WRITE_EVERY_S, Reporter
+
+    now = [10.0]
+    reporter = Reporter(tmp_path, None, Meta(complete=False), Progress(9, io.StringIO(), live=False), False, [],
+                        clock=lambda: now[0])
+
+    def written() -> list[str]:
+        return [r["test"] for r in json.loads((tmp_path / "results.json").read_text())["runs"]]
+
+    reporter.finished(result("001", Outcome.PASS))  # the first one goes at once
+    assert written() == ["001"]
+    for key in ("002", "003", "004"):
+        now[0] += WRITE_EVERY_S / 10
+        reporter.finished(result(key, Outcome.PASS))
+    assert written() == ["001"]  # the burst waits for the next tick ...
+    reporter.tick([])
+    assert written() == ["001", "002", "003", "004"]
+    assert [c.get("name") for c in ET.parse(tmp_path / "junit.xml").getroot().iter("testcase")] == \
+        ["001", "002", "003", "004"]
+    now[0] += WRITE_EVERY_S / 10
+    reporter.finished(result("005", Outcome.PASS))
+    assert "005" not in written()
+    now[0] += WRITE_EVERY_S
+    reporter.finished(result("006", Outcome.PASS))  # ... or for a run that ends a second after the last write
+    assert written()[-2:] == ["005", "006"]
+    inode = (tmp_path / "results.json").stat().st_ino  # a rewrite replaces the file
+    reporter.tick([])  # nothing new: nothing rewritten
+    assert (tmp_path / "results.json").stat().st_ino == inode

@@ -1,27 +1,72 @@
-"""`iotests-run merge` given hostile or broken shards: one line and exit 2, or a merge that stays inside its inputs.
-
-A shard is a results folder from a CI job: its results.json and runs/ artifacts are input like any file
-from a user. Each test crafts shard folders in tmp_path and runs the real command.
-"""
+"""`iotests-run merge` (results/merge.py): shards joined; hostile or broken shards refused in one line, or merged
+without reaching outside their inputs."""
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import stat
+import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import Completed, run_cli
-from test_cli_errors import expect_usage_error
 
-from iotests_run.model import Outcome, Result, Run, TestCase
-from iotests_run.report import html
 from iotests_run.results import merge
+from support import Completed, FakeTree, expect_usage_error, run_cli, runs_by_test, snapshot, tree_args
+
+
+@pytest.mark.process
+def test_merge_checks_everything_before_it_writes(pass_fail_tree: FakeTree, tmp_path: Path) -> None:
+    shard = tmp_path / "shard"
+    assert run_cli(tree_args(pass_fail_tree, shard)).returncode == 1
+    (tmp_path / "started").unlink()
+    before = snapshot(shard)
+    cases = [
+        (["merge", str(shard / "runs" / "x"), str(shard)], "overlaps"),
+        (["merge", str(shard), str(shard)], "overlaps"),
+        (["merge", str(tmp_path / "out"), str(shard), str(shard)], "named twice"),
+        (["merge", str(tmp_path / "out"), str(shard), str(tmp_path / "nothing")], "no results.json"),
+    ]
+    for args, needle in cases:
+        expect_usage_error(tmp_path, args, needle)
+        assert snapshot(shard) == before
+        assert not (tmp_path / "out").exists() and not (shard / "runs" / "x").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "paper.txt").write_text("mine")
+    expect_usage_error(tmp_path, ["merge", str(mine), str(shard)], "not an iotests-run results folder")
+    assert snapshot(mine) == {"paper.txt": "mine"}
+
+
+@pytest.mark.process
+def test_merge_exits_as_the_shards_did_when_their_failures_were_quarantined(pass_fail_tree: FakeTree,
+                                                                            tmp_path: Path) -> None:
+    quarantine = tmp_path / "known-flaky.txt"
+    quarantine.write_text("002\n")
+    shards = []
+    for i in (1, 2):
+        shards.append(tmp_path / f"shard{i}")
+        # the shards of a pipeline start from one history (each job restores the same cache); run one after the
+        # other on one file, the first's durations would change the second's split (001 and 002 are in the shipped
+        # table, which the first's fake durations then override)
+        proc = run_cli(tree_args(pass_fail_tree, shards[-1], "--shard", f"{i}/2", "--quarantine", str(quarantine),
+                                 "--history", str(tmp_path / f"history{i}.json")))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = run_cli(["merge", str(tmp_path / "merged"), *map(str, shards)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Quarantined (reported, not failing the job): qcow2-file 002" in proc.stdout
+    proc = run_cli(tree_args(pass_fail_tree, tmp_path / "plain"))
+    assert proc.returncode == 1
+    assert run_cli(["merge", str(tmp_path / "merged2"), str(tmp_path / "plain")]).returncode == 1
+
 
 RUN = {"test": "001", "format": "qcow2", "protocol": "file", "outcome": "fail", "duration_s": 1.0,
        "started_s": 0.5, "artifacts": "runs/qcow2-file/001"}
+
+
 SECRET = "SECRET-OUTSIDE-THE-SHARD"
 
 
@@ -64,8 +109,6 @@ def everything_in(folder: Path) -> str:
                 texts.append(path.read_text(errors="replace"))
     return "\n".join(texts)
 
-
-# H4, M8: numbers and types of a shard's results.json ---------------------------------------------------
 
 @pytest.mark.process
 @pytest.mark.parametrize(("runs", "meta", "field"), [
@@ -119,8 +162,6 @@ def test_a_shard_within_the_bounds_still_merges(tmp_path: Path) -> None:
     assert "+bad" in (tmp_path / "out" / "report.html").read_text()
 
 
-# H6: results.json must be a regular file ---------------------------------------------------------------
-
 @pytest.mark.process
 def test_a_fifo_as_results_json_is_refused_at_once(tmp_path: Path) -> None:
     shard = make_shard(tmp_path)
@@ -139,8 +180,6 @@ def test_a_link_as_results_json_is_not_followed(tmp_path: Path) -> None:
     expect_usage_error(tmp_path, ["merge", str(tmp_path / "out"), str(shard)], "symbolic link",
                        str(shard / "results.json"))
 
-
-# H5, M9: links in a shard's runs/ ----------------------------------------------------------------------
 
 @pytest.mark.process
 def test_runs_as_a_link_to_an_outside_folder_is_not_copied(tmp_path: Path) -> None:
@@ -182,8 +221,6 @@ def test_a_folder_link_inside_runs_is_not_followed_at_any_level(tmp_path: Path) 
     assert SECRET not in everything_in(tmp_path / "out")
     assert (tmp_path / "out" / "runs" / "qcow2-file" / "001" / "diff.txt").read_text() == "-good\n+bad\n"
 
-
-# M10: only regular files, each and all of them capped ---------------------------------------------------
 
 @pytest.mark.process
 def test_fifos_devices_and_huge_files_in_runs_are_left_out(tmp_path: Path) -> None:
@@ -229,55 +266,11 @@ def test_warnings_are_bounded_however_many_files_are_left_out(tmp_path: Path) ->
     assert len(copied.warnings) == merge.SHOWN_WARNINGS and copied.left_out == merge.SHOWN_WARNINGS * 3
 
 
-# H4, L9: the page is bounded whatever it is given ------------------------------------------------------
-
-def _result(i: int, outcome: Outcome = Outcome.PASS, started: float | None = 0.0, duration: float = 1.0,
-            combo: tuple[str, str] = ("qcow2", "file")) -> Result:
-    key = f"{i:06d}"
-    return Result(Run(TestCase(key, Path(key), frozenset()), *combo), outcome, duration_s=duration,
-                  started_s=started)
-
-
-@pytest.mark.unit
-@pytest.mark.parametrize("value", [1e300, float("inf"), float("nan"), -5.0])
-def test_the_timeline_is_bounded_whatever_the_numbers(value: float) -> None:
-    runs = [_result(1, started=value, duration=value), _result(2, started=0.0, duration=value)]
-    samples: list[Any] = [[value, value, value], ["x", None, 1], [1], None, [0, 1, None]]
-    chart = html.timeline(runs, samples)
-    assert chart.startswith('<svg class="timeline"') and len(chart) < 20_000
-
-
-@pytest.mark.unit
-def test_the_timeline_draws_a_bounded_number_of_bars_and_points() -> None:
-    runs = [_result(i, started=float(i % 1000), duration=1000.0) for i in range(20_000)]
-    samples = [[float(t), 1000, 3.0] for t in range(200_000)]
-    chart = html.timeline(runs, samples)
-    assert chart.count("<rect") <= html.TIMELINE_BARS and len(chart) < 3_000_000
-    assert "not drawn" in chart
-
-
-@pytest.mark.unit
-def test_the_page_is_bounded_however_many_runs_and_says_what_it_left_out() -> None:
-    combos = [("qcow2", "file"), ("raw", "file"), ("qed", "nbd")]
-    results = [_result(i, Outcome.FAIL if i % 97 == 0 else Outcome.PASS, combo=combo, started=None)
-               for i in range(20_000) for combo in combos]
-    results += [_result(1, combo=(f"f{i}", "file")) for i in range(html.MATRIX_COLUMNS - len(combos) + 5)]
-    page = html.html_report(results, {"qemu": "x", "command": [1, None], "wall_s": "long"}, "merged")
-    assert len(page) < 10_000_000
-    assert page.count("<tr") <= html.MATRIX_ROWS + 1 and page.count('class="run"') == html.DETAILS
-    failing = {f"{i:06d}" for i in range(0, 20_000, 97)}
-    assert all(f'title="{key}"' in page for key in failing)  # every test with a problem keeps its row
-    assert f"{20_000 - html.MATRIX_ROWS} more tests and 5 more format-protocol columns" in page
-    assert all(f"<th>{f}-{p}</th>" in page for f, p in combos)  # the columns with the most runs are kept
-    assert f"{len(failing) * 3 - html.DETAILS} more runs that did not pass cleanly" in page
-
-
 @pytest.mark.process
 def test_a_hundred_thousand_run_merge_stays_small_and_quick(tmp_path: Path) -> None:
     """L9: memory grows with the runs, not faster, and report.html stays a page (a 1e6-run merge took 3.7 GB and
     wrote 335 MB of it)."""
     import resource
-    import time
 
     combos = [(f, p) for f in ("qcow2", "raw", "qed", "vmdk", "vpc") for p in ("file", "nbd")]
     runs = [{"test": f"{t:06d}", "format": f, "protocol": p, "outcome": "fail" if t % 500 == 0 else "pass",
@@ -296,3 +289,85 @@ def test_a_hundred_thousand_run_merge_stays_small_and_quick(tmp_path: Path) -> N
     print(f"1e5-run merge: {took:.1f} s, peak {peak_mb} MB, report.html {report >> 10} KB")
     assert report < 8 << 20 and peak_mb < 1024 and took < 120
     assert len(json.loads((tmp_path / "out" / "results.json").read_text())["runs"]) == 100_000
+
+
+@pytest.mark.process
+def test_shards_cover_the_plan_once_and_merge_joins_them(fake_tree: FakeTree, tmp_path: Path) -> None:
+    for i in range(1, 8):
+        fake_tree.add_test(f"{i:03}", "echo ok\n" if i != 3 else "echo bad\n", out="ok\n")
+    history = tmp_path / "durations.json"
+    lists = [run_cli(["--list", "--shard", f"{i}/3", "--history", str(history), *fake_tree.args(tmp_path / "r")])
+             .stdout.splitlines() for i in (1, 2, 3)]
+    flat = [line for lines in lists for line in lines]
+    assert sorted(flat) == sorted(set(flat)) and len(flat) == 7
+    env = dict(os.environ, CI_NODE_TOTAL="3")
+    for i in (1, 2, 3):
+        env["CI_NODE_INDEX"] = str(i)
+        # each CI machine starts from the same history (the pipeline cache) and updates its own copy
+        mine = tmp_path / f"durations-{i}.json"
+        proc = run_cli(["--history", str(mine), *fake_tree.args(tmp_path / f"shard{i}")], env=env)
+        assert f"shard {i}/3" in proc.stdout
+        expected = sorted(("qcow2", line.split()[0]) for line in lists[i - 1])
+        assert sorted(runs_by_test(tmp_path / f"shard{i}")) == expected
+    merged = tmp_path / "merged"
+    proc = run_cli(["merge", str(merged), *(str(tmp_path / f"shard{i}") for i in (1, 2, 3))])
+    assert proc.returncode == 1
+    runs = runs_by_test(merged)
+    assert len(runs) == 7 and runs[("qcow2", "003")]["outcome"] == "fail"
+    assert (merged / str(runs[("qcow2", "003")]["artifacts"]) / "diff.txt").is_file()
+    root = ET.parse(merged / "junit.xml").getroot()
+    failure = next(c for c in root.iter("testcase") if c.get("name") == "003").find("failure")
+    assert failure is not None and "+bad" in (failure.text or "")
+    assert proc.stdout.rstrip().endswith("6 passed, 1 failed, 0 skipped")
+    page = (merged / "report.html").read_text()
+    assert page.count('class="cell o-pass"') == 6 and 'href="runs/qcow2-file/003/diff.txt"' in page
+    bad = run_cli(["merge", str(tmp_path / "m2"), str(tmp_path / "nowhere")])
+    assert bad.returncode == 2 and "merge: no results.json in" in bad.stderr
+
+
+@pytest.mark.process
+def test_merge_refuses_shards_that_split_differently_and_its_history_balances_the_next_split(
+        fake_tree: FakeTree, tmp_path: Path) -> None:
+    for i in range(1, 7):
+        fake_tree.add_test(f"{i:03}", f"sleep {1.5 if i == 6 else 0.05}; echo ok\n", out="ok\n")
+    env = dict(os.environ, CI_NODE_TOTAL="2")
+
+    def shard(index: int, history: Path, name: str) -> Path:
+        env["CI_NODE_INDEX"] = str(index)
+        proc = run_cli(["--history", str(history), *fake_tree.args(tmp_path / name)], env=env)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return tmp_path / name
+
+    # a history that knows 006 is long splits differently from an empty one (a cache one shard missed)
+    known = tmp_path / "known.json"
+    assert run_cli(["--history", str(known), *fake_tree.args(tmp_path / "whole")]).returncode == 0
+    cold = [shard(1, tmp_path / "cold-1.json", "cold1"), shard(2, tmp_path / "cold-2.json", "cold2")]
+    warm2 = shard(2, known, "warm2")
+    proc = run_cli(["merge", str(tmp_path / "bad"), str(cold[0]), str(warm2)])
+    assert proc.returncode == 2 and "computed different splits" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+    proc = run_cli(["merge", str(tmp_path / "half"), str(cold[0])])
+    assert proc.returncode == 130 and "not among the inputs: shard 2/2" in proc.stderr
+    assert "INCOMPLETE (shard 2/2 not merged)" in (tmp_path / "half" / "report.html").read_text()
+
+    # merge is the history's one writer: the next pipeline's shards are split by the runs' durations
+    merged_history = tmp_path / "merged.json"
+    proc = run_cli(["merge", str(tmp_path / "merged"), *map(str, cold), "--history", str(merged_history)])
+    assert proc.returncode == 0, proc.stderr
+    listed = run_cli(["--list", "--shard", "1/2", "--history", str(merged_history),
+                      *fake_tree.args(tmp_path / "r")]).stdout.splitlines()
+    assert [line.split()[0] for line in listed] == ["006"]  # the long run alone, the five short ones on shard 2
+    page = (tmp_path / "merged" / "report.html").read_text()
+    assert page.count('<svg class="timeline"') == 2 and "shard 1/2 (" in page and "shard 2/2 (" in page
+    data = json.loads((tmp_path / "merged" / "results.json").read_text())
+    assert sorted(r["shard"] for r in data["runs"]) == [1, 1, 1, 2, 2, 2]
+    assert [s["shard"]["index"] for s in data["shards"]] == [1, 2]
+    timelines = [json.loads((c / "results.json").read_text()).get("timeline", []) for c in cold]
+    assert [s["timeline"] for s in data["shards"]] == timelines and any(timelines)
+    # the page names the merge's command line, and each shard's under its timeline (not shard 1's as the merge's)
+    assert data["command"][:2] == ["iotests-run", "merge"] and "--history" in data["command"]
+    for folder, entry in zip(cold, data["shards"], strict=True):
+        assert entry["command"] == json.loads((folder / "results.json").read_text())["command"]
+        assert f"--results {folder}" in " ".join(entry["command"])
+        assert html.escape(" ".join(entry["command"])) in page
+    assert page.index("iotests-run merge ") < page.index('<svg class="timeline"')

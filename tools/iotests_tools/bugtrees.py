@@ -30,11 +30,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "qemu-iotests-runner"))
-
-from iotests_run.errors import UsageError  # noqa: E402  (after the path above)
-from iotests_run.inputs import parse_json, read_bytes  # noqa: E402
+from iotests_run.errors import UsageError
+from iotests_run.inputs import parse_json, read_bytes
+from iotests_tools import REPO
 
 BUGS_D = REPO / "tools" / "bugs.d"
 # What the iotests run (as tools/mutants): a full `ninja` would also link every unit test.
@@ -275,10 +273,18 @@ class Outcome:
         return bool(self.first_line) and re.search(self.bug.expect, self.first_line) is not None
 
 
+def variant_of(bug: Bug) -> tuple[str, Path | None]:
+    """Which flavour of the bug tree a bug runs on: a sanitizer bug on the one configured as the version's sanitizer
+    reference build (tools/build-reference-qemu --sanitize: ASan + UBSan), bugs-<version>-sanitize."""
+    if bug.kind == "sanitizer":
+        return "sanitize", reference(bug.version, "--sanitize")[1]
+    return "", None
+
+
 def run_bug(bug: Bug, results: Path, *, hang_timeout: float = 8, timeout: float = 180,
             extra: tuple[str, ...] = ()) -> Outcome:
     """The bug's test run by iotests-run on its bug tree, the bug's variable set and passed on to the test."""
-    with tree_in_use(bug.version) as (src, build):
+    with tree_in_use(bug.version, *variant_of(bug)) as (src, build):
         return _run_bug(bug, results, src, build, hang_timeout, timeout, extra)
 
 

@@ -1,7 +1,9 @@
-"""When one more run may start: the admission rule, the usable cores, the busy clock."""
+"""run/admission.py: when one more run may start (the admission rule, the usable cores, the busy clock), and
+the runner keeping to it."""
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -9,8 +11,7 @@ import pytest
 
 from iotests_run.run import admission as cpu
 from iotests_run.run.admission import WINDOW_S, Admission
-
-pytestmark = pytest.mark.unit
+from support import FakeTree, run_cli, runs_by_test
 
 
 class Machine:
@@ -33,6 +34,7 @@ def admission(machine: Machine, jobs: int = 8, cores: int = 2, fixed: bool = Fal
     return Admission(jobs, cores, busy, fixed=fixed, clock=lambda: machine.now)
 
 
+@pytest.mark.unit
 def test_up_to_one_more_than_the_cores_always_start() -> None:
     m = Machine()
     a = admission(m)
@@ -40,6 +42,7 @@ def test_up_to_one_more_than_the_cores_always_start() -> None:
     assert all(a.may_start(running) for running in range(3))
 
 
+@pytest.mark.unit
 def test_beyond_the_floor_one_run_per_idle_window() -> None:
     m = Machine()
     a = admission(m)
@@ -63,6 +66,7 @@ def test_beyond_the_floor_one_run_per_idle_window() -> None:
     assert m.reads == reads
 
 
+@pytest.mark.unit
 def test_never_more_than_jobs() -> None:
     m = Machine()
     a = admission(m, jobs=5)
@@ -72,6 +76,7 @@ def test_never_more_than_jobs() -> None:
     assert a.may_start(4)
 
 
+@pytest.mark.unit
 def test_fixed_or_without_a_busy_clock_it_is_a_plain_limit() -> None:
     m = Machine()
     for a in (admission(m, jobs=6, fixed=True), Admission(6, 2, None)):
@@ -92,6 +97,7 @@ def _v2(tmp_path: Path, limits: dict[str, str], own: str = "0::/ci/job/step\n") 
     return mount, self_cgroup
 
 
+@pytest.mark.unit
 def test_the_tightest_cgroup_v2_quota_counts(tmp_path: Path) -> None:
     mount, own = _v2(tmp_path, {"ci": "300000 100000", "ci/job": "150000 100000", "ci/job/step": "max 100000"})
     quota = cpu.cgroup_quota(mount, own, mount)
@@ -101,6 +107,7 @@ def test_the_tightest_cgroup_v2_quota_counts(tmp_path: Path) -> None:
     assert cpu.cgroup_quota(mount, tmp_path / "no-such-file", mount) is None
 
 
+@pytest.mark.unit
 def test_cgroup_v1_quota_as_docker_sets_it(tmp_path: Path) -> None:
     mount = tmp_path / "cgroup"
     cpu_dir, acct_dir = mount / "cpu", mount / "cpuacct"
@@ -118,8 +125,9 @@ def test_cgroup_v1_quota_as_docker_sets_it(tmp_path: Path) -> None:
     assert cpu.cgroup_quota(mount, own, mount) is None
 
 
+@pytest.mark.unit
 def test_usable_cores_follow_affinity_and_quota(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpu.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5, 6, 7})
     mount, own = _v2(tmp_path, {"ci/job": "250000 100000"})
     monkeypatch.setattr(cpu, "CGROUP_MOUNT", mount)
     monkeypatch.setattr(cpu, "SELF_CGROUP", own)
@@ -137,6 +145,7 @@ def test_usable_cores_follow_affinity_and_quota(tmp_path: Path, monkeypatch: pyt
     assert cpu.Cpus.here() == cpu.Cpus(8, None)
 
 
+@pytest.mark.unit
 def test_the_machines_busy_clock_moves() -> None:
     busy = cpu.Cpus.here().busy_clock()
     if busy is None:
@@ -145,3 +154,68 @@ def test_the_machines_busy_clock_moves() -> None:
     while time.process_time() - own < 0.3:  # keep this core busy
         pass
     assert busy() - first >= 0.2  # at least our own 0.3 s, give or take a clock tick
+
+
+def _most_at_once(log: Path) -> int:
+    events = sorted((float(t), +1 if kind == "start" else -1)
+                    for kind, t in (line.split() for line in log.read_text().splitlines()))
+    now = most = 0
+    for _, step in events:
+        now += step
+        most = max(most, now)
+    return most
+
+
+@pytest.mark.process
+def test_more_runs_start_only_while_cores_idle(fake_tree: FakeTree, tmp_path: Path) -> None:
+    from iotests_run.run.admission import Cpus
+
+    cpus = Cpus.here()
+    cores = cpus.count
+    if cpus.busy_clock() is None:
+        pytest.skip("no CPU accounting to judge idle cores by")
+    jobs, count = cores + 5, 2 * (cores + 5)
+    log = tmp_path / "events"
+    stamp = f'echo "$1 $(date +%s.%N)" >> {log}'
+    sleeper = f"stamp() {{ {stamp}; }}\nstamp start; sleep 3; stamp end\necho done\n"
+    spinner = f"stamp() {{ {stamp}; }}\nstamp start; timeout 2 sh -c 'while :; do :; done'; stamp end\necho done\n"
+
+    for i in range(count):
+        fake_tree.add_test(f"{i + 1:03}", sleeper, out="done\n")
+    proc = run_cli(["-j", str(jobs), *fake_tree.args(tmp_path / "sleepers")])
+    assert proc.returncode == 0, proc.stderr
+    assert f"{cores + 1} to {jobs} in parallel" in proc.stdout
+    assert _most_at_once(log) >= cores + 4  # idle cores: the sleepers pile up beyond cores + 1
+    cgroups = "a cgroup per run" in proc.stdout
+    if cgroups:  # each run's CPU time, counted by its cgroup
+        assert all(r["cpu_s"] < 0.5 for r in runs_by_test(tmp_path / "sleepers").values())
+
+    log.unlink()
+    for i in range(count):
+        fake_tree.add_test(f"{i + 1:03}", spinner, out="done\n")
+    proc = run_cli(["-j", str(jobs), *fake_tree.args(tmp_path / "spinners")])
+    assert proc.returncode == 0, proc.stderr
+    assert _most_at_once(log) <= cores + 2  # busy cores: (almost) no run beyond cores + 1
+    if cgroups:
+        assert all(r["cpu_s"] >= 1.0 for r in runs_by_test(tmp_path / "spinners").values())
+
+    log.unlink()
+    proc = run_cli(["-j", str(jobs), "--fixed-jobs", *fake_tree.args(tmp_path / "fixed")])
+    assert proc.returncode == 0, proc.stderr
+    assert f"{jobs} in parallel" in proc.stdout
+    assert _most_at_once(log) == jobs
+
+
+@pytest.mark.process
+def test_cpu_time_only_where_a_cgroup_counted_it(fake_tree: FakeTree, tmp_path: Path) -> None:
+    """Without a cgroup (--no-isolation: the marker tracker) what a run used is not counted: null, not 0."""
+    # a child that spins 0.3 s and is gone before the test ends: only a cgroup still counts it
+    fake_tree.add_test("001", "timeout 0.3 sh -c 'while :; do :; done'\necho done\n", out="done\n")
+    proc = run_cli(["--no-isolation", *fake_tree.args(tmp_path / "marker")])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert runs_by_test(tmp_path / "marker")[("qcow2", "001")]["cpu_s"] is None
+    proc = run_cli(fake_tree.args(tmp_path / "cgroup"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if "a cgroup per run" in proc.stdout:
+        cpu_s = runs_by_test(tmp_path / "cgroup")[("qcow2", "001")]["cpu_s"]
+        assert isinstance(cpu_s, float) and cpu_s >= 0.2
