@@ -205,6 +205,14 @@ def open_beneath(root: Path, rel: str, what: str, *, directory: bool = False) ->
         raise
 
 
+def read_in_tree(root: Path, rel: str, what: str, limit: int) -> bytes:
+    """root/rel's bytes, rel a name from a file (a coverage map's source names): relative, no `..`, so never
+    outside root by its spelling; the tree's own links are followed (it is the user's checkout, or a tree of
+    links to one), to a regular file only (never a FIFO or a device), at most limit bytes."""
+    relative_parts(rel, what)
+    return read_bytes(root / rel, what, limit)
+
+
 def read_beneath(root: Path, rel: str, what: str, limit: int) -> bytes:
     """root/rel's bytes (open_beneath's rules), at most limit of them."""
     fd = open_beneath(root, rel, what)

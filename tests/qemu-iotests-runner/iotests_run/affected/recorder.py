@@ -216,8 +216,8 @@ class Recorder:
         digests = {}
         for name in list(spans):
             try:
-                digests[name] = source_digest(inputs.read_beneath(self.source, name, "source file", MAX_SOURCE))
-            except UsageError:  # not a regular file of the tree (reached by a link, gone): not mapped
+                digests[name] = source_digest(inputs.read_in_tree(self.source, name, "source file", MAX_SOURCE))
+            except UsageError:  # not a regular file of the tree (gone, a FIFO): not mapped
                 del spans[name]
         return {n: sorted(s.values(), key=lambda x: x.start) for n, s in spans.items()}, digests
 

@@ -240,8 +240,9 @@ def stale_files(cmap: CoverageMap, source: Path, changes: Sequence[FileChange],
                 old_text: Mapping[str, bytes] | None) -> list[str]:
     """Mapped files whose text is not the text the map was made from: the tree's files outside the
     diff as they are now, the diff's files as they were at REV (old_text; unknown for a patch file).
-    Each is read beneath the source folder (the map's names are checked relative paths when it loads);
-    one that is not a regular file there (gone, a link, a FIFO) is stale, never followed or waited on."""
+    Each is read in the source folder (the map's names are relative paths without `..`, checked when it loads;
+    the tree's own links are followed); one that is not a regular file there (gone, a FIFO, a device) is stale,
+    never waited on."""
     changed = {c.path for c in changes} | {c.new for c in changes if c.new}
     stale = []
     for path, digest in sorted(cmap.digests.items()):
@@ -250,7 +251,7 @@ def stale_files(cmap: CoverageMap, source: Path, changes: Sequence[FileChange],
                 stale.append(path)
             continue
         try:
-            data = inputs.read_beneath(source, path, "source file", MAX_SOURCE_BYTES)
+            data = inputs.read_in_tree(source, path, "source file", MAX_SOURCE_BYTES)
         except UsageError:
             stale.append(path)
             continue
