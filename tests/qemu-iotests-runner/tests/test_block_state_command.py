@@ -23,8 +23,8 @@ from typing import Any
 import psutil
 import pytest
 
-from iotests_run.debug import block_state_command, blockstate, diagnostics, gdb
-from iotests_run.debug.diagnostics import check_core, examine_cores
+from iotests_run.debug import block_state_command, blockstate, cores, gdb
+from iotests_run.debug.cores import check_core, examine_cores
 from iotests_run.errors import SetupError, UsageError
 from support import GOOD_SEGMENTS, HOSTILE_STATE, Completed, block_node, block_state, elf, needs_dot, run_cli
 
@@ -352,7 +352,7 @@ def test_a_run_s_core_cut_short_is_not_walked(tmp_path: Path, fake_qemu: subproc
     with core.open("r+b") as f:  # as the kernel leaves it at the core size limit
         f.truncate(core.stat().st_size // 2)
     # gcore writes its notes last, so gdb cannot name the program of a cut gcore; the kernel's come first
-    monkeypatch.setattr(diagnostics, "core_origin", lambda *a: (str(tmp_path / "qemu-io"), "SIGSEGV"))
+    monkeypatch.setattr(cores, "core_origin", lambda *a: (str(tmp_path / "qemu-io"), "SIGSEGV"))
     evidence = examine_cores([core], tmp_path / "diagnostics", tmp_path, 60)
     assert "qemu-io (core-1) block: not read: the core is truncated (" in evidence.summary
     assert "0 nodes" not in evidence.summary

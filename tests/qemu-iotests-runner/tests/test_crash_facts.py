@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from iotests_run.debug import crash, diagnostics
+from iotests_run.debug import cores, crash, diagnostics
 from iotests_run.debug.corefile import CoreNotes, core_program, read_notes
-from iotests_run.debug.diagnostics import core_origin, examine_cores
+from iotests_run.debug.cores import core_origin, examine_cores
 from iotests_run.run.execute import perturb_byte
 
 pytestmark = pytest.mark.unit
@@ -234,8 +234,8 @@ def test_examine_cores_puts_the_explanation_in_the_evidence(tmp_path: Path, monk
         out.write_text("#0  bdrv_set_backing_hd (bs=0x1) at block.c:1\n")
         return out.read_text(), ""
 
-    monkeypatch.setattr(diagnostics, "tool", lambda name: "/usr/bin/gdb")
-    monkeypatch.setattr(diagnostics, "_gdb_on_core", fake_gdb)
+    monkeypatch.setattr(cores, "tool", lambda name: "/usr/bin/gdb")
+    monkeypatch.setattr(cores, "_gdb_on_core", fake_gdb)
     evidence = examine_cores([upper / "core"], tmp_path / "cores", tmp_path, 60, (qemu_io,), 231)
     assert evidence.explanation.splitlines()[0].startswith("SIGSEGV in bdrv_set_backing_hd: backing_hd=")
     assert evidence.cause == "qemu-io died of SIGSEGV"
@@ -247,7 +247,7 @@ def test_gdb_cut_short_keeps_what_it_printed_and_says_what_was_cut(tmp_path: Pat
     slow = tmp_path / "slow-gdb"
     slow.write_text(f"#!{sys.executable}\nimport sys, time\nprint('#0  bdrv_foo ()', flush=True)\ntime.sleep(30)\n")
     slow.chmod(0o755)
-    text, cut = diagnostics._gdb_on_core([str(slow)], tmp_path / "bt.txt", 1.5)
+    text, cut = cores._gdb_on_core([str(slow)], tmp_path / "bt.txt", 1.5)
     assert "#0  bdrv_foo ()" in text and cut.startswith("gdb did not finish within 2 s (load average ")
     assert "was not read" in (tmp_path / "bt.txt").read_text()
 
@@ -267,8 +267,8 @@ def test_a_cut_walk_still_explains_from_the_facts_written_first(tmp_path: Path,
         out.write_text("")
         return "", "gdb did not finish within 60 s (load average 20.0)"
 
-    monkeypatch.setattr(diagnostics, "tool", lambda name: "/usr/bin/gdb")
-    monkeypatch.setattr(diagnostics, "_gdb_on_core", cut_gdb)
+    monkeypatch.setattr(cores, "tool", lambda name: "/usr/bin/gdb")
+    monkeypatch.setattr(cores, "_gdb_on_core", cut_gdb)
     evidence = examine_cores([upper / "core"], tmp_path / "cores", tmp_path, 60, (qemu_io,), 231)
     assert evidence.explanation.startswith("SIGSEGV in bdrv_x: backing_hd=")
     assert "gdb did not finish within 60 s (load average 20.0): block state not read (crash facts kept)" \

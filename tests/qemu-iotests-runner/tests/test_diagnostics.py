@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from iotests_run.debug.diagnostics import check_core
+from iotests_run.debug.cores import check_core
 from iotests_run.errors import UsageError
 from iotests_run.inputs import read_head
 from support import GOOD_SEGMENTS, elf

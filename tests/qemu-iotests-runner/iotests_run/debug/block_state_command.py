@@ -28,7 +28,8 @@ import psutil
 
 from iotests_run.debug import blockstate, crash
 from iotests_run.debug import gdb as gdb_run
-from iotests_run.debug.diagnostics import QEMU_PROGRAMS, check_core, core_origin, tool
+from iotests_run.debug.cores import check_core, core_origin
+from iotests_run.debug.diagnostics import QEMU_PROGRAMS, tool
 from iotests_run.errors import Parser, SetupError, UsageError
 from iotests_run.files import write_atomically
 from iotests_run.inputs import read_optional

@@ -4,7 +4,7 @@ A Python test whose QEMU died of SIGSEGV may then wait for an event that will ne
 this the run would be called a hang when the hang limit ran out, its core examined after the
 fact. Two signs are watched, once a second while the test runs:
 - a core file the kernel finished writing into the run's overlay (core_pattern `core`): finished
-  when the segments its headers list are all in the file (diagnostics.check_core), or when its size
+  when the segments its headers list are all in the file (cores.check_core), or when its size
   has not changed for STABLE_TICKS ticks (a core cut at the size limit never completes). A core is
   never reported while it is written: killing the dumping process would cut it short;
 - a zombie among the test's descendants whose exit status says a crash signal ended it (read from
@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from iotests_run.debug.corefile import read_notes
-from iotests_run.debug.diagnostics import check_core, core_files
+from iotests_run.debug.cores import check_core, core_files
 from iotests_run.errors import UsageError
 
 CRASH_SIGNALS = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}

@@ -16,7 +16,8 @@ from pathlib import Path
 from types import FrameType
 
 from iotests_run.affected.recorder import Recorder
-from iotests_run.debug.diagnostics import Evidence, core_files, examine_cores
+from iotests_run.debug.cores import core_files, examine_cores
+from iotests_run.debug.diagnostics import Evidence
 from iotests_run.debug.sanitizer_reports import Found, cause, keep_reports, read_reports
 from iotests_run.files import move_tree, remove_tree, tree_size
 from iotests_run.inputs import read_optional
