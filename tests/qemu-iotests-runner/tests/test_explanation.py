@@ -9,8 +9,7 @@ from iotests_run.debug.diagnostics import Evidence
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.report.html import html_report
 from iotests_run.results.folder import Recorded, run_record
-from iotests_run.run.execute import explained
-from iotests_run.run.verdict import Verdict
+from iotests_run.run.verdict import Verdict, explained
 
 pytestmark = pytest.mark.unit
 

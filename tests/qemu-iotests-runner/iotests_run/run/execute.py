@@ -31,7 +31,7 @@ from iotests_run.run.registry import Registry
 from iotests_run.run.sandbox import Sandbox, ShortRoot
 from iotests_run.run.supervise import Ending, Launch, Limits, Watch, supervise
 from iotests_run.run.tracking import MARKER, Trackers
-from iotests_run.run.verdict import Verdict, run_verdict, with_core, with_sanitizer
+from iotests_run.run.verdict import Verdict, explained, run_verdict, with_core, with_sanitizer
 from iotests_run.tree.discovery import reference_output
 from iotests_run.tree.environment import TestsBase, child_environment
 from iotests_run.tree.qemu import QemuTree
@@ -303,17 +303,6 @@ def perturb_byte(malloc_perturb: str) -> int | None:
         return int(malloc_perturb) & 0xFF or None
     except ValueError:
         return None
-
-
-def explained(verdict: Verdict, evidence: list[Evidence]) -> tuple[Verdict, str]:
-    """The explanation of a failure's dump (a core's first: a crash's cause beats the hang it led to) and the
-    verdict with that explanation's first line leading its reason, so that every surface that shows one line
-    (the terminal, summary.txt, JUnit's message, TAP) names the cause."""
-    found = [e.explanation.strip() for e in sorted(evidence, key=lambda e: not e.cause) if e.explanation.strip()]
-    if not found or verdict.outcome is Outcome.PASS:
-        return verdict, ""
-    first = found[0].splitlines()[0]
-    return replace(verdict, reason=f"{first} ({verdict.reason})" if verdict.reason else first), found[0]
 
 
 def _keep_output(output: Path, dest: Path, notes: list[str]) -> None:

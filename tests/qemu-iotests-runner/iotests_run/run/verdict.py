@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from iotests_run.debug.diagnostics import Evidence
 from iotests_run.inputs import read_optional
 from iotests_run.model import Outcome, Stop
 from iotests_run.outputs import capped_diff, outputs_agree, reference_lines, tail_lines
@@ -115,3 +116,14 @@ def crash_reason(returncode: int, diff: str, unseen: tuple[str, ...] = ()) -> st
         if SIGNAL_DEATH.search(line):
             return f"a process died of a signal: {line.strip()[:200]}"
     return None
+
+
+def explained(verdict: Verdict, evidence: list[Evidence]) -> tuple[Verdict, str]:
+    """The explanation of a failure's dump (a core's first: a crash's cause beats the hang it led to) and the
+    verdict with that explanation's first line leading its reason, so that every surface that shows one line
+    (the terminal, summary.txt, JUnit's message, TAP) names the cause."""
+    found = [e.explanation.strip() for e in sorted(evidence, key=lambda e: not e.cause) if e.explanation.strip()]
+    if not found or verdict.outcome is Outcome.PASS:
+        return verdict, ""
+    first = found[0].splitlines()[0]
+    return replace(verdict, reason=f"{first} ({verdict.reason})" if verdict.reason else first), found[0]
