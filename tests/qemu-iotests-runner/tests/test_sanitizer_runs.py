@@ -41,7 +41,7 @@ def test_a_sanitizer_run_logs_into_its_folder_without_leak_checks_and_ends_at_th
     env = sanitizer_environment(("address", "undefined"), Path("/s/1/san/report"), {}, "231")
     asan, ubsan = _options(env["ASAN_OPTIONS"]), _options(env["UBSAN_OPTIONS"])
     assert {"detect_leaks=0", "halt_on_error=1", "abort_on_error=1", "log_path=/s/1/san/report",
-            "log_exe_name=1", "allocator_may_return_null=1"} <= set(asan)
+            "log_exe_name=1", "allocator_may_return_null=1", "fast_unwind_on_malloc=0"} <= set(asan)
     assert {"print_stacktrace=1", "halt_on_error=1", "log_path=/s/1/san/report"} <= set(ubsan)
     assert "malloc_fill_byte=24" in asan  # 231 ^ 0xff: the byte glibc's MALLOC_PERTURB_ fills new memory with
     assert sanitizer_environment((), Path("/x"), {}, "1") == {}  # a plain build gets nothing
