@@ -14,6 +14,7 @@ from support import FakeTree, run_cli
 
 from iotests_run.debug.sanitizer_reports import keep_reports, program_and_pid, read_reports
 from iotests_run.model import Outcome
+from iotests_run.plan.history import tree_identity
 from iotests_run.run.verdict import Verdict, with_sanitizer
 from iotests_run.tree.sanitizers import perturb_fill, sanitizer_environment, sanitizers_of
 
@@ -197,3 +198,11 @@ def test_a_real_asan_report_in_a_fake_tree_makes_the_run_a_crash_explained_by_it
     assert len(kept) == 1 and "ERROR: AddressSanitizer: heap-use-after-free" in (results / kept[0]).read_text()
     reproducer = (results / crash["artifacts"] / "reproduce.sh").read_text()
     assert "ASAN_OPTIONS=" in reproducer and "log_path" not in reproducer
+
+
+@pytest.mark.unit
+def test_a_sanitizer_build_keeps_its_own_durations() -> None:
+    plain = tree_identity("7.2.0", ["001", "002"])
+    assert plain == tree_identity("7.2.0", ["002", "001"], ())
+    sanitized = tree_identity("7.2.0", ["001", "002"], ("undefined", "address"))
+    assert sanitized != plain and sanitized.startswith("QEMU 7.2.0 (address+undefined sanitizers) tests:")

@@ -132,7 +132,7 @@ def history_of(args: argparse.Namespace, found: Selection) -> tuple[Path, str]:
     """The duration history file (refused unless it is one) and this tree's identity in it."""
     path = Path(args.history) if args.history else reference_cache() / "durations.json"
     history.check_usable(path, named=bool(args.history))
-    return path, history.tree_identity(found.tree.version, found.all_tests)
+    return path, history.tree_identity(found.tree.version, found.all_tests, found.tree.sanitizers)
 
 
 def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
@@ -151,7 +151,9 @@ def plan_runs(args: argparse.Namespace, found: Selection) -> Planned:
     reasons: dict[Run, str] = {}
     change = None
     if args.affected_by is not None or args.affected_by_diff is not None:
-        chosen = choose_runs(to_run, tree.source, Catalog(tree.iotests, dict(found.all_tests)), tree_id,
+        # the sources' identity: a coverage map recorded on the gcov build serves the sanitizer build of those sources
+        sources_id = history.tree_identity(tree.version, found.all_tests)
+        chosen = choose_runs(to_run, tree.source, Catalog(tree.iotests, dict(found.all_tests)), sources_id,
                              ChangeOptions(args.affected_by, args.affected_by_diff,
                                            args.coverage_map or reference_cache() / DEFAULT_MAP,
                                            args.affected_by_stale_map, args.affected_by_fallback),
