@@ -196,6 +196,7 @@ def test_a_real_asan_report_in_a_fake_tree_makes_the_run_a_crash_explained_by_it
     assert crash["reason"].startswith(first)
     kept = [a for a in crash["attachments"] if "/sanitizer/" in a]
     assert len(kept) == 1 and "ERROR: AddressSanitizer: heap-use-after-free" in (results / kept[0]).read_text()
+    assert "(address+undefined sanitizers)" in data["history_tree"]  # durations of their own
     reproducer = (results / crash["artifacts"] / "reproduce.sh").read_text()
     assert "ASAN_OPTIONS=" in reproducer and "log_path" not in reproducer
 
