@@ -206,3 +206,61 @@ def test_long_stacks_and_lines_are_bounded() -> None:
     assert report is not None
     assert len(report.stacks[0].frames) == sanitizer.MAX_FRAMES
     assert first_line(report, "qemu-io").startswith("qemu-io: stack-overflow (address 0x7ff) in f0 (x.c:0)")
+
+
+VALGRIND_USE_AFTER_FREE = """==31337== Memcheck, a memory error detector
+==31337== Command: /build/qemu-io -f qcow2 -c read 0 64k /tmp/t.qcow2
+==31337==
+==31337== Invalid read of size 4
+==31337==    at 0x4A1B2C3: bdrv_drain_poll (io.c:279)
+==31337==    by 0x4A1B3D4: bdrv_do_drained_begin (io.c:380)
+==31337==    by 0x4A0C001: blk_drain (block-backend.c:1822)
+==31337==  Address 0x5d2a048 is 1,032 bytes inside a block of size 2,144 free'd
+==31337==    at 0x484317B: free (vg_replace_malloc.c:872)
+==31337==    by 0x4A0E8F4: g_free (in /usr/lib/x86_64-linux-gnu/libglib-2.0.so.0.7400.6)
+==31337==    by 0x4A09F41: bdrv_delete (block.c:5183)
+==31337==  Block was alloc'd at
+==31337==    at 0x4845A83: calloc (vg_replace_malloc.c:1328)
+==31337==    by 0x4A0EC40: g_malloc0 (in /usr/lib/x86_64-linux-gnu/libglib-2.0.so.0.7400.6)
+==31337==    by 0x4A01B22: bdrv_new (block.c:404)
+==31337==
+==31337== Invalid write of size 8
+==31337==    at 0x4A1B2FF: bdrv_drain_poll (io.c:281)
+"""
+
+VALGRIND_SEGV = """==42== Process terminating with default action of signal 11 (SIGSEGV)
+==42==  Access not within mapped region at address 0x18
+==42==    at 0x4A55555: bdrv_set_backing_hd_drained (block.c:3412)
+==42==    by 0x4A55600: stream_prepare (stream.c:79)
+==42==  If you believe this happened as a result of a stack
+"""
+
+
+def test_a_valgrind_use_after_free_reads_as_the_same_explanation_line() -> None:
+    report = parse(VALGRIND_USE_AFTER_FREE)
+    assert report is not None
+    assert (report.tool, report.pid, report.address) == ("Valgrind", 31337, "0x5d2a048")
+    assert first_line(report, "qemu-io") == (
+        "qemu-io: heap-use-after-free (READ of size 4) in bdrv_drain_poll (io.c:279); freed in bdrv_delete "
+        "(block.c:5183); allocated in bdrv_new (block.c:404)")
+    assert explain(report, "qemu-io").splitlines()[1] == (
+        "address 0x5d2a048 is 1,032 bytes inside a freed block; stack: bdrv_drain_poll <- bdrv_do_drained_begin "
+        "<- blk_drain")
+
+
+def test_a_valgrind_overflow_and_a_fatal_signal_are_named() -> None:
+    overflow = parse("==7== Invalid write of size 1\n==7==    at 0x1: qcow2_write (qcow2.c:10)\n"
+                     "==7==  Address 0x2 is 0 bytes after a block of size 16 alloc'd\n"
+                     "==7==    at 0x3: malloc (vg_replace_malloc.c:1)\n==7==    by 0x4: qcow2_open (qcow2.c:5)\n")
+    assert overflow is not None
+    assert first_line(overflow, "") == ("heap-buffer-overflow (WRITE of size 1) in qcow2_write (qcow2.c:10); "
+                                        "allocated in qcow2_open (qcow2.c:5)")
+    segv = parse(VALGRIND_SEGV)
+    assert segv is not None
+    assert first_line(segv, "qemu-img") == ("qemu-img: SIGSEGV (address 0x18) in bdrv_set_backing_hd_drained "
+                                            "(block.c:3412)")
+
+
+def test_a_clean_valgrind_log_holds_no_report() -> None:
+    assert parse("==1== Memcheck, a memory error detector\n==1== HEAP SUMMARY:\n==1==   in use at exit: 0 bytes\n"
+                 "==1== ERROR SUMMARY: 0 errors from 0 contexts (suppressed: 0 from 0)\n") is None

@@ -13,6 +13,7 @@ import pytest
 
 from iotests_run.debug.sanitizer_reports import keep_reports, program_and_pid, read_reports
 from iotests_run.model import Outcome
+from iotests_run.plan.history import tree_identity
 from iotests_run.run.verdict import Verdict, with_sanitizer
 from iotests_run.tree.sanitizers import perturb_fill, sanitizer_environment, sanitizers_of
 from support import FakeTree, run_cli
@@ -41,7 +42,7 @@ def test_a_sanitizer_run_logs_into_its_folder_without_leak_checks_and_ends_at_th
     env = sanitizer_environment(("address", "undefined"), Path("/s/1/san/report"), {}, "231")
     asan, ubsan = _options(env["ASAN_OPTIONS"]), _options(env["UBSAN_OPTIONS"])
     assert {"detect_leaks=0", "halt_on_error=1", "abort_on_error=1", "log_path=/s/1/san/report",
-            "log_exe_name=1", "allocator_may_return_null=1"} <= set(asan)
+            "log_exe_name=1", "allocator_may_return_null=1", "fast_unwind_on_malloc=0"} <= set(asan)
     assert {"print_stacktrace=1", "halt_on_error=1", "log_path=/s/1/san/report"} <= set(ubsan)
     assert "malloc_fill_byte=24" in asan  # 231 ^ 0xff: the byte glibc's MALLOC_PERTURB_ fills new memory with
     assert sanitizer_environment((), Path("/x"), {}, "1") == {}  # a plain build gets nothing
@@ -195,5 +196,14 @@ def test_a_real_asan_report_in_a_fake_tree_makes_the_run_a_crash_explained_by_it
     assert crash["reason"].startswith(first)
     kept = [a for a in crash["attachments"] if "/sanitizer/" in a]
     assert len(kept) == 1 and "ERROR: AddressSanitizer: heap-use-after-free" in (results / kept[0]).read_text()
+    assert "(address+undefined sanitizers)" in data["history_tree"]  # durations of their own
     reproducer = (results / crash["artifacts"] / "reproduce.sh").read_text()
     assert "ASAN_OPTIONS=" in reproducer and "log_path" not in reproducer
+
+
+@pytest.mark.unit
+def test_a_sanitizer_build_keeps_its_own_durations() -> None:
+    plain = tree_identity("7.2.0", ["001", "002"])
+    assert plain == tree_identity("7.2.0", ["002", "001"], ())
+    sanitized = tree_identity("7.2.0", ["001", "002"], ("undefined", "address"))
+    assert sanitized != plain and sanitized.startswith("QEMU 7.2.0 (address+undefined sanitizers) tests:")

@@ -110,7 +110,7 @@ def history_of(options: Options, found: Selection) -> tuple[Path, str]:
     """The duration history file (refused unless it is one) and this tree's identity in it."""
     path = Path(options.history) if options.history else reference_cache() / "durations.json"
     history.check_usable(path, named=bool(options.history))
-    return path, history.tree_identity(found.tree.version, found.all_tests)
+    return path, history.tree_identity(found.tree.version, found.all_tests, found.tree.sanitizers)
 
 
 def plan_runs(options: Options, found: Selection) -> Planned:
@@ -130,7 +130,9 @@ def plan_runs(options: Options, found: Selection) -> Planned:
     rank: dict[Run, tuple[int, int]] = {}
     change = None
     if options.affected_by is not None or options.affected_by_diff is not None:
-        chosen = choose_runs(to_run, tree.source, Catalog(tree.iotests, dict(found.all_tests)), tree_id,
+        # the sources' identity: a coverage map recorded on the gcov build serves the sanitizer build of those sources
+        sources_id = history.tree_identity(tree.version, found.all_tests)
+        chosen = choose_runs(to_run, tree.source, Catalog(tree.iotests, dict(found.all_tests)), sources_id,
                              ChangeOptions(options.affected_by, options.affected_by_diff,
                                            options.coverage_map or reference_cache() / DEFAULT_MAP,
                                            options.affected_by_stale_map, options.affected_by_fallback),

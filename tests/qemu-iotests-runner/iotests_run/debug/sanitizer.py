@@ -230,8 +230,8 @@ def _read_fact(r: _Reading, line: str) -> None:
 
 
 def parse(text: str) -> Report | None:
-    """The first error in a sanitizer log, or None when it holds only warnings (ASan says once per process
-    that it does not fully support swapcontext; that is no error)."""
+    """The first error in a sanitizer log (or in valgrind's: parse_valgrind), or None when it holds only warnings
+    (ASan says once per process that it does not fully support swapcontext; that is no error)."""
     lines = text.splitlines()
     for i, line in enumerate(lines):
         reading = _start(line)
@@ -241,13 +241,89 @@ def parse(text: str) -> Report | None:
             if not _read_line(reading, following):
                 break
         return reading.done()
+    return parse_valgrind(text)
+
+
+# valgrind (memcheck), as check's -valgrind runs it: every line `==PID== ...`; an error's first line says what,
+# its stack follows (`at 0x...: fn (file.c:12)`, `by 0x...: fn (in /lib/...so)`), then where the address lies
+# and the stacks of the block's free and allocation.
+VG_LINE = re.compile(r"^==(\d+)== ?(.*)$")
+VG_FRAME = re.compile(r"^\s*(?:at|by) 0x[0-9A-Fa-f]+: (\S+) \((.*)\)$")
+VG_ERROR = re.compile(r"^(Invalid (read|write) of size (\d+)|Invalid free\(\) / delete / delete\[\] / realloc\(\)|"
+                      r"Mismatched free\(\) / delete / delete \[\]|"
+                      r"Conditional jump or move depends on uninitialised value\(s\)|"
+                      r"Use of uninitialised value of size \d+|"
+                      r"Syscall param .* points to (?:unaddressable|uninitialised) byte\(s\)|"
+                      r"Process terminating with default action of signal \d+ \((SIG\w+)\))")
+VG_BLOCK = re.compile(r"^Address 0x([0-9A-Fa-f]+) is (.*?) (?:a block of size [\d,]+ )?(free'd|alloc'd)$")
+VG_ACCESS = re.compile(r"^(?:Access not within mapped region|Bad permissions for mapped region) at address "
+                       r"0x([0-9A-Fa-f]+)")
+FREED = "free'd"
+
+
+def _vg_kind(error: re.Match[str], block: str) -> tuple[str, str]:
+    """memcheck's words as ASan's names: an invalid read of a freed block is a heap-use-after-free."""
+    if error.group(2):  # Invalid read/write of size N
+        access = f"{error.group(2).upper()} of size {error.group(3)}"
+        if block == FREED:
+            return "heap-use-after-free", access
+        return ("heap-buffer-overflow" if block == "alloc'd" else "invalid access"), access
+    if error.group(4):
+        return error.group(4), ""
+    text = error.group(1)
+    if text.startswith("Invalid free"):
+        return "invalid free", ""
+    return text[:MAX_LINE], ""
+
+
+def _vg_stacks(body: list[str]) -> tuple[list[Stack], str, str, str]:
+    """The error's stacks (its own, then `freed by`, `allocated by`), where the address lies, the block's state
+    and a signal's faulting address."""
+    stacks: list[Stack] = [Stack("", ())]
+    location = state = address = ""
+    for line in body:
+        frame = VG_FRAME.match(line)
+        if frame:
+            where = frame.group(2)
+            loc = f"({where[3:]}+0x0)" if where.startswith("in ") else where
+            last = stacks[-1]
+            if len(last.frames) < MAX_FRAMES:
+                stacks[-1] = Stack(last.title, (*last.frames, Frame(frame.group(1), loc[:MAX_LINE])))
+            continue
+        stripped = line.strip()
+        if (block := VG_BLOCK.match(stripped)) is not None:
+            state, address = block.group(3), "0x" + block.group(1)
+            location = f"{block.group(2)} {'a freed' if state == FREED else 'an allocated'} block"
+            stacks.append(Stack("freed" if state == FREED else "allocated", ()))
+        elif stripped.startswith("Block was alloc'd at"):
+            stacks.append(Stack("allocated", ()))
+        elif (access := VG_ACCESS.match(stripped)) is not None:
+            address = "0x" + access.group(1)
+    return [s for s in stacks if s.frames or s.title == ""], location, state, address
+
+
+def parse_valgrind(text: str) -> Report | None:
+    """The first memcheck error of a valgrind log (check -valgrind's `$TEST_DIR/PID.valgrind`), as a Report."""
+    lines = [(int(m.group(1)), m.group(2)) for m in map(VG_LINE.match, text.splitlines()) if m]
+    for i, (pid, line) in enumerate(lines):
+        error = VG_ERROR.match(line)
+        if error is None:
+            continue
+        body = []
+        for _, following in lines[i + 1:]:
+            if not following.strip():
+                break
+            body.append(following)
+        stacks, location, state, address = _vg_stacks(body)
+        kind, access = _vg_kind(error, state)
+        return Report("Valgrind", kind, "", address, access, "", location, "", tuple(stacks), pid, "")
     return None
 
 
 def _heap_story(report: Report) -> list[str]:
     """`freed by thread T0 in X`, `allocated by thread T0 in Y`, for the stacks the report has."""
     parts = []
-    for title in ("freed by", "allocated by"):
+    for title in ("freed", "allocated"):
         stack = report.stack(title)
         frame = stack.first_own() if stack else None
         if stack and frame:
@@ -270,7 +346,8 @@ def first_line(report: Report, program: str) -> str:
         first = f": {leak.title} allocated in {frame.describe()}" if leak and frame else ""
         return f"{who}memory leak{first}"
     details = [d for d in (report.access, report.hint) if d]
-    if report.address and (report.kind in ("SEGV", "stack-overflow") or report.kind.startswith("unknown-crash")):
+    if report.address and (report.kind in ("SEGV", "SIGSEGV", "SIGBUS", "stack-overflow")
+                           or report.kind.startswith("unknown-crash")):
         details.insert(0, f"address {report.address}")
     detail = f" ({'; '.join(details)})" if details else ""
     return "; ".join([f"{who}{report.kind}{detail}{where}", *_heap_story(report)])

@@ -41,9 +41,12 @@ RECENT = 50  # outcomes remembered per run (test x format x protocol)
 LETTERS = frozenset(o.letter for o in Outcome if o.letter is not None)
 
 
-def tree_identity(version: str, test_keys: Iterable[str]) -> str:
+def tree_identity(version: str, test_keys: Iterable[str], sanitizers: Iterable[str] = ()) -> str:
+    """A sanitizer build is a tree of its own: its runs take two to ten times as long, and a --hang-factor limit
+    learnt from a plain build's durations would call them hung (and the reverse would blunt it)."""
     digest = hashlib.sha256("\n".join(sorted(test_keys)).encode()).hexdigest()[:12]
-    return f"QEMU {version} tests:{digest}"
+    flavour = f" ({'+'.join(sorted(sanitizers))} sanitizers)" if sanitizers else ""
+    return f"QEMU {version}{flavour} tests:{digest}"
 
 
 def _read(path: Path) -> dict[str, Any] | None:
