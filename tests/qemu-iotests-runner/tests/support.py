@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,25 @@ def run_cli(args: Sequence[str], cwd: Path | None = None, env: dict[str, str] | 
                           user=NOBODY if as_nobody and os.geteuid() == 0 else None,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
     return Completed(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run_cli_measured(args: Sequence[str], timeout: float = 600) -> tuple[Completed, int]:
+    """run_cli, and the command's own peak memory in MB: its VmHWM (the high-water mark of its memory since its
+    exec), read until it exits. ru_maxrss would not do: RUSAGE_CHILDREN is the largest child pytest ever waited
+    for, and a forked child's own ru_maxrss starts at the forking pytest's size."""
+    proc = subprocess.Popen([sys.executable, "-m", "iotests_run", *args, *_history_of_the_suite(args)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak_kb, deadline = 0, time.monotonic() + timeout
+    status = Path(f"/proc/{proc.pid}/status")
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:
+            break
+        peak_kb = max([peak_kb, *(int(line.split()[1]) for line in lines if line.startswith("VmHWM:"))])
+        time.sleep(0.02)
+    out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
+    return Completed(proc.returncode, out, err), peak_kb >> 10
 
 
 NOBODY = 65534

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import subprocess
-import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -26,7 +24,7 @@ from iotests_run.outputs import (
 )
 from iotests_run.results.folder import DIFF_READ_BYTES, Recorded
 from iotests_run.run.verdict import run_verdict
-from support import FakeTree
+from support import FakeTree, run_cli_measured
 
 
 def _whole_lines(path: Path) -> list[str]:
@@ -150,35 +148,13 @@ def test_a_large_output_keeps_its_head_and_tail(tmp_path: Path) -> None:
     assert note.startswith("kept kept as its first and last")
 
 
-def _run_measured(args: list[str], cwd: Path) -> tuple[int, int]:
-    """The runner as a child (the real command); its exit status and its own peak RSS in MB (the test's processes
-    are not counted: they stream, the runner is what held the output)."""
-    with (cwd / "stdout").open("wb") as out, (cwd / "stderr").open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "iotests_run", *args], stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err)
-        # VmHWM: the high-water mark of the runner's own memory since its exec. (ru_maxrss would count the
-        # forking pytest's size too: Linux keeps the larger of the two across exec.) Read until it exits.
-        peak_kb = 0
-        while proc.poll() is None:
-            try:
-                status = Path(f"/proc/{proc.pid}/status").read_text()
-            except OSError:
-                break
-            hwm = [line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")]
-            peak_kb = max(peak_kb, int(hwm[0]) if hwm else 0)
-            time.sleep(0.02)
-        proc.wait()
-    return proc.returncode, peak_kb >> 10
-
-
 @pytest.mark.process
 def test_a_test_printing_200_mb_fails_in_bounded_memory(fake_tree: FakeTree, tmp_path: Path) -> None:
     """Before: the runner peaked at 8.4 GB and kept a 300 MB diff.txt for this test (M13)."""
     fake_tree.add_test("001", "yes | head -c 200000000\n", out="hello\n")
     results = tmp_path / "results"
-    code, peak_mb = _run_measured(["001", "--history", str(tmp_path / "history.json"), *fake_tree.args(results)],
-                                  tmp_path)
-    assert code == 1, (tmp_path / "stderr").read_text()
+    proc, peak_mb = run_cli_measured(["001", "--history", str(tmp_path / "history.json"), *fake_tree.args(results)])
+    assert proc.returncode == 1, proc.stderr
     assert peak_mb < 200, f"the runner peaked at {peak_mb} MB"
     run = json.loads((results / "results.json").read_text())["runs"][0]
     assert (run["outcome"], run["reason"]) == ("fail", "output mismatch")

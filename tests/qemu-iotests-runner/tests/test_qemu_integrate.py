@@ -94,7 +94,8 @@ def test_qemus_own_make_check_block_runs_iotests_run(any_reference_tree: Referen
         assert "iotests-qcow2" in make.stdout
         ours = build / "tests" / "qemu-iotests-runner"
         cases = list(ET.parse(ours / "iotests-qcow2.junit.xml").getroot().iter("testcase"))
-        assert 2 <= len(cases) <= 10 and {c.get("classname") for c in cases} == {"iotests.qcow2-file"}
+        # a small part of the suite ran (1/40 of it: one long test can fill a shard planned from real durations)
+        assert 1 <= len(cases) <= 10 and {c.get("classname") for c in cases} == {"iotests.qcow2-file"}
         data = json.loads((ours / "results-qcow2" / "results.json").read_text())
         assert data["jobs"] == 2  # make's -j2
         assert data["qemu"]["build"] == str(build.resolve())
