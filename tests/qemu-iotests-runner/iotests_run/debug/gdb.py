@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 GDB_SCRIPT = Path(__file__).resolve().parent / "gdbscripts" / "block_state.py"
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # the folder holding iotests_run
 
 
 def argv(gdb: str, commands: Sequence[str], target: Sequence[str]) -> list[str]:
@@ -25,7 +26,9 @@ def block_state_commands(json_out: Path, perturb: int | None = None) -> list[str
     byte, with which glibc fills what is freed (the walker's crash facts say whether a pointer's memory holds
     it); without it the walker reads the process's own environment."""
     fill = [f"set $iotests_perturb = {perturb}"] if perturb is not None and 0 < perturb < 256 else []
-    return [*fill, f"source {GDB_SCRIPT}", f"iotests-block-state {json_out}"]
+    # the walker's modules (gdbscripts/walker_*.py) are imported by their package name: its folder on gdb's path
+    path = f"python import sys; sys.path.insert(0, {str(PACKAGE_PARENT)!r})"
+    return [*fill, path, f"source {GDB_SCRIPT}", f"iotests-block-state {json_out}"]
 
 
 GDB_GRACE_S = 5.0

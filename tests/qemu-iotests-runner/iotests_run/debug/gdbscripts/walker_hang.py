@@ -1,0 +1,348 @@
+"""A hang's facts: threads named, AioContexts with lock owners and pending work, CoMutexes, jobs'
+coroutines and mirror ops (`hang_facts`). Runs inside gdb (block_state.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gdb
+
+from iotests_run.debug.gdbscripts.walker_base import (
+    Coroutines,
+    _addr,
+    _fields,
+    _frame,
+    _get,
+    _int,
+    _items,
+    _static,
+    _string,
+)
+
+MAX_THREAD_FRAMES = 40
+MAX_THREADS_WALKED = 64  # threads whose own stack is read (a QEMU with hundreds of workers stays bounded)
+MAX_ARGS = 6
+MAX_CONTEXTS = 64
+MAX_QUEUE = 64  # coroutines listed per CoQueue, CoMutex or context list
+MAX_QOM_PROPERTIES = 4096
+BDRV_O_RDWR, BDRV_O_INACTIVE = 0x0002, 0x0800
+BH_PENDING, BH_SCHEDULED, BH_DELETED = 1, 2, 4
+# Frames that tell what kind of thread this is (when it is not the main thread).
+WORKER_FRAMES = {"worker_thread": "worker", "call_rcu_thread": "rcu", "kvm_vcpu_thread_fn": "vcpu",
+                 "tcg_cpu_thread_fn": "vcpu", "mttcg_cpu_thread_fn": "vcpu", "rr_cpu_thread_fn": "vcpu",
+                 "dummy_cpu_thread_fn": "vcpu", "migration_thread": "migration"}
+
+
+def _pointer_args(frame: Any) -> dict[str, str]:
+    """A frame's pointer arguments (bs=0x..., ctx=0x...), which say what a function works on."""
+    out: dict[str, str] = {}
+    try:
+        block = frame.block()
+    except (gdb.error, RuntimeError):
+        return out
+    for symbol in block:
+        if len(out) >= MAX_ARGS:
+            break
+        if not symbol.is_argument:
+            continue
+        try:
+            value = symbol.value(frame)
+            if value.type.strip_typedefs().code == gdb.TYPE_CODE_PTR:
+                out[symbol.name] = hex(int(value))
+        except (gdb.error, RuntimeError, ValueError):
+            continue
+    return out
+
+
+def _thread_frames(thread: Any) -> list[dict[str, Any]]:
+    """The thread's own stack (innermost first), with each frame's pointer arguments."""
+    frames: list[dict[str, Any]] = []
+    thread.switch()
+    frame: Any = gdb.newest_frame()
+    while frame is not None and len(frames) < MAX_THREAD_FRAMES:
+        entry = _frame(frame)
+        args = _pointer_args(frame)
+        if args:
+            entry["args"] = args
+        frames.append(entry)
+        try:
+            frame = frame.older()
+        except gdb.error:
+            break
+    return frames
+
+
+def _iothread_ids() -> dict[int, str]:
+    """IOThread object address -> its id (`-object iothread,id=...`), read from the QOM tree's /objects
+    container: a GHashTable of ObjectProperty whose child<iothread> properties point at the objects."""
+    try:
+        base = _static("object_get_root::root")  # object_get_root()'s static Object *root
+        container = _child_object(base, "objects") if base is not None and int(base) else None
+        if container is None:
+            return {}
+        return {int(obj): name for name, kind, obj in _qom_children(container) if kind.startswith("child<iothread")}
+    except (gdb.error, RuntimeError, ValueError):
+        return {}
+
+
+def _child_object(obj: Any, wanted: str) -> Any:
+    for name, kind, child in _qom_children(obj):
+        if name == wanted and kind.startswith("child<"):
+            return child
+    return None
+
+
+def _qom_children(obj: Any) -> list[tuple[str, str, Any]]:
+    """(name, type, opaque) of an Object's properties: glib's GHashTable read by its layout (size, mod, mask,
+    nnodes, noccupied, two bit flags, keys, hashes, values), checked as it is read: a slot is used when its
+    hash is 2 or more; values are pointers unless the table stores them small (then they are not ours)."""
+    table = obj.cast(gdb.lookup_type("Object").pointer()).dereference()["properties"]
+    word = gdb.lookup_type("unsigned long").pointer()
+    u32 = gdb.lookup_type("unsigned int").pointer()
+    base = int(table)
+    if not base:
+        return []
+    size = int(gdb.Value(base).cast(word).dereference())
+    flags = int(gdb.Value(base + 24).cast(u32).dereference())
+    if size < 8 or size > MAX_QOM_PROPERTIES or size & (size - 1) or not flags & 2:  # have_big_values
+        return []
+    keys, hashes, values = (int(gdb.Value(base + off).cast(word).dereference()) for off in (32, 40, 48))
+    prop_type = gdb.lookup_type("ObjectProperty").pointer()
+    out = []
+    for i in range(size):
+        if int(gdb.Value(hashes + 4 * i).cast(u32).dereference()) < 2:
+            continue
+        prop = gdb.Value(int(gdb.Value(values + 8 * i).cast(word).dereference())).cast(prop_type).dereference()
+        name, kind = _string(prop["name"], 128), _string(prop["type"], 128)
+        if name is not None and kind is not None:
+            out.append((name, kind, prop["opaque"]))
+    del keys
+    return out
+
+
+def _thread_label(frames: list[dict[str, Any]], lwp: int, pid: int, iothreads: dict[int, str],
+                  iothread_struct: Any) -> tuple[str, str | None]:
+    """("main" | IOThread id | "worker" | ..., the AioContext it runs, if an IOThread's)."""
+    if lwp == pid:
+        return "main", None
+    for entry in frames:
+        if entry.get("function") == "iothread_run" and iothread_struct is not None:
+            opaque = entry.get("args", {}).get("opaque")
+            if opaque is None:
+                continue
+            address = int(opaque, 16)
+            context = _addr(gdb.Value(address).cast(iothread_struct).dereference()["ctx"])
+            return iothreads.get(address, f"iothread@{hex(address)}"), context
+        if entry.get("function") in WORKER_FRAMES:
+            return WORKER_FRAMES[str(entry["function"])], None
+    return "other", None
+
+
+def _threads_named(state: dict[str, Any]) -> None:
+    """Each thread of state["threads"] gets its LWP, a name (main, the IOThread's id, worker...), the context
+    an IOThread runs and its own stack with pointer arguments."""
+    inferior = gdb.selected_inferior()
+    selected = gdb.selected_thread()
+    iothreads = _iothread_ids()
+    try:
+        iothread_struct: Any = gdb.lookup_type("IOThread").pointer()
+    except gdb.error:
+        iothread_struct = None
+    by_num = {t.num: t for t in inferior.threads()}
+    for entry in state.get("threads", [])[:MAX_THREADS_WALKED]:
+        thread = by_num.get(entry.get("num"))
+        if thread is None:
+            continue
+        lwp = thread.ptid[1] or thread.ptid[2]
+        entry["lwp"] = lwp
+        try:
+            frames = _thread_frames(thread)
+            entry["frames"] = frames
+            entry["label"], context = _thread_label(frames, lwp, inferior.pid, iothreads, iothread_struct)
+            if context:
+                entry["runs_context"] = context
+        except (gdb.error, RuntimeError) as exc:
+            entry["frames_error"] = str(exc)
+            entry["label"] = "main" if lwp == inferior.pid else "other"
+    if selected is not None:
+        selected.switch()
+
+
+def _coroutine_list(head: Any, link: str, coroutines: Coroutines, unwind: bool = True) -> list[dict[str, Any]]:
+    out = []
+    for co in _items(head, link)[:MAX_QUEUE]:
+        out.append({"co": _addr(co), "backtrace": coroutines.backtrace(co) if unwind else []})
+    return out
+
+
+def _lock_owner(ctx: Any) -> dict[str, Any] | None:
+    """7.2's AioContext lock: a QemuRecMutex over a recursive pthread mutex; glibc keeps the holder's LWP."""
+    lock = _get(ctx, "lock")
+    if lock is None:
+        return None
+    inner = lock
+    for name in ("m", "lock", "__data"):  # QemuRecMutex.m (QemuMutex) .lock (pthread_mutex_t) .__data
+        field = _get(inner, name)
+        if field is None:
+            break
+        inner = field
+    owner, count = _int(_get(inner, "__owner")), _int(_get(inner, "__count"))
+    if owner is None:
+        return None
+    try:  # what a thread blocked on it shows as its lock function's `mutex` argument
+        address = hex(int(lock.address))
+    except (gdb.error, TypeError):
+        address = None
+    return {"owner_lwp": owner, "count": count, "address": address}
+
+
+def _bottom_halves(ctx: Any) -> list[dict[str, Any]]:
+    out = []
+    for bh in _items(_get(ctx, "bh_list"), "next")[:MAX_QUEUE]:
+        b = bh.dereference()
+        flags = _int(_get(b, "flags")) or 0
+        if flags & BH_DELETED or not flags & (BH_PENDING | BH_SCHEDULED):
+            continue
+        callback = _symbol(b["cb"])
+        out.append({"address": _addr(bh), "callback": callback, "name": _string(_get(b, "name"), 128),
+                    "opaque": _addr(b["opaque"]), "flags": flags})
+    return out
+
+
+def _symbol(pointer: Any) -> str | None:
+    try:
+        block = gdb.block_for_pc(int(pointer))
+        if block is not None and block.function is not None:
+            return str(block.function.name)
+        text = gdb.execute(f"info symbol {int(pointer)}", to_string=True)
+        return text.split()[0] if text and not text.startswith("No symbol") else hex(int(pointer))
+    except (gdb.error, RuntimeError):
+        return None
+
+
+def _context(address: int, name: str, coroutines: Coroutines) -> dict[str, Any]:
+    ctx = gdb.Value(address).cast(gdb.lookup_type("AioContext").pointer()).dereference()
+    entry: dict[str, Any] = {"address": hex(address), "name": name,
+                             "scheduled": _coroutine_list(_get(ctx, "scheduled_coroutines"), "co_scheduled_next",
+                                                          coroutines),
+                             "bottom_halves": _bottom_halves(ctx)}
+    lock = _lock_owner(ctx)
+    if lock is not None:
+        entry["lock"] = lock
+    return entry
+
+
+def _contexts(state: dict[str, Any], coroutines: Coroutines) -> list[dict[str, Any]]:
+    """The main context, each IOThread's and every node's: named, with its lock's holder (7.2) and what it
+    still has to run (scheduled coroutines, pending bottom halves)."""
+    names: dict[int, str] = {}
+    if state.get("main_aio_context"):
+        names[int(state["main_aio_context"], 16)] = "main"
+    for thread in state.get("threads", []):
+        if thread.get("runs_context"):
+            names.setdefault(int(thread["runs_context"], 16), str(thread.get("label")))
+    for node in state.get("nodes", []):
+        if node.get("aio_context"):
+            address = int(node["aio_context"], 16)
+            names.setdefault(address, f"context@{hex(address)}")
+    out = []
+    for address, name in list(names.items())[:MAX_CONTEXTS]:
+        try:
+            out.append(_context(address, name, coroutines))
+        except (gdb.error, RuntimeError) as exc:
+            out.append({"address": hex(address), "name": name, "error": str(exc)})
+    return out
+
+
+def _comutex(mutex: Any, coroutines: Coroutines) -> dict[str, Any] | None:
+    """A CoMutex held or waited for: its holder and the coroutines queued on it."""
+    locked = _int(_get(mutex, "locked"))
+    if not locked:
+        return None
+    waiters = []
+    for head in ("to_pop", "from_push"):
+        for record in _items(_get(mutex, head), "next")[:MAX_QUEUE]:
+            co = record.dereference()["co"]
+            waiters.append({"co": _addr(co), "backtrace": coroutines.backtrace(co)})
+    holder = _get(mutex, "holder")
+    return {"locked": locked, "holder": _addr(holder) if holder is not None else None,
+            "holder_backtrace": coroutines.backtrace(holder) if holder is not None and int(holder) else [],
+            "waiters": waiters}
+
+
+def _node_hang_facts(state: dict[str, Any], coroutines: Coroutines) -> None:
+    """Per node: its open flags, the count of its tracked requests, its reqs_lock (a CoMutex on 7.2) and the
+    coroutines queued for a flush."""
+    node_type = gdb.lookup_type("BlockDriverState").pointer()
+    for node in state.get("nodes", []):
+        try:
+            b = gdb.Value(int(node["address"], 16)).cast(node_type).dereference()
+            flags = _int(b["open_flags"])
+            node["open_flags"] = flags
+            node["read_only"] = bool(flags is not None and not flags & BDRV_O_RDWR)
+            node["inactive"] = bool(flags is not None and flags & BDRV_O_INACTIVE)
+            node["tracked"] = len(_items(b["tracked_requests"], "list"))
+            lock = _get(b, "reqs_lock")
+            if lock is not None and "locked" in _fields(lock):
+                held = _comutex(lock, coroutines)
+                if held is not None:
+                    node["reqs_lock"] = held
+            flushes = _get(b, "flush_queue")
+            if flushes is not None:
+                waiting = _coroutine_list(_get(flushes, "entries"), "co_queue_next", coroutines)
+                if waiting:
+                    node["flush_waiters"] = waiting
+        except (gdb.error, RuntimeError, KeyError, ValueError) as exc:
+            node["hang_facts_error"] = str(exc)
+
+
+def _mirror_ops(job: Any, coroutines: Coroutines) -> list[dict[str, Any]]:
+    """A mirror job's operations in flight: what each waits for and who is parked waiting for it."""
+    mirror = job.cast(gdb.lookup_type("MirrorBlockJob").pointer()).dereference()
+    out = []
+    for op in _items(mirror["ops_in_flight"], "next")[:MAX_QUEUE]:
+        o = op.dereference()
+        co = _get(o, "co")
+        out.append({"address": _addr(op), "offset": _int(o["offset"]), "bytes": _int(o["bytes"]),
+                    "pseudo": bool(_int(_get(o, "is_pseudo_op"))),
+                    "active_write": bool(_int(_get(o, "is_active_write"))),
+                    "in_flight": bool(_int(_get(o, "is_in_flight"))), "co": _addr(co) if co is not None else None,
+                    "waiting_for_op": _addr(_get(o, "waiting_for_op")),
+                    "waiters": _coroutine_list(_get(o["waiting_requests"], "entries"), "co_queue_next", coroutines)})
+    return out
+
+
+def _job_hang_facts(state: dict[str, Any], coroutines: Coroutines) -> None:
+    """Per job: its own coroutine unwound (unless a thread is running it), its flags, a mirror's operations."""
+    running = {t.get("current") for t in state.get("threads", []) if t.get("current")}
+    job_type = gdb.lookup_type("Job").pointer()
+    for entry in state.get("jobs", []):
+        try:
+            job = gdb.Value(int(entry["address"], 16)).cast(job_type)
+            j = job.dereference()
+            co = j["co"]
+            entry["coroutine"] = {"co": _addr(co), "running": _addr(co) in running,
+                                  # a running one is unwound from its thread's registers (Coroutines.backtrace)
+                                  "backtrace": coroutines.backtrace(co) if int(co) else []}
+            entry["flags"] = {name: _int(_get(j, name)) for name in
+                              ("refcnt", "pause_count", "busy", "paused", "user_paused", "cancelled", "force_cancel",
+                               "deferred_to_main_loop", "auto_finalize", "auto_dismiss")
+                              if _get(j, name) is not None}
+            entry["aio_context"] = _addr(_get(j, "aio_context"))
+            if entry.get("type") == "mirror":
+                entry["ops_in_flight"] = _mirror_ops(job, coroutines)
+        except (gdb.error, RuntimeError, KeyError, ValueError) as exc:
+            entry["hang_facts_error"] = str(exc)
+
+
+def hang_facts(state: dict[str, Any], coroutines: Coroutines) -> None:
+    """What a hang's explanation needs, added to the document (new keys only)."""
+    for step in (_threads_named, lambda s: _node_hang_facts(s, coroutines), lambda s: _job_hang_facts(s, coroutines)):
+        try:
+            step(state)
+        except (gdb.error, RuntimeError) as exc:
+            state.setdefault("hang_facts_errors", []).append(str(exc))
+    try:
+        state["contexts"] = _contexts(state, coroutines)
+    except (gdb.error, RuntimeError) as exc:
+        state.setdefault("hang_facts_errors", []).append(str(exc))
