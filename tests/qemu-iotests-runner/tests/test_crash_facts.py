@@ -470,7 +470,7 @@ def _facts_of_a_real_core(tmp_path: Path, source: str) -> dict[str, Any]:
     import shutil
     import subprocess
 
-    from iotests_run.debug.gdb import GDB_SCRIPT
+    from iotests_run.debug.gdb import walker_setup
 
     gcc, gdb = shutil.which("gcc"), shutil.which("gdb")
     pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
@@ -487,7 +487,8 @@ def _facts_of_a_real_core(tmp_path: Path, source: str) -> dict[str, Any]:
     out = tmp_path / "facts.py"
     out.write_text("import gdb, json\n"
                    f"json.dump(crash_facts(), open({str(tmp_path / 'facts.json')!r}, 'w'))\n")
-    subprocess.run([gdb, "-batch", "-nx", "-ex", f"source {GDB_SCRIPT}", "-ex", f"source {out}",
+    setup = [word for command in walker_setup() for word in ("-ex", command)]
+    subprocess.run([gdb, "-batch", "-nx", *setup, "-ex", f"source {out}",
                     str(tmp_path / "t"), str(core)], capture_output=True, check=True)
     return dict(json.loads((tmp_path / "facts.json").read_text()))
 

@@ -26,9 +26,13 @@ def block_state_commands(json_out: Path, perturb: int | None = None) -> list[str
     byte, with which glibc fills what is freed (the walker's crash facts say whether a pointer's memory holds
     it); without it the walker reads the process's own environment."""
     fill = [f"set $iotests_perturb = {perturb}"] if perturb is not None and 0 < perturb < 256 else []
-    # the walker's modules (gdbscripts/walker_*.py) are imported by their package name: its folder on gdb's path
-    path = f"python import sys; sys.path.insert(0, {str(PACKAGE_PARENT)!r})"
-    return [*fill, path, f"source {GDB_SCRIPT}", f"iotests-block-state {json_out}"]
+    return [*fill, *walker_setup(), f"iotests-block-state {json_out}"]
+
+
+def walker_setup() -> list[str]:
+    """The gdb commands that load the walker: its modules (gdbscripts/walker_*.py) are imported by their
+    package name, so the package's folder goes on gdb's Python path first."""
+    return [f"python import sys; sys.path.insert(0, {str(PACKAGE_PARENT)!r})", f"source {GDB_SCRIPT}"]
 
 
 GDB_GRACE_S = 5.0
