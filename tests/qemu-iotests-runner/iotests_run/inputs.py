@@ -17,14 +17,15 @@ import math
 import os
 import stat
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from iotests_run.errors import UsageError
 from iotests_run.text import printable
 
+T = TypeVar("T")
 _READ = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -88,26 +89,33 @@ def read_text(path: Path, what: str, limit: int, *, follow_links: bool = True) -
         raise UsageError(f"{what}: {printable(str(path))} is not UTF-8 text (byte {exc.start})") from None
 
 
-def read_head(path: Path, what: str, limit: int) -> tuple[bytes, int]:
-    """A regular file's first limit bytes and its size: for files too big to read whole (a core of
-    hundreds of MB), whose header says what they are and how long they must be."""
+def _read_regular(path: Path, what: str, read: Callable[[int], T]) -> T:
+    """read(fd) on a regular file opened without blocking (never a FIFO or device), its errors one UsageError."""
     try:
         fd = os.open(path, _READ)
     except OSError as exc:
         raise _open_error(exc, path, what) from None
     try:
         with _opened(fd, path, what):
-            size = os.fstat(fd).st_size
-            chunks, got = [], 0
-            while got < limit:
-                chunk = os.read(fd, min(1 << 20, limit - got))
-                if not chunk:
-                    break
-                chunks.append(chunk)
-                got += len(chunk)
-            return b"".join(chunks), size
+            return read(fd)
     except OSError as exc:
         raise UsageError(f"{what}: cannot read {printable(str(path))} ({exc.strerror or exc})") from None
+
+
+def read_head(path: Path, what: str, limit: int) -> tuple[bytes, int]:
+    """A regular file's first limit bytes and its size: for files too big to read whole (a core of
+    hundreds of MB), whose header says what they are and how long they must be."""
+    def head(fd: int) -> tuple[bytes, int]:
+        chunks, got = [], 0
+        while got < limit:
+            chunk = os.read(fd, min(1 << 20, limit - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+        return b"".join(chunks), os.fstat(fd).st_size
+
+    return _read_regular(path, what, head)
 
 
 def read_at(path: Path, what: str, offset: int, size: int, limit: int | None = None) -> bytes:
@@ -118,15 +126,7 @@ def read_at(path: Path, what: str, offset: int, size: int, limit: int | None = N
     if limit is not None and (size > limit or offset < 0):
         raise UsageError(f"{what}: {printable(str(path))}: a part of {size} bytes at {offset} is refused "
                          f"(at most {_mb(limit)})")
-    try:
-        fd = os.open(path, _READ)
-    except OSError as exc:
-        raise _open_error(exc, path, what) from None
-    try:
-        with _opened(fd, path, what):
-            return os.pread(fd, size, offset) if size > 0 and offset >= 0 else b""
-    except OSError as exc:
-        raise UsageError(f"{what}: cannot read {printable(str(path))} ({exc.strerror or exc})") from None
+    return _read_regular(path, what, lambda fd: os.pread(fd, size, offset) if size > 0 and offset >= 0 else b"")
 
 
 def read_optional(path: Path, limit: int, *, follow_links: bool = True) -> str | None:
