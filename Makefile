@@ -5,7 +5,7 @@ JOBS ?=
 PYTEST_ARGS ?=
 BIN = $(VENV)/bin
 
-.PHONY: demo check check-fast check-block lint reference reference-all reference-coverage reference-sanitize bug-trees browser graphviz valgrind gitlab-ci-local venv bench clean
+.PHONY: demo check check-fast check-block lint reference reference-all reference-coverage reference-sanitize bug-trees browser graphviz valgrind gdbserver gitlab-ci-local venv bench clean
 
 $(BIN)/iotests-run: pyproject.toml meson.build $(shell find tests/qemu-iotests-runner/iotests_run -name '*.py' -o -name '*.json' -o -name '*.c' 2>/dev/null)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +51,12 @@ valgrind:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind >/dev/null; }
 	@command -v valgrind >/dev/null || echo "make: valgrind not installed: the --valgrind tests are skipped"
 
+# Debian's gdbserver, for --gdb (check's -gdb: the tests start QEMU under it) and its test (installed as root).
+gdbserver:
+	@command -v gdbserver >/dev/null || [ "$$(id -u)" != 0 ] || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq gdbserver >/dev/null; }
+	@command -v gdbserver >/dev/null || echo "make: gdbserver not installed: the --gdb test is skipped"
+
 # Debian's graphviz, to render the block-layer graphs of hung and crashed QEMUs as SVG (installed as root).
 graphviz:
 	@command -v dot >/dev/null || [ "$$(id -u)" != 0 ] || \
@@ -81,7 +87,7 @@ check-fast: venv
 	$(BIN)/pytest -m 'not e2e' $(PYTEST_ARGS)
 
 # Every tier, end-to-end tests on the reference tree included.
-check: venv reference-all reference-coverage reference-sanitize bug-trees browser graphviz valgrind gitlab-ci-local lint
+check: venv reference-all reference-coverage reference-sanitize bug-trees browser graphviz valgrind gdbserver gitlab-ci-local lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # QEMU's iotests through meson, as upstream's `make check-block`: suite block (qcow2 auto);

@@ -77,7 +77,7 @@ def run_cli(args: Sequence[str], cwd: Path | None = None, env: dict[str, str] | 
     python = sys.executable
     if as_nobody and os.geteuid() == 0:
         python, env = _unprivileged_python(env)
-    proc = subprocess.run([python, "-m", "iotests_run", *args, *_history_of_the_suite(args)], cwd=cwd, env=env,
+    proc = subprocess.run([python, "-m", "iotests_run", *args, *history_of_the_suite(args)], cwd=cwd, env=env,
                           user=NOBODY if as_nobody and os.geteuid() == 0 else None,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout)
     return Completed(proc.returncode, proc.stdout, proc.stderr)
@@ -87,7 +87,7 @@ def run_cli_measured(args: Sequence[str], timeout: float = 600) -> tuple[Complet
     """run_cli, and the command's own peak memory in MB: its VmHWM (the high-water mark of its memory since its
     exec), read until it exits. ru_maxrss would not do: RUSAGE_CHILDREN is the largest child pytest ever waited
     for, and a forked child's own ru_maxrss starts at the forking pytest's size."""
-    proc = subprocess.Popen([sys.executable, "-m", "iotests_run", *args, *_history_of_the_suite(args)],
+    proc = subprocess.Popen([sys.executable, "-m", "iotests_run", *args, *history_of_the_suite(args)],
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     peak_kb, deadline = 0, time.monotonic() + timeout
     status = Path(f"/proc/{proc.pid}/status")
@@ -108,7 +108,7 @@ NOBODY = 65534
 _SUITE_HISTORY: list[Path] = []
 
 
-def _history_of_the_suite(args: Sequence[str]) -> list[str]:
+def history_of_the_suite(args: Sequence[str]) -> list[str]:
     """Runs of the test suite keep their duration and outcome history to themselves: in the user's
     ~/.cache file, the suite's many fake trees would push out the reference trees' histories."""
     if args[:1] in (["merge"], ["block-state"], ["shell"]) or any(a == "--history" or a.startswith("--history=")

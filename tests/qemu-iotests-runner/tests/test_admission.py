@@ -172,8 +172,13 @@ def test_more_runs_start_only_while_cores_idle(fake_tree: FakeTree, tmp_path: Pa
 
     cpus = Cpus.here()
     cores = cpus.count
-    if cpus.busy_clock() is None:
+    busy = cpus.busy_clock()
+    if busy is None:
         pytest.skip("no CPU accounting to judge idle cores by")
+    before = busy()
+    time.sleep(1)
+    if (others := busy() - before) > 0.5:  # what this test asserts needs idle cores (a build beside it takes them)
+        pytest.skip(f"the machine is busy ({others:.1f} cores used by other work): admission rightly holds runs back")
     jobs, count = cores + 5, 2 * (cores + 5)
     log = tmp_path / "events"
     stamp = f'echo "$1 $(date +%s.%N)" >> {log}'

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import pytest
 
 from iotests_run.tree.environment import iotests_environment
 from iotests_run.tree.qemu import open_tree
-from support import ReferenceTree, run_cli
+from support import ReferenceTree, history_of_the_suite, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -71,6 +72,50 @@ def test_valgrind_passes_a_real_test_on_a_clean_tree(reference_tree: ReferenceTr
     data = json.loads((results / "results.json").read_text())
     assert data["environment"]["raw-file"]["VALGRIND_QEMU"] == "y"
     assert [r["outcome"] for r in data["runs"]] == ["pass"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return int(s.getsockname()[1])
+
+
+def test_gdb_run_waits_for_a_debugger_and_passes_once_it_continues(any_reference_tree: ReferenceTree,
+                                                                    tmp_path: Path) -> None:
+    """--gdb as check's -gdb: 238's QEMU starts under gdbserver at GDB_OPTIONS and waits; `gdb -batch -ex 'target
+    remote ...' -ex continue` lets it run, and the run passes."""
+    if shutil.which("gdbserver") is None or shutil.which("gdb") is None:
+        pytest.skip("needs gdbserver and gdb (make gdbserver)")
+    address = f"localhost:{_free_port()}"
+    results = tmp_path / "results"
+    args = ["--gdb", "-f", "raw", "238", *any_reference_tree.args(results)]
+    proc = subprocess.Popen([sys.executable, "-m", "iotests_run", *args, *history_of_the_suite(args)],
+                            env=dict(os.environ, GDB_OPTIONS=address), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert proc.stdout is not None
+        started = ""
+        while "238: started" not in started and (line := proc.stdout.readline()):  # after the plan's lines
+            started += line
+        assert f"238: started; its QEMU waits for gdb at {address}" in started, started
+        time.sleep(5)  # 238 takes about a second; under gdbserver its QEMU has not started yet
+        assert proc.poll() is None and not (results / "runs").exists()
+        debugger = ["gdb", "-batch", "-nx", "-ex", "set sysroot /", "-ex", f"target remote {address}",
+                    "-ex", "continue"]
+        deadline = time.monotonic() + 60
+        while True:  # until gdbserver listens (it prints nothing we read here)
+            attached = subprocess.run(debugger, capture_output=True, text=True, timeout=120)
+            if "exited normally" in attached.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert "exited normally" in attached.stdout, attached.stdout + attached.stderr
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, started + out
+    data = json.loads((results / "results.json").read_text())
+    assert data["environment"]["raw-file"]["GDB_OPTIONS"] == address
+    assert [(r["test"], r["outcome"]) for r in data["runs"]] == [("238", "pass")]
 
 
 def test_junit_and_results_json_of_real_runs(reference_tree: ReferenceTree, tmp_path: Path) -> None:

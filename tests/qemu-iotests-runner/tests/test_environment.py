@@ -285,3 +285,9 @@ def test_valgrinds_report_fails_the_run_as_check_shows_it(fake_tree: FakeTree, t
     assert run["outcome"] == "fail", run
     assert "+==" in (results / run["artifacts"] / "diff.txt").read_text()  # valgrind's lines, as check's diff
     assert "Invalid read of size 4" in (results / run["artifacts"] / "001.out.bad").read_text()
+    # the report explains the failure on its first line: the access, the function, where the block was freed
+    assert run["reason"].startswith("bad: heap-use-after-free (READ of size 4) in main (bad.c:2); freed in main"), run
+    assert run["reason"].endswith("(output mismatch)"), run
+    kept = [a for a in run["attachments"] if "/valgrind/" in a]
+    assert len(kept) == 1 and kept[0].startswith(f"{run['artifacts']}/valgrind/bad."), run["attachments"]
+    assert "Invalid read of size 4" in (results / kept[0]).read_text()

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from iotests_run.debug.sanitizer_reports import keep_reports, program_and_pid, read_reports
+from iotests_run.debug.sanitizer_reports import keep_reports, program_and_pid, read_reports, read_valgrind
 from iotests_run.model import Outcome
 from iotests_run.plan.history import tree_identity
 from iotests_run.run.verdict import Verdict, with_sanitizer
@@ -125,6 +125,57 @@ def test_logs_are_read_oldest_first_warnings_skipped_links_not_followed(tmp_path
     assert read_reports(tmp_path / "absent") == []
     assert program_and_pid("report.qemu-system-x86_64.4107") == ("qemu-system-x86_64", "4107")
     assert program_and_pid("odd") == ("", "")
+
+
+VALGRIND_LOG = """==31337== Memcheck, a memory error detector
+==31337== Command: /build/qemu-system-x86_64 -display none -qmp unix:/tmp/q.sock
+==31337==
+==31337== Invalid read of size 8
+==31337==    at 0x4A1B2C3: bdrv_drain_poll (io.c:279)
+==31337==    by 0x4A1B3D4: bdrv_do_drained_begin (io.c:380)
+==31337==  Address 0x5d2a048 is 8 bytes inside a block of size 2,144 free'd
+==31337==    at 0x484317B: free (vg_replace_malloc.c:872)
+==31337==    by 0x4A09F41: bdrv_delete (block.c:5183)
+==31337==
+==31337== ERROR SUMMARY: 1 errors from 1 contexts (suppressed: 0 from 0)
+"""
+
+
+@pytest.mark.unit
+def test_valgrind_logs_left_in_test_dir_are_read_with_their_program(tmp_path: Path) -> None:
+    """A Python test's VM keeps the PID.valgrind log of a QEMU valgrind failed; clean logs, other files and links
+    are no report."""
+    test_dir = tmp_path / "t"
+    test_dir.mkdir()
+    (test_dir / "31337.valgrind").write_text(VALGRIND_LOG)
+    (test_dir / "40.valgrind").write_text("==40== ERROR SUMMARY: 0 errors from 0 contexts\n")
+    (test_dir / "t.qcow2").write_text(VALGRIND_LOG)  # an image, not a log
+    (test_dir / "41.valgrind").symlink_to(test_dir / "31337.valgrind")
+    output = tmp_path / "t.out.bad"
+    output.write_text("==9== Invalid read of size 1\n")  # the files come first
+    found = read_valgrind(test_dir, output)
+    assert [(f.name, f.program, f.pid) for f in found] == [("31337.valgrind", "qemu-system-x86_64", "31337")]
+    evidence, attached = keep_reports(found, tmp_path / "run" / "valgrind", "runs/r/valgrind")
+    assert attached == ["runs/r/valgrind/qemu-system-x86_64.31337.txt"]
+    assert evidence.explanation.splitlines()[0] == (
+        "qemu-system-x86_64: heap-use-after-free (READ of size 8) in bdrv_drain_poll (io.c:279); freed in "
+        "bdrv_delete (block.c:5183)")
+    assert evidence.summary.startswith("1 valgrind report: ")
+
+
+@pytest.mark.unit
+def test_a_valgrind_log_a_bash_test_printed_is_read_from_its_output(tmp_path: Path) -> None:
+    """common.rc prints the log on valgrind's exit status 99 and removes the file: the output's lines of the first
+    process with an error make the report, the test's own lines and other processes' left out."""
+    output = tmp_path / "t.out.bad"
+    other = "==12== Memcheck, a memory error detector\n==12== ERROR SUMMARY: 0 errors\n"
+    output.write_text("QA output created by 999\n" + other + VALGRIND_LOG + "read 65536/65536 bytes\n")
+    (found,) = read_valgrind(tmp_path / "absent", output)
+    assert (found.program, found.pid) == ("qemu-system-x86_64", "31337")
+    assert found.text == VALGRIND_LOG.rstrip("\n")
+    output.write_text("QA output created by 999\n" + other)
+    assert read_valgrind(tmp_path / "absent", output) == []
+    assert read_valgrind(tmp_path / "absent", tmp_path / "none") == []
 
 
 @pytest.mark.unit

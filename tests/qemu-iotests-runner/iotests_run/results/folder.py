@@ -39,6 +39,7 @@ RUNS = "runs"
 # Files of a run's artifacts folder.
 DIFF, LEAKED, REPRODUCER = "diff.txt", "leaked.txt", "reproduce.sh"
 SANITIZER = "sanitizer"  # a sanitizer build's reports: sanitizer/PROGRAM.PID.txt
+VALGRIND = "valgrind"  # --valgrind's reports of a run that failed: valgrind/PROGRAM.PID.txt
 SCHEMA = 3  # results.json's "schema": 2 added it and each run's "quarantined", "casenotrun", "copy", "recent";
 # 3 added "history_tree", "shard" (a shard's part of the split) and "shards" (a merge's inputs), each run's "shard"
 # How much of a recorded diff.txt merge reads back: all of one capped as outputs.DIFF_BYTES (its headers

@@ -18,13 +18,13 @@ from types import FrameType
 from iotests_run.affected.recorder import Recorder
 from iotests_run.debug.cores import core_files, examine_cores
 from iotests_run.debug.diagnostics import Evidence
-from iotests_run.debug.sanitizer_reports import Found, cause, keep_reports, read_reports
+from iotests_run.debug.sanitizer_reports import Found, cause, keep_reports, read_reports, read_valgrind
 from iotests_run.files import move_tree, remove_tree, tree_size
 from iotests_run.inputs import read_optional
 from iotests_run.model import Outcome, Result, Run, TestCase
 from iotests_run.outputs import KEEP_OUTPUT_BYTES, keep_head_and_tail, report_excerpt
 from iotests_run.plan.repeats import DROP, REPORT_AND_STOP, Policy
-from iotests_run.results.folder import DIFF, LEAKED, REPRODUCER, SANITIZER, run_folder, short_of_room
+from iotests_run.results.folder import DIFF, LEAKED, REPRODUCER, SANITIZER, VALGRIND, run_folder, short_of_room
 from iotests_run.run.admission import Admission
 from iotests_run.run.isolation import Isolation, Overlay
 from iotests_run.run.registry import Registry
@@ -239,19 +239,24 @@ def _execute(run: Run, slot: str, ctx: Context, rel: str) -> Result:
     if verdict.outcome is Outcome.PASS and not ending.leaked:
         box.discard()
         return Result(run, Outcome.PASS, "", duration, cpu_s=ending.cpu_s, casenotrun=casenotrun, started_s=started)
-    sanitized, reported = _sanitizer_evidence(reports, box, rel)
-    evidence = [e for e in (sanitized, ending.evidence, core_evidence) if e is not None]
+    sanitized, reported = _sanitizer_evidence(reports, box, rel, SANITIZER)
+    # --valgrind: check's verdict stands (valgrind's exit status 99 failed the test); its report explains it
+    found = read_valgrind(box.test_dir, output) if ctx.base.settings.valgrind else []
+    valgrind, reported_vg = _sanitizer_evidence(found, box, rel, VALGRIND)
+    evidence = [e for e in (sanitized, valgrind, ending.evidence, core_evidence) if e is not None]
     verdict, explanation = explained(verdict, evidence)
     kept = _kept(run, rel, prepared, ending, verdict, evidence, duration, casenotrun)
-    return replace(kept, started_s=started, explanation=explanation, attachments=(*kept.attachments, *reported))
+    return replace(kept, started_s=started, explanation=explanation,
+                   attachments=(*kept.attachments, *reported, *reported_vg))
 
 
-def _sanitizer_evidence(reports: list[Found], box: Sandbox, rel: str) -> tuple[Evidence | None, list[str]]:
-    """A sanitizer build's reports kept in the run's artifacts (sanitizer/PROGRAM.PID.txt) and the first one
-    explained; nothing when no process reported an error."""
+def _sanitizer_evidence(reports: list[Found], box: Sandbox, rel: str, folder: str) -> tuple[Evidence | None,
+                                                                                       list[str]]:
+    """A sanitizer build's or valgrind's reports kept in the run's artifacts (FOLDER/PROGRAM.PID.txt) and the
+    first one explained; nothing when no process reported an error."""
     if not reports:
         return None, []
-    return keep_reports(reports, box.run_dir / SANITIZER, f"{rel}/{SANITIZER}")
+    return keep_reports(reports, box.run_dir / folder, f"{rel}/{folder}")
 
 
 def _kept(run: Run, rel: str, prepared: _Prepared, ending: Ending, verdict: Verdict, evidence: list[Evidence],
