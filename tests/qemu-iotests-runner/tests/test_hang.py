@@ -255,3 +255,60 @@ def test_a_function_shown_twice_in_a_row_inlined_is_named_once() -> None:
                     aio_poll={"ctx": MAIN_CTX})
     doc = document(threads=[poller], nodes=[node(in_flight=1)], contexts=[context(MAIN_CTX, "main")])
     assert "polls the main context in bdrv_drain_all_begin <- bdrv_drain_all" in hang.explain(doc)
+
+
+def mutex_waiter(num: int, lwp: int, label: str, name: str | None, owner: int, *names: str) -> dict[str, Any]:
+    """A thread blocked in qemu_mutex_lock_impl, as the walker reads it: the mutex's name and holder."""
+    t = thread(num, lwp, label, "__lll_lock_wait", "___pthread_mutex_lock", "qemu_mutex_lock_impl", *names,
+               qemu_mutex_lock_impl={"mutex": "0x5000"})
+    t["waits_for_mutex"] = {"address": "0x5000", "name": name, "owner_lwp": owner, "count": 1, "frame": 2}
+    return t
+
+
+def test_a_thread_waiting_for_the_bql_held_by_a_poller_is_a_deadlock() -> None:
+    waiter = mutex_waiter(3, 103, "iothr0", "bql", 100, "bql_lock_impl", "bug_bh", "aio_bh_call", "aio_bh_poll",
+                          "aio_poll", "iothread_run")
+    doc = document(threads=[POLLING_MAIN, waiter], contexts=[context(MAIN_CTX, "main")])
+    first = hang.explain(doc).splitlines()[0]
+    assert first == ("deadlock: thread 1 (main) holds the BQL (bql) and polls the main context in bdrv_drained_end "
+                     "<- qmp_transaction; thread 3 (iothr0) waits for that mutex in bug_bh <- aio_bh_call <- "
+                     "aio_bh_poll <- iothread_run")
+
+
+def test_two_threads_waiting_for_each_others_mutex_say_who_holds_what() -> None:
+    a = mutex_waiter(1, 100, "main", "job_mutex", 103, "job_lock", "job_enter")
+    b = mutex_waiter(3, 103, "iothr0", None, 100, "bdrv_co_get_self_request")
+    b["waits_for_mutex"]["address"] = "0x7000"
+    first = hang.explain(document(threads=[a, b])).splitlines()[0]
+    assert first == ("deadlock: thread 3 (iothr0) holds mutex job_mutex and waits for mutex 0x7000 (held by "
+                     "thread 1 (main)) in bdrv_co_get_self_request; thread 1 (main) waits for that mutex in job_enter")
+
+
+def test_a_mutex_held_by_a_running_thread_is_a_long_hold_not_a_deadlock() -> None:
+    running = thread(1, 100, "main", "memcpy", "qcow2_co_pwritev")
+    waiter = mutex_waiter(3, 103, "worker", "job_mutex", 100, "job_lock", "job_ref")
+    first = hang.explain(document(threads=[running, waiter])).splitlines()[0]
+    assert first == ("thread 1 (main) holds mutex job_mutex and is in qcow2_co_pwritev; thread 3 (worker) waits "
+                     "for that mutex in job_ref (the holder is not blocked: a long hold?)")
+
+
+def test_a_mutex_waited_for_by_its_own_holder_or_by_nobody_is_said_so() -> None:
+    own = mutex_waiter(1, 100, "main", "job_mutex", 100, "job_lock", "job_ref")
+    assert hang.explain(document(threads=[own])).splitlines()[0] == (
+        "deadlock: thread 1 (main) waits for mutex job_mutex in job_ref, which it holds itself")
+    free = mutex_waiter(1, 100, "main", None, 0, "bdrv_graph_wrlock")
+    assert hang.explain(document(threads=[free])).splitlines()[0] == (
+        "thread 1 (main) waits for mutex 0x5000 in bdrv_graph_wrlock, held by no thread (free: a missed wake-up?)")
+
+
+def test_vcpus_queued_for_the_bql_are_no_cause() -> None:
+    vcpu = mutex_waiter(5, 105, "vcpu", "qemu_global_mutex", 100, "qemu_mutex_lock_iothread_impl", "kvm_cpu_exec")
+    first = hang.explain(document(threads=[POLLING_MAIN, vcpu])).splitlines()[0]
+    assert "vcpu" not in first and "BQL" not in first
+
+
+def test_a_context_lock_waited_in_qemu_mutex_lock_is_told_as_the_context_lock() -> None:
+    waiter = mutex_waiter(3, 103, "iothr0", None, 100, "aio_context_acquire", "bug_bh", "aio_bh_poll")
+    waiter["frames"][3]["args"] = {"ctx": IO_CTX}
+    doc = document(threads=[POLLING_MAIN, waiter], contexts=[context(IO_CTX, "iothr0", owner=100, count=1)])
+    assert hang.explain(doc).splitlines()[0].startswith("deadlock: thread 1 (main) holds AioContext iothr0")

@@ -173,11 +173,7 @@ class Coroutines:
             if frame is None or frame.pc() != _UNWINDER.registers["rip"]:
                 # gdb did not take the coroutine's registers: what follows would be the thread's own frames
                 raise gdb.error("gdb did not unwind from the coroutine's saved registers")
-            while frame is not None and len(frames) < MAX_FRAMES:
-                frames.append(_frame(frame))
-                if frame.name() == "coroutine_trampoline":
-                    break
-                frame = frame.older()
+            _walk_to_trampoline(frame, frames)
         except gdb.error as exc:
             frames.append({"error": str(exc)})
         finally:
@@ -248,12 +244,7 @@ def _running_backtrace(num: int) -> list[dict[str, Any]]:
         if thread is None:
             return [{"error": f"thread {num} is gone"}]
         thread.switch()
-        frame: gdb.Frame | None = gdb.newest_frame()
-        while frame is not None and len(frames) < MAX_FRAMES:
-            frames.append(_frame(frame))
-            if frame.name() == "coroutine_trampoline":
-                break
-            frame = frame.older()
+        _walk_to_trampoline(gdb.newest_frame(), frames)
     except gdb.error as exc:
         frames.append({"error": str(exc)})
     finally:
@@ -262,6 +253,16 @@ def _running_backtrace(num: int) -> list[dict[str, Any]]:
     if frames and "error" not in frames[0]:
         frames[0]["running_on_thread"] = num
     return frames
+
+
+def _walk_to_trampoline(frame: gdb.Frame | None, frames: list[dict[str, Any]]) -> None:
+    """A coroutine's frames from frame outwards, appended to frames up to its coroutine_trampoline (MAX_FRAMES in
+    all); a gdb.error propagates with the frames read before it kept."""
+    while frame is not None and len(frames) < MAX_FRAMES:
+        frames.append(_frame(frame))
+        if frame.name() == "coroutine_trampoline":
+            break
+        frame = frame.older()
 
 
 def _frame(frame: Any) -> dict[str, Any]:

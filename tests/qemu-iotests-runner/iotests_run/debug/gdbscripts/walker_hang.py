@@ -27,6 +27,8 @@ MAX_QUEUE = 64  # coroutines listed per CoQueue, CoMutex or context list
 MAX_QOM_PROPERTIES = 4096
 BDRV_O_RDWR, BDRV_O_INACTIVE = 0x0002, 0x0800
 BH_PENDING, BH_SCHEDULED, BH_DELETED = 1, 2, 4
+# QEMU's lock functions and the type of their `mutex` argument (its holder is read from the pthread mutex inside).
+MUTEX_LOCK_FUNCTIONS = {"qemu_mutex_lock_impl": "QemuMutex", "qemu_rec_mutex_lock_impl": "QemuRecMutex"}
 # Frames that tell what kind of thread this is (when it is not the main thread).
 WORKER_FRAMES = {"worker_thread": "worker", "call_rcu_thread": "rcu", "kvm_vcpu_thread_fn": "vcpu",
                  "tcg_cpu_thread_fn": "vcpu", "mttcg_cpu_thread_fn": "vcpu", "rr_cpu_thread_fn": "vcpu",
@@ -161,6 +163,9 @@ def _threads_named(state: dict[str, Any]) -> None:
             entry["label"], context = _thread_label(frames, lwp, inferior.pid, iothreads, iothread_struct)
             if context:
                 entry["runs_context"] = context
+            waited = _mutex_waited(frames)
+            if waited is not None:
+                entry["waits_for_mutex"] = waited
         except (gdb.error, RuntimeError) as exc:
             entry["frames_error"] = str(exc)
             entry["label"] = "main" if lwp == inferior.pid else "other"
@@ -175,18 +180,24 @@ def _coroutine_list(head: Any, link: str, coroutines: Coroutines, unwind: bool =
     return out
 
 
-def _lock_owner(ctx: Any) -> dict[str, Any] | None:
-    """7.2's AioContext lock: a QemuRecMutex over a recursive pthread mutex; glibc keeps the holder's LWP."""
-    lock = _get(ctx, "lock")
-    if lock is None:
-        return None
-    inner = lock
+def _pthread_owner(mutex: Any) -> tuple[int | None, int | None]:
+    """(holder's LWP, recursion count) of a QemuRecMutex or QemuMutex: glibc keeps the holder's LWP in the
+    pthread mutex it wraps (0: free)."""
+    inner = mutex
     for name in ("m", "lock", "__data"):  # QemuRecMutex.m (QemuMutex) .lock (pthread_mutex_t) .__data
         field = _get(inner, name)
         if field is None:
             break
         inner = field
-    owner, count = _int(_get(inner, "__owner")), _int(_get(inner, "__count"))
+    return _int(_get(inner, "__owner")), _int(_get(inner, "__count"))
+
+
+def _lock_owner(ctx: Any) -> dict[str, Any] | None:
+    """7.2's AioContext lock: a QemuRecMutex over a recursive pthread mutex."""
+    lock = _get(ctx, "lock")
+    if lock is None:
+        return None
+    owner, count = _pthread_owner(lock)
     if owner is None:
         return None
     try:  # what a thread blocked on it shows as its lock function's `mutex` argument
@@ -194,6 +205,33 @@ def _lock_owner(ctx: Any) -> dict[str, Any] | None:
     except (gdb.error, TypeError):
         address = None
     return {"owner_lwp": owner, "count": count, "address": address}
+
+
+def _mutex_waited(frames: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The QemuMutex (or QemuRecMutex) a thread is blocked on, from its lock function's `mutex` argument: its
+    address, its name when it is a variable (`bql`, `qemu_global_mutex`, `job_mutex`), and its holder's LWP."""
+    for i, entry in enumerate(frames[:12]):
+        kind = MUTEX_LOCK_FUNCTIONS.get(str(entry.get("function")))
+        address = entry.get("args", {}).get("mutex") if kind else None
+        if kind is None or address is None:
+            continue
+        mutex = gdb.Value(int(address, 16)).cast(gdb.lookup_type(kind).pointer()).dereference()
+        owner, count = _pthread_owner(mutex)
+        return {"address": address, "name": _variable(int(address, 16)), "owner_lwp": owner, "count": count,
+                "frame": i}
+    return None
+
+
+def _variable(address: int) -> str | None:
+    """The static variable at an address (`bql`, or `pool+64` inside one); None on the heap."""
+    try:
+        text = gdb.execute(f"info symbol {address}", to_string=True).strip()
+    except (gdb.error, RuntimeError):
+        return None
+    if not text or text.startswith("No symbol"):
+        return None
+    words = text.split()
+    return f"{words[0]}+{words[2]}" if len(words) > 2 and words[1] == "+" else words[0]
 
 
 def _bottom_halves(ctx: Any) -> list[dict[str, Any]]:
