@@ -312,3 +312,34 @@ def test_a_context_lock_waited_in_qemu_mutex_lock_is_told_as_the_context_lock() 
     waiter["frames"][3]["args"] = {"ctx": IO_CTX}
     doc = document(threads=[POLLING_MAIN, waiter], contexts=[context(IO_CTX, "iothr0", owner=100, count=1)])
     assert hang.explain(doc).splitlines()[0].startswith("deadlock: thread 1 (main) holds AioContext iothr0")
+
+
+WRITER = thread(1, 100, "main", "__ppoll", "qemu_poll_ns", "aio_poll", "bdrv_graph_wrlock", "blk_remove_bs",
+                "blk_delete", "blk_unref", aio_poll={"ctx": MAIN_CTX})
+
+
+def test_a_graph_writer_waiting_for_a_reader_nobody_queues_on_says_a_read_lock_was_never_released() -> None:
+    doc = document(threads=[WRITER], contexts=[context(MAIN_CTX, "main", graph_readers=1),
+                                               context(IO_CTX, "iothr0", graph_readers=0)],
+                   graph_lock={"has_writer": 0, "orphaned_readers": 0, "queued_readers": []})
+    assert hang.explain(doc).splitlines()[0] == (
+        "thread 1 (main) waits for the graph lock's readers in bdrv_graph_wrlock, from blk_remove_bs <- blk_delete "
+        "<- blk_unref: 1 reader counted in the main context; no coroutine parked on the lock: a read lock never "
+        "released?")
+
+
+def test_a_graph_writer_names_every_context_with_readers_the_orphans_and_the_queue() -> None:
+    doc = document(threads=[WRITER], contexts=[context(MAIN_CTX, "main"), context(IO_CTX, "iothr0", graph_readers=2)],
+                   graph_lock={"has_writer": 0, "orphaned_readers": 1,
+                               "queued_readers": [{"co": "0x9", "backtrace": []}]})
+    first = hang.explain(doc).splitlines()[0]
+    assert first.endswith(": 2 readers counted in AioContext iothr0; 1 reader counted in contexts that are gone; "
+                          "1 coroutine queued to read")
+    doc["contexts"][1]["graph_readers"] = 0
+    doc["graph_lock"]["orphaned_readers"] = 0
+    assert hang.explain(doc).splitlines()[0].endswith("no reader counted any more (a missed wake-up?)")
+
+
+def test_a_poller_elsewhere_is_no_graph_writer() -> None:
+    doc = document(threads=[POLLING_MAIN], contexts=[context(MAIN_CTX, "main", graph_readers=1)])
+    assert "graph lock" not in hang.explain(doc)

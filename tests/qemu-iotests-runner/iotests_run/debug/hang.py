@@ -186,6 +186,37 @@ def _backend_leak(graph: Graph) -> str | None:
     return f"{found}; {graph.thread_name(pollers[0])} {graph.doing(pollers[0])}" if pollers else found
 
 
+GRAPH_WRITER = "bdrv_graph_wrlock"
+
+
+def _graph_writer(graph: Graph) -> str | None:
+    """10.x: a thread polling in bdrv_graph_wrlock waits for the graph lock's readers to leave; the contexts
+    that still count readers, the readers counted for contexts that are gone, and the coroutines queued to read
+    say who. Readers counted while no coroutine is parked on the lock: a read lock that was never released."""
+    for thread in graph.threads:
+        polled = graph.polled(thread)
+        above = qemu_frames(dicts(thread.get("frames"))[polled[1] + 1:]) if polled else []
+        if GRAPH_WRITER not in above[:4]:
+            continue
+        found = graph.state.get("graph_lock")
+        lock: dict[str, Any] = found if isinstance(found, dict) else {}
+        readers = [(graph.context_name(address), ctx["graph_readers"]) for address, ctx in graph.contexts.items()
+                   if isinstance(ctx.get("graph_readers"), int) and ctx["graph_readers"] > 0]
+        orphaned = lock.get("orphaned_readers")
+        if isinstance(orphaned, int) and orphaned > 0:
+            readers.append(("contexts that are gone", orphaned))
+        queued = len(dicts(lock.get("queued_readers")))
+        counted = "; ".join(f"{n} reader{'s' * (n != 1)} counted in {where}" for where, n in readers)
+        callers = above[above.index(GRAPH_WRITER) + 1:][:3]
+        line = (f"{graph.thread_name(thread)} waits for the graph lock's readers in {GRAPH_WRITER}"
+                + (f", from {' <- '.join(callers)}" if callers else "") + ": ")
+        if not readers:
+            return line + "no reader counted any more (a missed wake-up?)"
+        return line + counted + (f"; {queued} coroutine{'s' * (queued != 1)} queued to read" if queued else
+                                 "; no coroutine parked on the lock: a read lock never released?")
+    return None
+
+
 def _waiting_requests(graph: Graph) -> str | None:
     """Coroutines that wait for others, no cycle: the first chain."""
     for co, edges in sorted(graph.waits.items(), key=lambda kv: str(kv[0])):
@@ -217,7 +248,8 @@ def explain(state: dict[str, Any]) -> str:
         return ""
     graph = Graph(state)
     lines: list[str] = []
-    for finder in (_lock_deadlock, _mutex_deadlock, _coroutine_deadlock, _leak, _backend_leak, _waiting_requests):
+    for finder in (_lock_deadlock, _mutex_deadlock, _coroutine_deadlock, _graph_writer, _leak, _backend_leak,
+                   _waiting_requests):
         found = finder(graph)
         if found and found not in lines:
             lines.append(found)

@@ -24,7 +24,7 @@ SWITCH_FRAMES = {"qemu_coroutine_switch", "qemu_coroutine_yield"}
 def _fields(value: Any) -> set[str]:
     try:
         return {f.name for f in value.type.strip_typedefs().fields()}
-    except (gdb.error, TypeError):
+    except (gdb.error, TypeError, AttributeError):  # AttributeError: None, a symbol this build lacks
         return set()
 
 
@@ -35,7 +35,7 @@ def _int(value: Any) -> int | None:
             first = value.type.strip_typedefs().fields()[0].name
             return _int(value[first])
         return int(value)
-    except (gdb.error, IndexError, TypeError, ValueError):
+    except (gdb.error, IndexError, TypeError, ValueError, AttributeError):
         return None
 
 

@@ -18,13 +18,13 @@ from iotests_run.debug.gdbscripts.walker_base import (
     _static,
     _string,
 )
+from iotests_run.debug.gdbscripts.walker_qom import iothread_ids
 
 MAX_THREAD_FRAMES = 40
 MAX_THREADS_WALKED = 64  # threads whose own stack is read (a QEMU with hundreds of workers stays bounded)
 MAX_ARGS = 6
 MAX_CONTEXTS = 64
 MAX_QUEUE = 64  # coroutines listed per CoQueue, CoMutex or context list
-MAX_QOM_PROPERTIES = 4096
 BDRV_O_RDWR, BDRV_O_INACTIVE = 0x0002, 0x0800
 BH_PENDING, BH_SCHEDULED, BH_DELETED = 1, 2, 4
 # QEMU's lock functions and the type of their `mutex` argument (its holder is read from the pthread mutex inside).
@@ -74,54 +74,6 @@ def _thread_frames(thread: Any) -> list[dict[str, Any]]:
     return frames
 
 
-def _iothread_ids() -> dict[int, str]:
-    """IOThread object address -> its id (`-object iothread,id=...`), read from the QOM tree's /objects
-    container: a GHashTable of ObjectProperty whose child<iothread> properties point at the objects."""
-    try:
-        base = _static("object_get_root::root")  # object_get_root()'s static Object *root
-        container = _child_object(base, "objects") if base is not None and int(base) else None
-        if container is None:
-            return {}
-        return {int(obj): name for name, kind, obj in _qom_children(container) if kind.startswith("child<iothread")}
-    except (gdb.error, RuntimeError, ValueError):
-        return {}
-
-
-def _child_object(obj: Any, wanted: str) -> Any:
-    for name, kind, child in _qom_children(obj):
-        if name == wanted and kind.startswith("child<"):
-            return child
-    return None
-
-
-def _qom_children(obj: Any) -> list[tuple[str, str, Any]]:
-    """(name, type, opaque) of an Object's properties: glib's GHashTable read by its layout (size, mod, mask,
-    nnodes, noccupied, two bit flags, keys, hashes, values), checked as it is read: a slot is used when its
-    hash is 2 or more; values are pointers unless the table stores them small (then they are not ours)."""
-    table = obj.cast(gdb.lookup_type("Object").pointer()).dereference()["properties"]
-    word = gdb.lookup_type("unsigned long").pointer()
-    u32 = gdb.lookup_type("unsigned int").pointer()
-    base = int(table)
-    if not base:
-        return []
-    size = int(gdb.Value(base).cast(word).dereference())
-    flags = int(gdb.Value(base + 24).cast(u32).dereference())
-    if size < 8 or size > MAX_QOM_PROPERTIES or size & (size - 1) or not flags & 2:  # have_big_values
-        return []
-    keys, hashes, values = (int(gdb.Value(base + off).cast(word).dereference()) for off in (32, 40, 48))
-    prop_type = gdb.lookup_type("ObjectProperty").pointer()
-    out = []
-    for i in range(size):
-        if int(gdb.Value(hashes + 4 * i).cast(u32).dereference()) < 2:
-            continue
-        prop = gdb.Value(int(gdb.Value(values + 8 * i).cast(word).dereference())).cast(prop_type).dereference()
-        name, kind = _string(prop["name"], 128), _string(prop["type"], 128)
-        if name is not None and kind is not None:
-            out.append((name, kind, prop["opaque"]))
-    del keys
-    return out
-
-
 def _thread_label(frames: list[dict[str, Any]], lwp: int, pid: int, iothreads: dict[int, str],
                   iothread_struct: Any) -> tuple[str, str | None]:
     """("main" | IOThread id | "worker" | ..., the AioContext it runs, if an IOThread's)."""
@@ -145,7 +97,7 @@ def _threads_named(state: dict[str, Any]) -> None:
     an IOThread runs and its own stack with pointer arguments."""
     inferior = gdb.selected_inferior()
     selected = gdb.selected_thread()
-    iothreads = _iothread_ids()
+    iothreads = iothread_ids()
     try:
         iothread_struct: Any = gdb.lookup_type("IOThread").pointer()
     except gdb.error:
@@ -186,9 +138,8 @@ def _pthread_owner(mutex: Any) -> tuple[int | None, int | None]:
     inner = mutex
     for name in ("m", "lock", "__data"):  # QemuRecMutex.m (QemuMutex) .lock (pthread_mutex_t) .__data
         field = _get(inner, name)
-        if field is None:
-            break
-        inner = field
+        if field is not None:  # a QemuMutex has no .m
+            inner = field
     return _int(_get(inner, "__owner")), _int(_get(inner, "__count"))
 
 
@@ -267,7 +218,21 @@ def _context(address: int, name: str, coroutines: Coroutines) -> dict[str, Any]:
     lock = _lock_owner(ctx)
     if lock is not None:
         entry["lock"] = lock
+    graph = _get(ctx, "bdrv_graph")  # 10.x: the context's share of the graph lock's readers
+    if graph is not None and int(graph):
+        entry["graph_readers"] = _int(graph.dereference()["reader_count"])
     return entry
+
+
+def _graph_lock(coroutines: Coroutines) -> dict[str, Any] | None:
+    """10.x's graph lock (block/graph-lock.c): whether a writer holds it, the readers counted for contexts that
+    are gone, and the coroutines queued to read until the writer is done; None before 8.0."""
+    has_writer = _static("has_writer")
+    queue = _static("reader_queue")
+    if has_writer is None or queue is None:
+        return None
+    return {"has_writer": _int(has_writer), "orphaned_readers": _int(_static("orphaned_reader_count")),
+            "queued_readers": _coroutine_list(_get(queue, "entries"), "co_queue_next", coroutines)}
 
 
 def _contexts(state: dict[str, Any], coroutines: Coroutines) -> list[dict[str, Any]]:
@@ -382,5 +347,8 @@ def hang_facts(state: dict[str, Any], coroutines: Coroutines) -> None:
             state.setdefault("hang_facts_errors", []).append(str(exc))
     try:
         state["contexts"] = _contexts(state, coroutines)
+        graph_lock = _graph_lock(coroutines)
+        if graph_lock is not None:
+            state["graph_lock"] = graph_lock
     except (gdb.error, RuntimeError) as exc:
         state.setdefault("hang_facts_errors", []).append(str(exc))
