@@ -127,6 +127,19 @@ def test_big_diffs_are_trimmed_and_every_outcome_has_a_colour() -> None:
     assert set(PRESENTATION) == set(Outcome)
 
 
+def test_an_explained_run_shows_its_explanation_first_and_then_how_it_was_seen_once() -> None:
+    run = Run(TestCase("256", Path("256"), frozenset()), "qcow2", "file")
+    why = "deadlock: thread 1 (main) holds the BQL (bql) and polls\nstack: a <- b"
+    explained = Result(run, Outcome.HANG, "deadlock: thread 1 (main) holds the BQL (bql) and polls (no CPU for 30 s)",
+                       explanation=why)
+    plain = Result(Run(TestCase("040", Path("040"), frozenset()), "qcow2", "file"), Outcome.FAIL, "output mismatch")
+    page = html_report([explained, plain], {"command": ["iotests-run"]}, "t", exists=lambda rel: False)
+    entry = page[page.index('<div class="run" id="run-qcow2-file-256">'):]
+    assert entry.count("holds the BQL (bql) and polls") == 1  # once, in the explanation block
+    assert entry.index('<pre class="why">deadlock') < entry.index("<div>seen as: no CPU for 30 s</div>")
+    assert "<div>output mismatch</div>" in page  # a run without an explanation keeps its reason
+
+
 @pytest.mark.process
 def test_a_timeline_of_700_runs_stays_one_lane_per_slot_and_every_bar_visible() -> None:
     """700 runs, 8 at a time, over about ten minutes (a qcow2+raw quick run on a big machine): 8 lanes,

@@ -115,6 +115,18 @@ def _cell(result: Result | None) -> str:
     return f'<td class="cell o-{result.outcome.value}{leak}" title="{html.escape(tip)}">{inner}</td>'
 
 
+def _seen_as(result: Result) -> str:
+    """The reason, less the explanation's first line that leads it (the block above shows that): how the run was
+    seen to fail ("seen as: output mismatch")."""
+    first = result.explanation.splitlines()[0] if result.explanation.strip() else ""
+    if not first or not result.reason.startswith(first):
+        return result.reason
+    rest = result.reason[len(first):].strip()
+    if rest.startswith("(") and rest.endswith(")"):
+        rest = rest[1:-1]
+    return f"seen as: {rest}" if rest else ""
+
+
 def _details(result: Result, exists: Callable[[str], bool]) -> str:
     files = list(result.attachments)
     if result.artifacts:
@@ -123,10 +135,12 @@ def _details(result: Result, exists: Callable[[str], bool]) -> str:
                      for f in dict.fromkeys(files) if _linkable(f) and exists(f))
     parts = [f'<div class="run" id="{html.escape(_anchor(result))}">',
              f"<h3>{html.escape(result.run.label)}: {html.escape(PRESENTATION[result.outcome].column)}"
-             f" ({result.duration_s:.1f} s)</h3>",
-             f"<div>{html.escape(_trimmed(result.reason, TEXT_CHARS, ''))}</div>"]
+             f" ({result.duration_s:.1f} s)</h3>"]
     if result.explanation:  # why it hung or crashed, before the files, the diff and the backtraces
         parts.append(f'<pre class="why">{html.escape(_trimmed(result.explanation, TEXT_CHARS, ""))}</pre>')
+    seen = _seen_as(result)
+    if seen:
+        parts.append(f"<div>{html.escape(_trimmed(seen, TEXT_CHARS, ''))}</div>")
     if result.recent:
         parts.append(f'<div class="recent">{html.escape(_trimmed(result.recent, TEXT_CHARS, ""))}</div>')
     if links:
