@@ -343,3 +343,16 @@ def test_a_graph_writer_names_every_context_with_readers_the_orphans_and_the_que
 def test_a_poller_elsewhere_is_no_graph_writer() -> None:
     doc = document(threads=[POLLING_MAIN], contexts=[context(MAIN_CTX, "main", graph_readers=1)])
     assert "graph lock" not in hang.explain(doc)
+
+
+def test_a_mutex_inside_a_node_or_a_backend_is_named_by_what_holds_it() -> None:
+    """10.x: a node's reqs_lock and a backend's queued_requests_lock are QemuMutexes on the heap."""
+    running = thread(1, 100, "main", "memcpy", "qcow2_co_pwritev")
+    waiter = mutex_waiter(3, 103, "iothr0", None, 100, "bdrv_co_get_self_request")
+    disk = node("0x10", "disk", reqs_lock_address="0x5000")
+    first = hang.explain(document(threads=[running, waiter], nodes=[disk])).splitlines()[0]
+    assert first.startswith('thread 1 (main) holds the reqs_lock of node "disk" and is in qcow2_co_pwritev;')
+    backend = {"address": "0x70", "name": "drive0", "root": "0x10", "in_flight": 0, "queued_requests": 0,
+               "queued_requests_lock": "0x5000"}
+    first = hang.explain(document(threads=[running, waiter], backends=[backend])).splitlines()[0]
+    assert first.startswith('thread 1 (main) holds the queued_requests_lock of backend "drive0" and')

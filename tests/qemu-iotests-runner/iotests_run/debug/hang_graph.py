@@ -61,6 +61,13 @@ class Graph:
         self.main = state.get("main_aio_context")
         self.by_lwp = {t.get("lwp"): t for t in self.threads if isinstance(t.get("lwp"), int)}
         self.node_names = {n.get("address"): self.node_label(n) for n in self.nodes}
+        # 10.x's QemuMutexes inside nodes and backends, by address: a thread blocked on one names it
+        self.mutex_names = {n["reqs_lock_address"]: f"the reqs_lock of {self.node_label(n)}" for n in self.nodes
+                            if n.get("reqs_lock_address")}
+        for blk in dicts(state.get("backends")):
+            if blk.get("queued_requests_lock"):
+                name = f'backend "{blk["name"]}"' if blk.get("name") else f"backend {blk.get('address')}"
+                self.mutex_names[blk["queued_requests_lock"]] = f"the queued_requests_lock of {name}"
         self.coroutine_names: dict[Any, str] = {}
         self.waits: dict[Any, list[tuple[Any, str]]] = {}  # coroutine -> [(coroutine it waits for, how)]
         self._coroutines()
@@ -146,6 +153,8 @@ class Graph:
         name = mutex.get("name")
         if name in BQL_NAMES:
             return f"the BQL ({name})"
+        if not name and mutex.get("address") in self.mutex_names:
+            return self.mutex_names[mutex["address"]]
         return f"mutex {name}" if name else f"mutex {mutex.get('address')}"
 
     def mutex_where(self, thread: dict[str, Any], mutex: dict[str, Any]) -> str:

@@ -57,7 +57,9 @@ def _backend(blk: Any) -> dict[str, Any]:
     b = blk.dereference()
     root = b["root"]
     queued = _get(b, "queued_requests")
+    lock = _get(b, "queued_requests_lock")  # 10.x: a QemuMutex
     return {"address": _addr(blk), "name": _string(b["name"]),
+            "queued_requests_lock": hex(int(lock.address)) if lock is not None else None,
             "root": _addr(root.dereference()["bs"]) if int(root) else None,
             "device": _addr(b["dev"]), "in_flight": _int(b["in_flight"]),
             "quiesce_counter": _int(_get(b, "quiesce_counter")),

@@ -290,6 +290,8 @@ def _node_hang_facts(state: dict[str, Any], coroutines: Coroutines) -> None:
                 held = _comutex(lock, coroutines)
                 if held is not None:
                     node["reqs_lock"] = held
+            elif lock is not None:  # 10.x: a QemuMutex, named when a thread waits for it (waits_for_mutex)
+                node["reqs_lock_address"] = hex(int(lock.address))
             flushes = _get(b, "flush_queue")
             if flushes is not None:
                 waiting = _coroutine_list(_get(flushes, "entries"), "co_queue_next", coroutines)
