@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -41,6 +42,9 @@ def test_the_explanation_names_the_cause(bug: bugtrees.Bug, tmp_path: Path) -> N
     assert cores and not cores[0].name.startswith("core-1-qemu-system-x86-"), cores
     block = cores[0].with_name(cores[0].name.replace("-backtrace.txt", "-block.txt")).read_text()
     assert "Crash:" in block and "Nodes (" in block
+    if bug.name == "uaf-job-nodes":  # 7.2: the crashing frame's loop iterator holds a link read from the freed node
+        assert re.search(r"pointers: .*\bc=0x([0-9a-f]{2})\1{7} was read from freed memory \(its value is the "
+                         r"0x[0-9a-f]{2} fill of MALLOC_PERTURB_=\d+\)", got.explanation), got.explanation
     if bug.name == "stream-null-then-wait":  # the test waits 60 s for each event: called a crash 5 s after the death
         assert "the test then waited 5 s with no CPU and no output" in str(run["reason"])
         assert float(str(run["duration_s"])) < 60

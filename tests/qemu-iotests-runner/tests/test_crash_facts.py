@@ -521,3 +521,29 @@ def test_the_walker_tells_freed_blocks_in_a_real_core(tmp_path: Path) -> None:
         pytest.skip("no glibc debug symbols: tcache_key unknown")
     assert pointers["child"]["live"] is False and pointers["child"]["tcache"] is True
     assert crash.explain(found, "t")[0].startswith("SIGSEGV in bdrv_use: child=0x")  # freed in the crashing frame
+
+
+CHILD_FROM_FREED = {"name": "c", "type": "BdrvChild", "kind": "child", "address": "0xe7e7e7e7e7e7e7e7", "live": False,
+                    "readable": False, "local": True}
+STALE_LOCAL = {"name": "child", "type": "BdrvChild", "kind": "child", "address": "0x7ffc12345678", "live": False,
+               "readable": True, "fill_share": 0.0, "fill": False, "local": True}
+
+
+def test_a_pointer_whose_value_is_the_fill_was_read_from_freed_memory() -> None:
+    """A loop over a list whose element was freed: the iterator (a local) holds the next link read from the freed
+    element, the MALLOC_PERTURB_ byte repeated."""
+    lines = crash.explain(facts(frame("bdrv_parent_drained_begin", "../block/io.c", 60, LIVE_NODE, CHILD_FROM_FREED),
+                                signal={**SEGV, "address": "0x0"}), "qemu-io")
+    assert lines[0] == ("SIGSEGV in bdrv_parent_drained_begin: c=0xe7e7e7e7e7e7e7e7 was read from freed memory "
+                        "(its value is the 0xe7 fill of MALLOC_PERTURB_=231)")
+
+
+def test_a_local_that_is_merely_not_live_is_no_cause_and_not_said() -> None:
+    """A local not yet set holds whatever the stack had: unlike an argument, its not being live says nothing."""
+    lines = crash.explain(facts(frame("bdrv_close", "../block.c", 4700, LIVE_NODE, STALE_LOCAL)), "qemu-io")
+    assert lines[0] == "SIGSEGV in bdrv_close (../block.c:4700)"
+    assert all("child=" not in line for line in lines)
+    freed_local = {**STALE_LOCAL, "fill": True, "fill_share": 1.0}
+    lines = crash.explain(facts(frame("bdrv_close", "../block.c", 4700, LIVE_NODE, freed_local)), "qemu-io")
+    assert lines[0] == ("SIGSEGV in bdrv_close: child=0x7ffc12345678 is not a live BdrvChild (freed: holds the 0xe7 "
+                        "fill of MALLOC_PERTURB_=231)")

@@ -58,6 +58,17 @@ def _fill_words(pointer: dict[str, Any], fill: Any) -> str:
     return "MALLOC_PERTURB_ unknown: whether it was freed cannot be told"
 
 
+def value_is_fill(pointer: dict[str, Any], fill: Any) -> bool:
+    """The pointer's own value is the MALLOC_PERTURB_ byte repeated (0xf7f7f7f7f7f7f7f7): it was read from freed
+    memory (a freed object's field, a freed list element's link)."""
+    if not isinstance(fill, int) or isinstance(fill, bool) or not 0 < fill < 256:
+        return False
+    try:
+        return int(str(pointer.get("address")), 16) == int.from_bytes(bytes([fill]) * 8, "little")
+    except ValueError:
+        return False
+
+
 def pointer_words(pointer: dict[str, Any], fill: Any) -> str:
     """`bs=0x... is node 'drive0'`, `bs=0x... is not a live node (freed: ...)`, `bs is NULL`."""
     name, kind = _text(pointer.get("name"), 40), KIND_WORDS.get(str(pointer.get("kind")), "object")
@@ -66,6 +77,9 @@ def pointer_words(pointer: dict[str, Any], fill: Any) -> str:
     if pointer.get("null"):
         return f"{name} is NULL"
     address = _text(pointer.get("address"), 24)
+    if value_is_fill(pointer, fill):
+        return (f"{name}={address} was read from freed memory (its value is the {fill:#04x} fill of "
+                f"MALLOC_PERTURB_={fill})")
     if pointer.get("live") is True:
         return f"{name}={address} is {_text(pointer.get('label'), 80)}"
     if pointer.get("live") is False:
@@ -85,11 +99,13 @@ def _freed(pointer: dict[str, Any]) -> bool:
     return pointer.get("fill") is True or pointer.get("tcache") is True
 
 
-def _first_bad(frames: list[dict[str, Any]], strong: bool = False) -> tuple[int, dict[str, Any]] | None:
-    """The first pointer that is not live (strong: whose memory holds the fill: freed beyond doubt)."""
+def _first_bad(frames: list[dict[str, Any]], fill: Any, strong: bool = False) -> tuple[int, dict[str, Any]] | None:
+    """The first pointer that is not live (strong: whose memory holds the fill, or whose value is the fill: freed
+    beyond doubt). A local variable counts only when strong: one not yet set holds whatever was there."""
     for index, frame in enumerate(frames):
         for pointer in _dicts(frame.get("pointers")):
-            if _freed(pointer) if strong else _is_bad(pointer):
+            freed = _freed(pointer) or value_is_fill(pointer, fill)
+            if freed if strong or pointer.get("local") else _is_bad(pointer):
                 return index, pointer
     return None
 
@@ -139,8 +155,9 @@ def _first_line(facts: dict[str, Any], frames: list[dict[str, Any]]) -> str:
     # Strongest first: freed memory (in the crashing frame, then its callers), a NULL the crashing frame faulted
     # on, then anything else not live in it. In the callers only freed memory counts: optimized code leaves
     # stale values in outer frames' arguments.
-    for skip, bad in ((0, _first_bad(frames[:1], strong=True)), (1, _first_bad(frames[1:], strong=True)),
-                      (0, None if null else _first_bad(frames[:1]))):
+    fill = facts.get("fill")
+    for skip, bad in ((0, _first_bad(frames[:1], fill, strong=True)), (1, _first_bad(frames[1:], fill, strong=True)),
+                      (0, None if null else _first_bad(frames[:1], fill))):
         if bad is not None:
             index, pointer = bad[0] + skip, bad[1]
             words = pointer_words(pointer, facts.get("fill"))
@@ -181,6 +198,9 @@ def _pointers_line(facts: dict[str, Any], frames: list[dict[str, Any]], first: s
             key = f"{pointer.get('name')}={pointer.get('address')}"
             if pointer.get("optimized_out") or pointer.get("null") or key in seen or said in first:
                 continue
+            if pointer.get("local") and not (pointer.get("live") is True or _freed(pointer)
+                                             or value_is_fill(pointer, facts.get("fill"))):
+                continue  # a local not yet set holds whatever was there: said only when it tells something
             seen.add(key)
             words.append(said)
     return ("pointers: " + "; ".join(words)) if words else ""

@@ -24,6 +24,7 @@ CRASH_SIGNALS = {4: "SIGILL", 5: "SIGTRAP", 6: "SIGABRT", 7: "SIGBUS", 8: "SIGFP
 FAULT_SIGNALS = {4, 7, 8, 11}  # their siginfo carries the faulting address (when si_code > 0: from the CPU)
 MAX_SCANNED_FRAMES = 64  # frames looked at for QEMU's own (libc's and glib's abort plumbing comes first)
 MAX_CRASH_FRAMES = 8  # QEMU frames whose pointer arguments are checked
+MAX_LOCALS = 16  # locals read in the crashing frame
 MAX_ENVIRON = 4096
 FILL_WINDOW = 4096  # bytes of an object read to see whether it holds the fill byte
 FILL_SHARE = 0.75  # at least this share of them: freed (the allocator keeps its own links in the first words)
@@ -259,6 +260,23 @@ def _arguments(frame: Any) -> list[tuple[str, Any]]:
         return []
 
 
+def _locals(frame: Any) -> list[tuple[str, Any]]:
+    """The local variables in scope at the frame's pc (innermost block outwards, the function's own included), at
+    most MAX_LOCALS: a loop's iterator (`BdrvChild *c`) is where a freed list element shows."""
+    out: list[tuple[str, Any]] = []
+    try:
+        block = frame.block()
+        while block is not None and len(out) < MAX_LOCALS:
+            out += [(sym.name, sym.value(frame)) for sym in block
+                    if sym.is_variable and not sym.is_argument][:MAX_LOCALS - len(out)]
+            if block.function is not None:
+                break
+            block = block.superblock
+    except (gdb.error, RuntimeError):
+        pass
+    return out
+
+
 def _is_qemu(frame: Any) -> bool:
     """A frame of the program itself (not of libc, glib or another shared library)."""
     try:
@@ -284,6 +302,11 @@ def _crash_frames(live: dict[str, dict[int, str]], fill: int | None,
             out = _frame(frame)
             out["level"] = frame.level()
             out["pointers"] = [p for p in (_pointer(n, v, live, fill, key) for n, v in _arguments(frame)) if p]
+            if not frames:  # the crashing frame's locals too (only there: outer frames' are stale)
+                for name, value in _locals(frame):
+                    checked = _pointer(name, value, live, fill, key)
+                    if checked is not None:
+                        out["pointers"].append({**checked, "local": True})
             frames.append(out)
         elif not frames:
             plumbing.append(frame.name() or hex(frame.pc()))
