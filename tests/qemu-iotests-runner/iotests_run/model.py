@@ -151,7 +151,7 @@ class Run:
 
     @property
     def combo(self) -> str:
-        return f"{self.format}-{self.protocol}"
+        return self.id.combo
 
     @property
     def label(self) -> str:

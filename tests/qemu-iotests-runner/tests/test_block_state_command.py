@@ -26,7 +26,17 @@ import pytest
 from iotests_run.debug import block_state_command, blockstate, cores, gdb
 from iotests_run.debug.cores import check_core, examine_cores
 from iotests_run.errors import SetupError, UsageError
-from support import GOOD_SEGMENTS, HOSTILE_STATE, Completed, block_node, block_state, elf, needs_dot, run_cli
+from support import (
+    GOOD_SEGMENTS,
+    HOSTILE_STATE,
+    Completed,
+    block_node,
+    block_state,
+    elf,
+    needs_dot,
+    run_cli,
+    small_tmpfs,
+)
 
 GDB = shutil.which("gdb")
 
@@ -150,19 +160,11 @@ def test_a_write_that_fails_names_the_file_and_leaves_no_temporary(tmp_path: Pat
 @pytest.mark.process
 def test_a_full_disk_is_one_line_exit_2(tmp_path: Path, fake_gdb: dict[str, str],
                                         fake_qemu: subprocess.Popen[bytes]) -> None:
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True,
-                           text=True, stdin=subprocess.DEVNULL)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mount.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "disk", "64k") as disk:
         subprocess.run(f"cat /dev/zero > {disk}/filler", shell=True, capture_output=True)
         proc = run_cli(["block-state", "--pid", str(fake_qemu.pid), "--json", str(disk / "g.json")], env=fake_gdb)
         one_line_exit_2(proc, f"--json {disk}/g.json: cannot write it")
         assert sorted(p.name for p in disk.iterdir()) == ["filler"]
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True, stdin=subprocess.DEVNULL)
 
 
 def _run_with_stdout(args: list[str], env: dict[str, str], stdout: Any) -> subprocess.CompletedProcess[str]:

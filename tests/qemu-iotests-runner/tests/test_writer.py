@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import io
 import json
-import subprocess
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,22 +17,14 @@ from iotests_run.plan import history
 from iotests_run.report import writer
 from iotests_run.report.progress import Progress
 from iotests_run.results.meta import Meta
-from support import FakeTree, result, run_cli
+from support import FakeTree, result, run_cli, small_tmpfs
 
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 2 MB tmpfs (we are root in CI); skipped where mounts are not allowed."""
-    folder = tmp_path / "results"
-    folder.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(folder)], capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "results", "2M") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True, stdin=subprocess.DEVNULL)
 
 
 def _noisy_tree(tree: FakeTree) -> None:
