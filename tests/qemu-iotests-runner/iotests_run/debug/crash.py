@@ -84,19 +84,20 @@ def pointer_words(pointer: dict[str, Any], fill: Any) -> str:
         return f"{name}={address} is {_text(pointer.get('label'), 80)}"
     if pointer.get("live") is False:
         return f"{name}={address} is not a live {kind} ({_fill_words(pointer, fill)})"
-    if _freed(pointer):
+    if _freed(pointer, fill):
         return f"{name}={address} is no {kind} the graph uses ({_fill_words(pointer, fill)})"
     return f"{name}={address} is no {kind} the graph uses"
 
 
-def _is_bad(pointer: dict[str, Any]) -> bool:
-    """A pointer that is not live, or whose memory holds the fill (freed), whatever the lists say."""
-    return pointer.get("live") is False or _freed(pointer)
+def _is_bad(pointer: dict[str, Any], fill: Any) -> bool:
+    """A pointer that is not live, or freed (_freed), whatever the lists say."""
+    return pointer.get("live") is False or _freed(pointer, fill)
 
 
-def _freed(pointer: dict[str, Any]) -> bool:
-    """Freed beyond doubt: its memory holds the MALLOC_PERTURB_ fill, or it sits in glibc's tcache."""
-    return pointer.get("fill") is True or pointer.get("tcache") is True
+def _freed(pointer: dict[str, Any], fill: Any) -> bool:
+    """Freed beyond doubt: its memory holds the MALLOC_PERTURB_ fill, it sits in glibc's tcache, or its value is the
+    fill (read from freed memory)."""
+    return pointer.get("fill") is True or pointer.get("tcache") is True or value_is_fill(pointer, fill)
 
 
 def _first_bad(frames: list[dict[str, Any]], fill: Any, strong: bool = False) -> tuple[int, dict[str, Any]] | None:
@@ -104,8 +105,7 @@ def _first_bad(frames: list[dict[str, Any]], fill: Any, strong: bool = False) ->
     beyond doubt). A local variable counts only when strong: one not yet set holds whatever was there."""
     for index, frame in enumerate(frames):
         for pointer in _dicts(frame.get("pointers")):
-            freed = _freed(pointer) or value_is_fill(pointer, fill)
-            if freed if strong or pointer.get("local") else _is_bad(pointer):
+            if _freed(pointer, fill) if strong or pointer.get("local") else _is_bad(pointer, fill):
                 return index, pointer
     return None
 
@@ -198,8 +198,7 @@ def _pointers_line(facts: dict[str, Any], frames: list[dict[str, Any]], first: s
             key = f"{pointer.get('name')}={pointer.get('address')}"
             if pointer.get("optimized_out") or pointer.get("null") or key in seen or said in first:
                 continue
-            if pointer.get("local") and not (pointer.get("live") is True or _freed(pointer)
-                                             or value_is_fill(pointer, facts.get("fill"))):
+            if pointer.get("local") and not (pointer.get("live") is True or _freed(pointer, facts.get("fill"))):
                 continue  # a local not yet set holds whatever was there: said only when it tells something
             seen.add(key)
             words.append(said)
